@@ -1,0 +1,64 @@
+# ferkit: one virtual environment, one Jupyter kernel, one runner.
+#
+#   make venv         create (or reuse) .venv, install ferkit + dev tools, register kernel "ferkit"
+#   make demo         run the whole pipeline on the synthetic data set (outputs/demo/)
+#   make test         full test suite          make test-fast   skip tests marked slow
+#   make lab          JupyterLab on the notebooks/
+#   make clean-outputs  delete run artifacts under outputs/ (keeps outputs/README.md)
+#
+# Dependencies are declared in pyproject.toml only; the exact torch/torchvision pair below is
+# installed first so pip never has to pick one (tests/test_environment.py checks that the pair
+# satisfies pyproject.toml's ranges).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PYTHON ?= python3
+PY = $(VENV)/bin/python
+PIP = $(PY) -m pip
+STAMP = $(VENV)/.ferkit-installed
+
+TORCH_VERSION = 2.14.1
+TORCHVISION_VERSION = 0.29.1
+KERNEL_NAME = ferkit
+
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+
+.PHONY: help venv demo test test-fast lab clean-outputs
+
+help:
+	@echo "make venv          create/reuse $(VENV), install ferkit[dev], register Jupyter kernel '$(KERNEL_NAME)'"
+	@echo "make demo          pipeline on synthetic data -> outputs/demo/"
+	@echo "make test          run the test suite ($(PY) -m pytest -q)"
+	@echo "make test-fast     tests not marked slow"
+	@echo "make lab           start JupyterLab"
+	@echo "make clean-outputs remove run artifacts under outputs/"
+
+venv: $(STAMP)
+
+# Re-run when pyproject.toml changes. An existing venv is reused: pip only installs what is missing.
+$(STAMP): pyproject.toml
+	@if [ ! -x "$(PY)" ]; then \
+		echo "+ $(PYTHON) -m venv $(VENV)"; \
+		$(PYTHON) -m venv "$(VENV)"; \
+	fi
+	$(PIP) install "torch==$(TORCH_VERSION)" "torchvision==$(TORCHVISION_VERSION)"
+	$(PIP) install -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "Python (ferkit)"
+	@touch "$@"
+
+demo: venv
+	$(PY) -m ferlib.run pipeline --dataset synthetic --run demo
+
+test: venv
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+lab: venv
+	$(VENV)/bin/jupyter lab
+
+clean-outputs:
+	find outputs -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

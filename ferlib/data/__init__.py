@@ -1,0 +1,44 @@
+"""Data layer: loaders onto canonical labels, image cache, batch augmentation, open-set splits.
+
+One road: ``load_dataset(name, root, split)`` -> :class:`FERDataset` (paths + canonical
+:class:`~ferlib.emotions.Emotion` labels) -> :func:`build_cache` (uint8 tensor, decoded
+once) -> :func:`to_float` + :func:`augment_batch` per batch in the training loop.
+:func:`openset_split` and :func:`carve_validation` work on label arrays of either.
+"""
+
+from __future__ import annotations
+
+from .affectnet import load_affectnet
+from .augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, augment_batch, hflip, to_float
+from .base import FERDataset, available_datasets, load_dataset, register_loader
+from .cache import ImageCache, UnreadableImageWarning, build_cache
+from .errors import DataError
+from .ferplus import load_ferplus
+from .folders import load_folders
+from .rafdb import load_rafdb
+from .splits import LabelMap, OpenSetSplit, carve_validation, openset_split
+
+__all__ = [
+    "DataError",
+    "FERDataset",
+    "load_dataset",
+    "available_datasets",
+    "register_loader",
+    "load_ferplus",
+    "load_rafdb",
+    "load_affectnet",
+    "load_folders",
+    "ImageCache",
+    "UnreadableImageWarning",
+    "build_cache",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "AugmentConfig",
+    "augment_batch",
+    "hflip",
+    "to_float",
+    "LabelMap",
+    "OpenSetSplit",
+    "openset_split",
+    "carve_validation",
+]

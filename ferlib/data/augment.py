@@ -1,0 +1,169 @@
+"""Whole-batch augmentation on tensors (CPU or CUDA), deterministic given a generator.
+
+The three papers augment per image with torchvision/PIL in DataLoader workers: "with
+p=0.5 either a horizontal flip or additive Gaussian noise, then RandomErasing". On a
+2-core machine (or a GPU starved by its loader) per-image Python transforms dominate the
+epoch; here the same policy is applied to a whole normalised batch with broadcasting, so
+it costs a few tensor operations per batch and runs wherever the batch lives.
+
+Deterministic: every random draw comes from the ``generator`` passed in (or the global
+RNG when ``None``), so a seeded generator reproduces an epoch exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+#: ImageNet statistics: the backbones' pretrained weights expect them.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def to_float(
+    x_uint8: Tensor,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> Tensor:
+    """uint8 images ``(B, 3, S, S)`` (or one ``(3, S, S)``) -> float32, ``(x/255 - mean)/std``.
+
+    Refuses non-uint8 input: normalising twice is a silent bug (the network still
+    trains, just worse), so it is an error here.
+    """
+    if x_uint8.dtype != torch.uint8:
+        raise TypeError(f"to_float expects uint8 images, got {x_uint8.dtype}")
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x_uint8.device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x_uint8.device).view(-1, 1, 1)
+    return x_uint8.to(torch.float32).div_(255.0).sub_(m).div_(s)
+
+
+def hflip(x: Tensor) -> Tensor:
+    """Horizontal flip (mirror along width) of an image or batch, ``torch.flip(x, [-1])``."""
+    return torch.flip(x, dims=[-1])
+
+
+@dataclass
+class AugmentConfig:
+    """The papers' training augmentation.
+
+    - ``flip_or_noise_p``: probability that a sample gets a horizontal flip OR additive
+      Gaussian noise (each half the time).
+    - ``noise_std``: standard deviation of that noise in NORMALISED space (the units of
+      :func:`to_float`'s output, about 1/0.226 of [0, 1] pixel units). The reference adds
+      ``N(0, var=30)`` noise to 0..255 pixels, i.e. std 5.5/255 = 0.0215 in [0, 1] units,
+      0.095 in normalised units: the default 0.1 matches it. Unlike the reference the
+      result is not clipped to the valid pixel range.
+    - ``erasing_p``, ``erasing_scale``, ``erasing_ratio``: torchvision ``RandomErasing``
+      (``value=0``, i.e. the mean colour in normalised space), same sampling: up to 10
+      attempts to draw a rectangle of area ``scale * H * W`` and aspect ``ratio``
+      (log-uniform) that fits; no erasing if none fits.
+    """
+
+    flip_or_noise_p: float = 0.5
+    noise_std: float = 0.1
+    erasing_p: float = 0.5
+    erasing_scale: tuple[float, float] = (0.02, 0.25)
+    erasing_ratio: tuple[float, float] = (0.3, 3.3)
+
+    def __post_init__(self) -> None:
+        for name in ("flip_or_noise_p", "erasing_p"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+        lo, hi = self.erasing_scale
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(
+                f"erasing_scale must satisfy 0 <= lo <= hi <= 1, got {self.erasing_scale}")
+        lo, hi = self.erasing_ratio
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"erasing_ratio must satisfy 0 < lo <= hi, got {self.erasing_ratio}")
+
+
+#: RandomErasing's number of attempts at a fitting rectangle.
+_ERASE_ATTEMPTS = 10
+
+
+def _erase_boxes(
+    b: int, h: int, w: int, cfg: AugmentConfig, generator: torch.Generator | None, device
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Draw one rectangle per sample like ``RandomErasing.get_params``, vectorised.
+
+    Returns ``apply, top, left, height, width`` (each ``(B,)``). ``apply`` is False when
+    the sample is not erased (probability) or when no attempt fitted.
+    """
+    u = torch.rand(b, 2 * _ERASE_ATTEMPTS + 3, generator=generator, device=device)
+    s_lo, s_hi = cfg.erasing_scale
+    area = h * w * (s_lo + (s_hi - s_lo) * u[:, :_ERASE_ATTEMPTS])
+    r_lo, r_hi = math.log(cfg.erasing_ratio[0]), math.log(cfg.erasing_ratio[1])
+    ratio = torch.exp(r_lo + (r_hi - r_lo) * u[:, _ERASE_ATTEMPTS:2 * _ERASE_ATTEMPTS])
+    eh = torch.round(torch.sqrt(area * ratio)).long()
+    ew = torch.round(torch.sqrt(area / ratio)).long()
+    fits = (eh < h) & (ew < w) & (eh > 0) & (ew > 0)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # first fitting attempt
+    eh = eh.gather(1, first).squeeze(1)
+    ew = ew.gather(1, first).squeeze(1)
+    u_top, u_left, u_apply = u[:, -3], u[:, -2], u[:, -1]
+    top = torch.floor(u_top * (h - eh + 1).to(u.dtype)).long().clamp_(min=0)
+    left = torch.floor(u_left * (w - ew + 1).to(u.dtype)).long().clamp_(min=0)
+    apply = (u_apply < cfg.erasing_p) & fits.any(dim=1)
+    return apply, top, left, eh, ew
+
+
+def _on_device(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """``generator`` if it lives on ``device``, else a generator there seeded from it
+    (still deterministic given ``generator``)."""
+    if generator is None or generator.device == device:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def augment_batch(
+    x: Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
+) -> Tensor:
+    """Augment a normalised float batch ``(B, C, H, W)``; returns a new tensor.
+
+    Per sample: with probability ``cfg.flip_or_noise_p`` a horizontal flip or Gaussian
+    noise (50/50), then random erasing (fill 0) with probability ``cfg.erasing_p``.
+    All masks are built with broadcasting; there is no per-sample Python loop.
+
+    ``generator``: the per-sample choices are drawn on the generator's device and moved
+    to ``x``'s, so a CPU generator also works for a CUDA batch. The batch-sized noise is
+    always drawn on ``x``'s device (drawing it on the CPU and copying costs ~50x more for
+    a 224 px batch); with a generator on another device, from a generator seeded by it.
+    """
+    if x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"augment_batch expects a float (B, C, H, W) batch, got {x.dtype} "
+                         f"{tuple(x.shape)}")
+    b, _, h, w = x.shape
+    rdev = generator.device if generator is not None else x.device
+
+    choice = torch.rand(b, 2, generator=generator, device=rdev)
+    transform = choice[:, 0] < cfg.flip_or_noise_p
+    flip = (transform & (choice[:, 1] < 0.5)).to(x.device)
+    noisy = (transform & (choice[:, 1] >= 0.5)).to(x.device)
+
+    out = torch.where(flip.view(b, 1, 1, 1), hflip(x), x)
+    if cfg.noise_std > 0:
+        rows = torch.nonzero(noisy).squeeze(1)
+        if rows.numel():
+            noise_gen = _on_device(generator, x.device)
+            noise = torch.randn((rows.numel(), *x.shape[1:]), generator=noise_gen,
+                                device=x.device, dtype=x.dtype)
+            out = out.index_add(0, rows, noise, alpha=cfg.noise_std)
+
+    if cfg.erasing_p > 0:
+        boxes = _erase_boxes(b, h, w, cfg, generator, rdev)
+        apply, top, left, eh, ew = (t.to(x.device) for t in boxes)
+        ys = torch.arange(h, device=x.device).view(1, h, 1)
+        xs = torch.arange(w, device=x.device).view(1, 1, w)
+        in_rows = (ys >= top.view(b, 1, 1)) & (ys < (top + eh).view(b, 1, 1))
+        in_cols = (xs >= left.view(b, 1, 1)) & (xs < (left + ew).view(b, 1, 1))
+        mask = in_rows & in_cols & apply.view(b, 1, 1)
+        out = out.masked_fill(mask.unsqueeze(1), 0.0)
+    return out

@@ -1,0 +1,149 @@
+"""FERPlus: FER2013 images with the FER+ crowd-sourced votes (Microsoft's layout).
+
+Layout (as Microsoft's ``generate_training_data.py`` writes it)::
+
+    root/FER2013Train/label.csv + PNGs
+    root/FER2013Valid/label.csv + PNGs   (FER2013 PublicTest)
+    root/FER2013Test/label.csv  + PNGs   (FER2013 PrivateTest)
+
+Each ``label.csv`` row (no header): image name, face box ``"(0, 0, 48, 48)"``, then ten
+vote counts in the order of :data:`VOTE_ORDER`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Collection
+from pathlib import Path
+
+import numpy as np
+
+from ferlib.emotions import Emotion
+
+from .base import FERDataset, check_num_classes, check_root, check_split, list_files
+from .errors import DataError
+
+#: Split name -> folder under the FERPlus root.
+SPLIT_DIRS: dict[str, str] = {
+    "train": "FER2013Train",
+    "valid": "FER2013Valid",
+    "test": "FER2013Test",
+}
+
+#: Vote columns of ``label.csv``, in file order. The first eight are emotions, listed
+#: here by name (not by position) so the mapping to :class:`Emotion` is explicit.
+VOTE_ORDER: tuple[str, ...] = (
+    "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
+    "unknown", "NF",
+)
+
+#: Vote column -> canonical emotion; ``None`` for the two non-emotion columns.
+VOTE_TO_EMOTION: tuple[Emotion | None, ...] = (
+    Emotion.NEUTRAL, Emotion.HAPPINESS, Emotion.SURPRISE, Emotion.SADNESS, Emotion.ANGER,
+    Emotion.DISGUST, Emotion.FEAR, Emotion.CONTEMPT, None, None,
+)
+
+#: Known upstream defect: ``fer2013new.csv`` names this file twice; ``label.csv`` keeps the
+#: first row's votes (mostly neutral) while the PNG holds the second row's pixels, which
+#: are not a face. Excluded by default so that it never enters an evaluation set.
+DEFECTIVE: tuple[str, ...] = ("FER2013Test/fer0033120.png",)
+
+
+def majority_vote(votes: np.ndarray) -> np.ndarray:
+    """Index of the top vote per row; ties go to the FIRST maximum in :data:`VOTE_ORDER`.
+
+    ``np.argmax`` semantics. Ties are common (about 5% of rows: 1,445 in train) and the
+    choice matters for the counts: first-max reproduces the class counts published with
+    the data (see the data README), so it is what "majority vote" means here. Microsoft's
+    own ``majority`` mode differs (it drops rows without a strict majority).
+    """
+    return np.asarray(votes).argmax(axis=1)
+
+
+def load_ferplus(
+    root: str | os.PathLike,
+    split: str,
+    num_classes: int = 7,
+    exclude: Collection[str] = DEFECTIVE,
+) -> FERDataset:
+    """Load one FERPlus split with majority-vote labels.
+
+    - Rows whose top vote is ``unknown`` or ``NF`` (not a face) are dropped.
+    - ``num_classes=7`` (open-set FER's protocol) also drops contempt-majority rows;
+      ``num_classes=8`` keeps them.
+    - ``exclude``: images to leave out, each either a root-relative posix path
+      (``"FER2013Test/fer0033120.png"``) or a bare file name (FERPlus names are unique
+      across splits). Defaults to the known defective image; pass ``()`` to keep it.
+    - ``votes`` on the result holds the raw ten vote counts of every kept row, for
+      soft-label or agreement-based work.
+
+    Every row is validated: a malformed line, an image missing from the folder or an
+    impossible vote (negative, or no vote at all) raises :class:`DataError` naming the
+    file and line.
+    """
+    root_path = check_root(root)
+    check_split(split, root_path)
+    classes = check_num_classes(num_classes, root_path)
+    keep_emotions = {int(c) for c in classes}
+
+    split_dir = root_path / SPLIT_DIRS[split]
+    label_file = split_dir / "label.csv"
+    if not label_file.is_file():
+        raise DataError(label_file, "FERPlus label file not found")
+    on_disk = list_files(split_dir)
+    excluded = set(exclude)
+
+    paths: list[Path] = []
+    labels: list[int] = []
+    votes_kept: list[list[int]] = []
+    with open(label_file, newline="", encoding="utf-8") as fh:
+        for line_no, row in enumerate(csv.reader(fh), start=1):
+            if not row or all(not cell.strip() for cell in row):
+                continue  # blank line (e.g. trailing newline): nothing to label
+            if len(row) != 12:
+                raise DataError(
+                    label_file,
+                    f"expected 12 fields (name, box, 10 votes), got {len(row)}: {row!r}",
+                    line_no,
+                )
+            name = row[0].strip()
+            if not name:
+                raise DataError(label_file, "empty image name", line_no)
+            try:
+                votes = [int(v) for v in row[2:]]
+            except ValueError:
+                raise DataError(
+                    label_file, f"vote counts must be integers, got {row[2:]!r}", line_no
+                ) from None
+            if min(votes) < 0 or sum(votes) == 0:
+                raise DataError(
+                    label_file,
+                    f"vote counts out of range (need >= 0 and at least one vote): {votes}",
+                    line_no,
+                )
+            if name not in on_disk:
+                raise DataError(
+                    label_file, f"labelled image {name!r} not found in {split_dir}", line_no
+                )
+            rel = f"{SPLIT_DIRS[split]}/{name}"
+            if rel in excluded or name in excluded:
+                continue
+            top = VOTE_TO_EMOTION[votes.index(max(votes))]  # first max, as majority_vote
+            if top is None or int(top) not in keep_emotions:
+                continue  # unknown / not-a-face winner, or contempt with 7 classes
+            paths.append(on_disk[name])
+            labels.append(int(top))
+            votes_kept.append(votes)
+
+    if not paths:
+        raise DataError(label_file, "no usable rows (every row dropped or file empty)")
+    return FERDataset(
+        name="ferplus",
+        split=split,
+        root=root_path,
+        paths=paths,
+        labels=np.asarray(labels, dtype=np.int64),
+        classes=classes,
+        votes=np.asarray(votes_kept, dtype=np.int64),
+    )

@@ -1,0 +1,181 @@
+"""The paper's detector: attention-consistency training on pseudo labels with cycle training.
+
+Open-set detection as noisy-label detection (Zhang et al., AAAI 2024; METHODS.md part 1):
+fresh networks are trained *on the evaluation set* with the close-set model's pseudo labels
+and the CAM flip-consistency loss. Samples whose pseudo label the networks cannot fit
+(large loss) are flagged as open. The method is transductive: it scores the very samples
+it trained on.
+
+Cycle training (paper Fig. 3; the authors never released it) is implemented as follows,
+every unpublished choice being a :class:`CycleConfig` field:
+
+1. Two networks A and B start from different seeds (or from given weights).
+2. Training runs in ``cycles`` learning-rate cycles of ``epochs_per_cycle`` epochs, cosine
+   from ``lr`` down to ``lr_min`` (a cyclical learning rate, SGDR style). In the first
+   cycle both networks see every sample.
+3. At the end of each cycle each network is snapshotted: its per-sample loss against the
+   pseudo labels is computed in eval mode with deterministic transforms.
+4. Each network then picks the ``select_ratio`` fraction of samples with the smallest mean
+   snapshot loss so far (per pseudo class when ``class_balanced``) and hands them to its
+   *peer* as the clean set for the next cycle (co-teaching's cross update).
+5. The open score is the per-sample loss averaged over every snapshot of both networks.
+
+Switches for the ablation: ``lam=0`` drops the consistency loss; ``cycle_training=False``
+trains one network on all samples (snapshots still averaged).
+
+Each cycle is one call of the kit's single training loop (:func:`ferlib.train.fit`), with
+its own checkpoint folder, so a killed detector resumes at the cycle it was in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ferlib.data.augment import AugmentConfig
+from ferlib.io import write_json
+from ferlib.losses import CamFlipConsistency
+from ferlib.models import ModelConfig, build_model
+from ferlib.openset.data import OpenSetData
+from ferlib.openset.detect import Detector
+from ferlib.train import TensorData, TrainConfig, fit, predict
+
+
+@dataclass
+class CycleConfig:
+    """Every choice the paper leaves open, with the default we use and report."""
+
+    arch: str = "resnet18"
+    input_size: int = 48
+    stem: str = "auto"  # see ferlib.models.ModelConfig: "imagenet" is ~4x cheaper at 48 px
+    pretrained: str | None = None  # state-dict path (face weights or the close-set model); None = scratch
+    cycles: int = 3
+    epochs_per_cycle: int = 4
+    select_ratio: float = 0.5
+    class_balanced: bool = True
+    lam: float = 5.0
+    cycle_training: bool = True
+    lr: float = 1e-3
+    lr_min: float = 1e-5
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "cpu"
+    channels_last: bool = True
+    amp: bool = False
+    progress: bool = True
+    out_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.select_ratio <= 1:
+            raise ValueError(f"select_ratio must be in (0, 1], got {self.select_ratio}")
+        if self.cycles < 1 or self.epochs_per_cycle < 1:
+            raise ValueError("cycles and epochs_per_cycle must be at least 1")
+
+
+def small_loss_selection(loss: np.ndarray, labels: np.ndarray, ratio: float, class_balanced: bool) -> np.ndarray:
+    """Rows judged clean: the ``ratio`` fraction with the smallest loss.
+
+    Class-balanced selection keeps that fraction *within every pseudo class*, so a class
+    that the open samples flood (e.g. Surprise faces pseudo-labelled Fear) cannot be
+    selected wholesale just because the network learnt its majority pattern.
+    """
+    if not class_balanced:
+        k = max(1, int(round(ratio * len(loss))))
+        return np.sort(np.argsort(loss, kind="stable")[:k])
+    keep = []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        k = max(1, int(round(ratio * len(rows))))
+        keep.append(rows[np.argsort(loss[rows], kind="stable")[:k]])
+    return np.sort(np.concatenate(keep))
+
+
+class CycleDetector(Detector):
+    """Attention-consistency cycle training; ``score`` = mean snapshot loss (higher = open).
+
+    After :meth:`fit`, ``snapshot_losses_`` holds every snapshot's per-sample loss
+    (snapshots x samples), ``features_`` the pooled features of the last snapshot of the
+    first network (for embedding plots) and ``selected_`` the clean sets handed over.
+    """
+
+    name = "cycle"
+
+    def __init__(self, cfg: CycleConfig | None = None):
+        self.cfg = cfg or CycleConfig()
+
+    def __repr__(self) -> str:
+        return f"CycleDetector({self.cfg})"
+
+    def _network(self, index: int, num_classes: int):
+        torch.manual_seed(self.cfg.seed + 1000 * index)
+        mcfg = ModelConfig(arch=self.cfg.arch, num_classes=num_classes, input_size=self.cfg.input_size,
+                           stem=self.cfg.stem, pretrained=self.cfg.pretrained)
+        return build_model(mcfg, verbose=index == 0 and self.cfg.progress)
+
+    def _train_cfg(self, cycle: int, net: int) -> TrainConfig:
+        c = self.cfg
+        return TrainConfig(epochs=c.epochs_per_cycle, batch_size=c.batch_size, lr=c.lr, lr_min=c.lr_min,
+                           weight_decay=c.weight_decay, schedule="cyclic", cycle_epochs=c.epochs_per_cycle,
+                           seed=c.seed + 100 * cycle + net, device=c.device, augment=AugmentConfig(),
+                           channels_last=c.channels_last, amp=c.amp, progress=c.progress)
+
+    def per_sample_loss(self, net, images: torch.Tensor, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cross-entropy of each sample against its pseudo label, eval mode, no augmentation."""
+        pred = predict(net, images, device=self.cfg.device, progress=False, channels_last=self.cfg.channels_last,
+                       amp=self.cfg.amp)
+        loss = F.cross_entropy(pred.logits, torch.as_tensor(targets), reduction="none")
+        return loss.numpy(), pred.features.numpy()
+
+    def fit(self, data: OpenSetData) -> "CycleDetector":
+        c = self.cfg
+        if data.images is None:
+            raise ValueError("the cycle detector trains on the evaluation images; OpenSetData.images is None")
+        if data.images.shape[-1] != c.input_size:
+            raise ValueError(f"images are {data.images.shape[-1]} px but CycleConfig.input_size is {c.input_size}")
+        targets = data.pseudo
+        n, k = len(data), data.num_classes
+        out = Path(c.out_dir) if c.out_dir else None
+        n_nets = 2 if c.cycle_training else 1
+        nets = [self._network(j, k) for j in range(n_nets)]
+        selected = [np.arange(n) for _ in range(n_nets)]
+        losses: list[list[np.ndarray]] = [[] for _ in range(n_nets)]
+        self.selected_: list[dict] = []
+        objective = CamFlipConsistency(c.lam)
+        full = TensorData(data.images, torch.as_tensor(targets.copy()))
+        for cycle in range(c.cycles):
+            for j, net in enumerate(nets):
+                cell = None if out is None else out / f"net{j}_cycle{cycle}"
+                fit(net, full.subset(selected[j]), None, self._train_cfg(cycle, j), objective, cell,
+                    desc=f"detector net {j} cycle {cycle + 1}/{c.cycles}")
+                loss, feats = self.per_sample_loss(net, data.images, targets)
+                losses[j].append(loss)
+                if j == 0:
+                    self.features_ = feats
+            if c.cycle_training:
+                mean_loss = [np.mean(l, axis=0) for l in losses]
+                # cross update: each network's clean set comes from its peer's judgement
+                selected = [small_loss_selection(mean_loss[1 - j], targets, c.select_ratio, c.class_balanced)
+                            for j in range(n_nets)]
+                self.selected_.append({"cycle": cycle + 1, "sizes": [len(s) for s in selected],
+                                       "open_fraction": [float(data.is_open[s].mean()) for s in selected]})
+        self.snapshot_losses_ = np.stack([l for per_net in losses for l in per_net])
+        self.scores_ = self.snapshot_losses_.mean(axis=0)
+        self.n_scored_ = n
+        if out is not None:
+            write_json(out / "detector.json", {"config": asdict(c), "selection": self.selected_,
+                                                 "n_snapshots": len(self.snapshot_losses_)})
+        return self
+
+    def score(self, data: OpenSetData) -> np.ndarray:
+        """The transductive score of the samples fitted on (mean snapshot loss)."""
+        if not hasattr(self, "scores_"):
+            raise RuntimeError("call fit(data) first: the cycle detector scores the samples it trained on")
+        if len(data) != self.n_scored_:
+            raise ValueError(f"fitted on {self.n_scored_} samples, asked to score {len(data)}: "
+                             "the method is transductive, score the data it was fitted on")
+        return self.scores_

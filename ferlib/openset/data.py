@@ -1,0 +1,109 @@
+"""What open-set detectors see, and the two evaluation protocols.
+
+``honest`` (default): every evaluation sample carries the close-set model's output for
+*that very image* (index-aligned pseudo labels).
+
+``reference``: reproduces the released code's defect on purpose. Its pseudo-label loader
+over the training split shuffled and the outputs were then read by position, so each open
+training image received the logits and pseudo label of a random other training image
+(METHODS.md, "Pseudo labels"). We model that loader exactly: a seeded permutation of the
+whole training split, the image at position ``t`` receiving the outputs of ``perm[t]``.
+The test rows are untouched. Every table and figure names the protocol it used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import torch
+
+PROTOCOLS = ("honest", "reference")
+
+#: columns of the pseudo-label table, one row per evaluation sample
+TABLE_COLUMNS = ["index", "path", "label", "target", "pseudo", "is_open", "origin", "source_index"]
+
+
+@dataclass
+class OpenSetData:
+    """Everything a detector may use, aligned row by row with ``table``.
+
+    ``logits``/``features`` are the close-set model's outputs for each evaluation row;
+    ``train_*`` are its outputs on the close-set training rows (for Mahalanobis and kNN);
+    ``images`` are the evaluation images (uint8) for detectors that train a network.
+    """
+
+    table: pd.DataFrame
+    logits: np.ndarray
+    features: np.ndarray
+    train_features: np.ndarray
+    train_targets: np.ndarray
+    images: torch.Tensor | None = None
+    train_images: torch.Tensor | None = None  # close-set training images (uint8), same rows as train_features
+    protocol: str = "honest"
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        n = len(self.table)
+        for name in ("logits", "features"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} rows, table has {n}")
+        if self.images is not None and len(self.images) != n:
+            raise ValueError(f"images has {len(self.images)} rows, table has {n}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def pseudo(self) -> np.ndarray:
+        return self.table["pseudo"].to_numpy(dtype=np.int64)
+
+    @property
+    def is_open(self) -> np.ndarray:
+        return self.table["is_open"].to_numpy(dtype=bool)
+
+    @property
+    def num_classes(self) -> int:
+        return self.logits.shape[1]
+
+    def subset(self, mask: np.ndarray) -> "OpenSetData":
+        """Rows where ``mask`` is true (e.g. ``origin == 'test'``), re-indexed from 0."""
+        mask = np.asarray(mask)
+        rows = np.flatnonzero(mask) if mask.dtype == bool else mask
+        table = self.table.iloc[rows].reset_index(drop=True)
+        table["index"] = np.arange(len(table))
+        return replace(self, table=table, logits=self.logits[rows], features=self.features[rows],
+                       images=None if self.images is None else self.images[torch.as_tensor(rows)])
+
+
+def apply_protocol(
+    data: OpenSetData,
+    protocol: str,
+    all_train_logits: np.ndarray | None = None,
+    all_train_features: np.ndarray | None = None,
+    seed: int = 0,
+) -> OpenSetData:
+    """Return ``data`` under ``protocol``; ``honest`` returns it unchanged.
+
+    ``all_train_*`` are the close-set model's outputs on the *whole* training split (every
+    class, in dataset order), which the reference loader drew its misaligned outputs from.
+    """
+    if protocol == "honest":
+        return replace(data, protocol="honest")
+    if protocol != "reference":
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if all_train_logits is None or all_train_features is None:
+        raise ValueError("the reference protocol needs the close-set outputs on the whole training split")
+    n_train = len(all_train_logits)
+    perm = np.random.default_rng(seed).permutation(n_train)
+    table = data.table.copy()
+    rows = np.flatnonzero(table["origin"].to_numpy() == "train")
+    donors = perm[table["source_index"].to_numpy()[rows]]
+    logits, features = data.logits.copy(), data.features.copy()
+    logits[rows] = all_train_logits[donors]
+    features[rows] = all_train_features[donors]
+    table.loc[rows, "pseudo"] = all_train_logits[donors].argmax(1)
+    return replace(data, table=table, logits=logits, features=features, protocol="reference")

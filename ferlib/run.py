@@ -1,0 +1,622 @@
+"""Papermill driver: run the notebooks as a pipeline, a sweep, or one stage.
+
+    python -m ferlib.run pipeline --dataset synthetic --run demo
+    python -m ferlib.run pipeline --dataset ferplus --data-root ../shared/data/ferplus \\
+        --open-class fear --seed 1 --device cuda:0 -p epochs=40
+    python -m ferlib.run sweep --dataset ferplus --data-root ... --open all --seeds 0 1 2
+    python -m ferlib.run stage 03 --dataset synthetic --run demo --force
+
+Each stage is a notebook (executed with papermill into ``<run_dir>/notebooks/``) backed by one
+function in ``ferlib.stages`` (``--executor python`` calls that function directly, for headless
+machines without Jupyter). Every notebook gets the same parameters: ``dataset``, ``data_root``,
+``open_class``, ``seed``, ``device``, ``run_dir`` plus any ``-p key=value``.
+
+Resuming: after a stage succeeds the runner writes ``<run_dir>/stages/<stage>.json`` (hash of
+the parameters, wall seconds, finish time). A later call skips a stage whose record has the same
+parameter hash; it reruns the stage when the parameters changed, with ``--force``, or when an
+earlier stage has re-run since (its inputs changed). A stage killed half-way has no record and
+runs again (it resumes from its own checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import hashlib
+import importlib
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+from ferlib.io import read_json, write_json
+from ferlib.manifest import (
+    REPO_ROOT,
+    collect_environment,
+    modify_manifest,
+    set_manifest,
+    update_manifest,
+)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline: a notebook and the function behind it.
+
+    ``notebook`` is relative to the repository root (absolute paths are kept as they are);
+    ``func`` is ``"module:function"`` (or a callable, for tests).
+    """
+
+    name: str
+    notebook: str | os.PathLike
+    func: str | Callable[..., Any]
+
+    def notebook_path(self, repo_root: str | os.PathLike = REPO_ROOT) -> Path:
+        return Path(repo_root) / self.notebook
+
+    def function(self) -> Callable[..., Any]:
+        if callable(self.func):
+            return self.func
+        module_name, _, attr = str(self.func).partition(":")
+        if not attr:
+            raise RunnerError(f"stage {self.name}: func must be 'module:function', got {self.func!r}")
+        try:
+            module = importlib.import_module(module_name)
+            return getattr(module, attr)
+        except (ImportError, AttributeError) as exc:
+            raise RunnerError(f"stage {self.name}: cannot import {self.func} ({exc})") from exc
+
+    @property
+    def func_name(self) -> str:
+        if callable(self.func):
+            return f"{self.func.__module__}:{self.func.__qualname__}"
+        return str(self.func)
+
+
+#: The pipeline, in order. Names are also the executed notebooks' and records' file names.
+STAGES: tuple[Stage, ...] = (
+    Stage("01_train_close_set", notebook="notebooks/01_train_close_set.ipynb",
+          func="ferlib.stages:train_close_set"),
+    Stage("02_predict_pseudo_labels", notebook="notebooks/02_predict_pseudo_labels.ipynb",
+          func="ferlib.stages:predict_pseudo_labels"),
+    Stage("03_detect_open_set", notebook="notebooks/03_detect_open_set.ipynb",
+          func="ferlib.stages:detect_open_set"),
+    Stage("04_visualise", notebook="notebooks/04_visualise.ipynb",
+          func="ferlib.stages:visualise"),
+)
+
+#: Parameters every notebook receives (``-p`` may not override them).
+CORE_PARAMS = ("dataset", "data_root", "open_class", "seed", "device", "run_dir")
+EXECUTORS = ("papermill", "python")
+DEFAULT_OPEN_CLASS = "surprise"
+DEFAULT_KERNEL = "ferkit"
+KERNEL_ENV = "FERKIT_KERNEL"
+
+log = logging.getLogger("ferlib.run")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class RunnerError(RuntimeError):
+    """Bad arguments or set-up (unknown stage, missing kernel or notebook...)."""
+
+
+class StageFailed(RuntimeError):
+    """A stage raised; the message says where to look."""
+
+    def __init__(self, stage: Stage, run_dir: Path, notebook: Path | None, cause: BaseException):
+        self.stage = stage
+        self.run_dir = run_dir
+        self.notebook = notebook
+        self.cause = cause
+        where = (
+            f"open the executed notebook {notebook} to see the failing cell"
+            if notebook is not None
+            else f"the traceback above comes from {stage.func_name}"
+        )
+        if getattr(cause, "ename", None):  # papermill: the exception raised in the notebook
+            what = f"{cause.ename}: {getattr(cause, 'evalue', '')}"
+        else:
+            lines = _ANSI.sub("", str(cause)).strip().splitlines()
+            what = f"{type(cause).__name__}: {lines[-1] if lines else ''}"
+        super().__init__(f"stage {stage.name} failed ({what.strip()}); {where}")
+
+
+# --------------------------------------------------------------------------------------------
+# parameters
+
+
+def normalise_open_class(value: Any) -> str | None:
+    """``"none"``/``None`` -> ``None``; any emotion name or alias -> its canonical label."""
+    from ferlib.emotions import parse_emotion
+
+    if value is None or str(value).strip().lower() in ("", "none", "null"):
+        return None
+    return parse_emotion(value).label
+
+
+def expand_open_classes(values: Iterable[str]) -> list[str | None]:
+    """Sweep ``--open`` values: ``all`` = the seven basic emotions; duplicates dropped."""
+    from ferlib.emotions import BASIC7
+
+    out: list[str | None] = []
+    for value in values:
+        items = [e.label for e in BASIC7] if str(value).lower() == "all" else [normalise_open_class(value)]
+        for item in items:
+            if item not in out:
+                out.append(item)
+    return out
+
+
+def default_run_name(dataset: str, open_class: str | None, seed: int) -> str:
+    return f"{dataset}_open-{open_class or 'none'}_seed{seed}"
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``"lr=0.1"`` -> ``("lr", 0.1)``; values go through ``ast.literal_eval``, else stay str."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise RunnerError(f"-p expects key=value with a Python identifier as key, got {text!r}")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        value = raw
+    if isinstance(value, (tuple, set, frozenset)):
+        value = list(value)  # papermill and JSON know lists
+    return key, value
+
+
+def parse_params(items: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    if items is None:
+        return {}
+    if isinstance(items, Mapping):
+        extra = dict(items)
+    else:
+        extra = dict(parse_param(item) for item in items)
+    clash = sorted(set(extra) & set(CORE_PARAMS))
+    if clash:
+        raise RunnerError(f"-p cannot set {', '.join(clash)}: use the matching option (--seed, ...)")
+    return extra
+
+
+#: Parameters that say where a run lives or runs, not what it computes: changing them does not
+#: make finished stages stale (train on a GPU box, then render the notebooks on a laptop).
+UNHASHED_PARAMS = frozenset({"run_dir", "device"})
+
+
+def params_hash(params: Mapping[str, Any]) -> str:
+    """Stable hash of the parameters that decide a stage's result (``UNHASHED_PARAMS`` left out)."""
+    payload = {k: v for k, v in params.items() if k not in UNHASHED_PARAMS}
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def select_stages(stage_table: Sequence[Stage], tokens: Iterable[str] | None) -> list[Stage]:
+    """Stages named by ``tokens`` (full name or prefix such as ``01``), in table order."""
+    if not tokens:
+        return list(stage_table)
+    chosen: set[str] = set()
+    for token in tokens:
+        matches = [s.name for s in stage_table if s.name == token or s.name.startswith(str(token))]
+        if len(matches) != 1:
+            names = ", ".join(s.name for s in stage_table)
+            problem = "matches no stage" if not matches else f"is ambiguous ({', '.join(matches)})"
+            raise RunnerError(f"stage {token!r} {problem}; stages: {names}")
+        chosen.add(matches[0])
+    return [s for s in stage_table if s.name in chosen]
+
+
+# --------------------------------------------------------------------------------------------
+# stage records
+
+
+def stage_record_path(run_dir: str | os.PathLike, stage: Stage | str) -> Path:
+    name = stage.name if isinstance(stage, Stage) else stage
+    return Path(run_dir) / "stages" / f"{name}.json"
+
+
+def read_stage_record(run_dir: str | os.PathLike, stage: Stage | str) -> dict | None:
+    path = stage_record_path(run_dir, stage)
+    if not path.exists():
+        return None
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return None  # unreadable record: treat the stage as not finished
+    return record if isinstance(record, dict) else None
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------------
+# executors
+
+
+def available_kernels() -> set[str]:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return set(KernelSpecManager().find_kernel_specs())
+
+
+def resolve_kernel(kernel: str | None = None) -> str:
+    """The Jupyter kernel papermill uses: ``kernel``, else ``$FERKIT_KERNEL``, else ``ferkit``.
+
+    Raises :class:`RunnerError` with the fix when that kernel is not installed.
+    """
+    name = kernel or os.environ.get(KERNEL_ENV) or DEFAULT_KERNEL
+    try:
+        kernels = available_kernels()
+    except ImportError as exc:
+        raise RunnerError(
+            f"papermill executor needs jupyter_client ({exc}); run `make venv`, "
+            "or use --executor python"
+        ) from exc
+    if name not in kernels:
+        raise RunnerError(
+            f"Jupyter kernel {name!r} is not installed (found: {', '.join(sorted(kernels)) or 'none'}). "
+            "Run `make venv`, which registers the 'ferkit' kernel inside the venv "
+            "(python -m ipykernel install --sys-prefix --name ferkit), and run from that venv; "
+            f"or set {KERNEL_ENV}=python3 to use another kernel; or use --executor python."
+        )
+    return name
+
+
+@contextmanager
+def _chdir(path: Path) -> Iterator[None]:
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def _execute_papermill(stage: Stage, params: dict, run_dir: Path, repo_root: Path,
+                       kernel: str) -> Path:
+    import papermill
+
+    source = stage.notebook_path(repo_root)
+    if not source.exists():
+        raise RunnerError(f"stage {stage.name}: notebook {source} does not exist")
+    target = run_dir / "notebooks" / f"{stage.name}.ipynb"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(
+        str(source), str(target), parameters=params, kernel_name=kernel, cwd=str(repo_root),
+        progress_bar=False, log_output=True,
+    )
+    return target
+
+
+def _execute_python(stage: Stage, params: dict, repo_root: Path) -> None:
+    func = stage.function()
+    with _chdir(repo_root):  # same working directory as the papermill kernel
+        func(**params)
+
+
+# --------------------------------------------------------------------------------------------
+# pipeline
+
+
+@dataclass
+class PipelineResult:
+    run: str
+    run_dir: Path
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    def convert(text: str) -> Any:
+        if text == "":
+            return None
+        for kind in (int, float):
+            try:
+                value = kind(text)
+            except ValueError:
+                continue
+            return None if isinstance(value, float) and not math.isfinite(value) else value
+        return text
+
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [{k: convert(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def run_pipeline(
+    dataset: str,
+    *,
+    data_root: str | os.PathLike | None = None,
+    open_class: str | None = DEFAULT_OPEN_CLASS,
+    seed: int = 0,
+    device: str = "cpu",
+    run: str | None = None,
+    outputs: str | os.PathLike | None = None,
+    stages: Iterable[str] | None = None,
+    executor: str = "papermill",
+    force: bool = False,
+    extra: Iterable[str] | Mapping[str, Any] | None = None,
+    stage_table: Sequence[Stage] = STAGES,
+    repo_root: str | os.PathLike = REPO_ROOT,
+    kernel: str | None = None,
+    say: Callable[[str], None] = _say,
+) -> PipelineResult:
+    """Run the selected stages of one run in order, skipping finished ones.
+
+    Returns what ran and what was skipped; raises :class:`StageFailed` at the first failing
+    stage (later stages do not run) and :class:`RunnerError` for bad arguments.
+    """
+    if executor not in EXECUTORS:
+        raise RunnerError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    repo_root = Path(repo_root).resolve()
+    open_class = normalise_open_class(open_class)
+    seed = int(seed)
+    extra_params = parse_params(extra)
+    selected = {s.name for s in select_stages(stage_table, stages)}
+    run = run or default_run_name(dataset, open_class, seed)
+    outputs_dir = Path(outputs) if outputs is not None else repo_root / "outputs"
+    run_dir = outputs_dir.resolve() / run
+
+    params: dict[str, Any] = {
+        "dataset": dataset,
+        "data_root": str(Path(data_root).resolve()) if data_root is not None else None,
+        "open_class": open_class,
+        "seed": seed,
+        "device": device,
+        "run_dir": str(run_dir),
+        **extra_params,
+    }
+    phash = params_hash(params)
+    say(f"run {run} -> {run_dir}")
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    def start_manifest(manifest: dict) -> dict:
+        manifest = dict(manifest)
+        manifest.setdefault("run", run)
+        manifest.setdefault("created", _now_iso())
+        manifest["updated"] = _now_iso()
+        manifest["params"] = params
+        manifest["params_hash"] = phash
+        return manifest
+
+    modify_manifest(run_dir, start_manifest)
+
+    result = PipelineResult(run=run, run_dir=run_dir)
+    resolved_kernel: str | None = None
+    upstream_ns = 0  # finish time of the latest earlier stage: a stage older than it is stale
+    failure: StageFailed | None = None
+    environment_recorded = False
+    for stage in stage_table:
+        record = read_stage_record(run_dir, stage)
+        if stage.name not in selected:
+            if record:
+                upstream_ns = max(upstream_ns, int(record.get("finished_ns", 0)))
+            continue
+        if force:
+            reason = "--force"
+        elif record is None:
+            reason = "not finished"
+        elif record.get("params_hash") != phash:
+            reason = "parameters changed"
+        elif int(record.get("finished_ns", 0)) < upstream_ns:
+            reason = "an earlier stage re-ran"
+        else:
+            say(f"skip {stage.name} (finished)")
+            result.skipped.append(stage.name)
+            upstream_ns = max(upstream_ns, int(record.get("finished_ns", 0)))
+            continue
+
+        if executor == "papermill" and resolved_kernel is None:
+            resolved_kernel = resolve_kernel(kernel)
+        if not environment_recorded:
+            # where the stages that run now run (a call that only skips changes nothing)
+            set_manifest(run_dir, environment=collect_environment())
+            environment_recorded = True
+        # The old record goes first: a rerun killed half-way must not look finished.
+        stage_record_path(run_dir, stage).unlink(missing_ok=True)
+        target = run_dir / "notebooks" / f"{stage.name}.ipynb" if executor == "papermill" else None
+        say(f"run {stage.name} ({reason}; {executor}"
+            + (f" -> {target})" if target is not None else f": {stage.func_name})"))
+        started = _now_iso()
+        modify_manifest(run_dir, lambda m, name=stage.name: {
+            **m, "stages": {**m.get("stages", {}), name: {
+                "status": "running", "started": started, "executor": executor}}})
+        t0 = time.perf_counter()
+        try:
+            if executor == "papermill":
+                _execute_papermill(stage, dict(params), run_dir, repo_root, resolved_kernel)
+            else:
+                _execute_python(stage, dict(params), repo_root)
+        except RunnerError:
+            update_manifest(run_dir, stages={stage.name: {"status": "failed"}})
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported with the notebook to open
+            wall = time.perf_counter() - t0
+            if executor == "python":
+                traceback.print_exc()
+            failure = StageFailed(stage, run_dir, target, exc)
+            update_manifest(run_dir, stages={stage.name: {
+                "status": "failed", "wall_s": round(wall, 3), "error": str(failure)}})
+            break
+        wall = time.perf_counter() - t0
+        finished_ns = time.time_ns()
+        record = {
+            "stage": stage.name,
+            "params_hash": phash,
+            "params": params,
+            "executor": executor,
+            "notebook": str(target) if target is not None else None,
+            "started": started,
+            "finished": _now_iso(),
+            "finished_ns": finished_ns,
+            "wall_s": round(wall, 3),
+        }
+        write_json(stage_record_path(run_dir, stage), record)
+        update_manifest(run_dir, stages={stage.name: {
+            "status": "finished", "wall_s": record["wall_s"], "finished": record["finished"],
+            "notebook": record["notebook"], "params_hash": phash}})
+        upstream_ns = finished_ns
+        result.ran.append(stage.name)
+        say(f"done {stage.name} in {wall:.1f} s")
+
+    metrics_csv = run_dir / "metrics.csv"
+    if metrics_csv.exists():
+        set_manifest(run_dir, metrics=_read_metrics(metrics_csv))
+    if failure is not None:
+        raise failure
+    return result
+
+
+@dataclass
+class SweepResult:
+    runs: dict[str, PipelineResult] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # run name -> error message
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def run_sweep(
+    dataset: str,
+    *,
+    open_classes: Iterable[str] = ("all",),
+    seeds: Iterable[int] = (0,),
+    say: Callable[[str], None] = _say,
+    **pipeline_kwargs: Any,
+) -> SweepResult:
+    """Run the pipeline for every (open class, seed); a failing run does not stop the sweep.
+
+    ``pipeline_kwargs`` go to :func:`run_pipeline` (``data_root``, ``device``, ``stages``,
+    ``executor``, ``force``, ``extra``, ``stage_table``...); run names are the defaults.
+    """
+    if "run" in pipeline_kwargs or "open_class" in pipeline_kwargs or "seed" in pipeline_kwargs:
+        raise RunnerError("run_sweep names its runs itself: pass open_classes and seeds")
+    classes = expand_open_classes(open_classes)
+    seed_list = [int(s) for s in seeds]
+    parse_params(pipeline_kwargs.get("extra"))  # bad -p fails before any run starts
+    result = SweepResult()
+    total = len(classes) * len(seed_list)
+    index = 0
+    for open_class in classes:
+        for seed in seed_list:
+            index += 1
+            name = default_run_name(dataset, open_class, seed)
+            say(f"== sweep {index}/{total}: {name}")
+            try:
+                result.runs[name] = run_pipeline(
+                    dataset, open_class=open_class, seed=seed, say=say, **pipeline_kwargs)
+            except (StageFailed, RunnerError) as exc:
+                result.failed[name] = str(exc)
+                say(f"FAILED {name}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - one broken run must not end the sweep
+                traceback.print_exc()
+                result.failed[name] = f"{type(exc).__name__}: {exc}"
+                say(f"FAILED {name}: {type(exc).__name__}: {exc}")
+    done = total - len(result.failed)
+    say(f"== sweep finished: {done}/{total} runs ok")
+    if result.failed:
+        say("failed runs:")
+        for name, message in result.failed.items():
+            say(f"  {name}: {message}")
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def _add_common(parser: argparse.ArgumentParser, *, choose_stages: bool = True) -> None:
+    parser.add_argument("--dataset", required=True, help="data set name, e.g. synthetic, ferplus")
+    parser.add_argument("--data-root", default=None, help="folder holding the data set")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--outputs", default=None,
+                        help="folder of run folders (default: outputs/ in the repository)")
+    if choose_stages:
+        parser.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
+                            help="run only these stages (names or prefixes such as 01 03)")
+    parser.add_argument("--executor", choices=EXECUTORS, default="papermill",
+                        help="papermill: execute the notebooks (default); python: call the "
+                             "stage functions directly (no Jupyter needed)")
+    parser.add_argument("--force", action="store_true", help="rerun finished stages")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra notebook parameter (value parsed as a Python literal)")
+
+
+def build_parser(stage_table: Sequence[Stage] = STAGES) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ferlib.run", description="Run ferkit's notebooks with papermill.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    pipeline = sub.add_parser("pipeline", help="run all stages of one run (skips finished ones)")
+    _add_common(pipeline)
+    pipeline.add_argument("--open-class", default=DEFAULT_OPEN_CLASS,
+                          help=f"emotion held out as open set, or none (default {DEFAULT_OPEN_CLASS})")
+    pipeline.add_argument("--seed", type=int, default=0)
+    pipeline.add_argument("--run", default=None,
+                          help="run name (default <dataset>_open-<class>_seed<seed>)")
+
+    sweep = sub.add_parser("sweep", help="run the pipeline for every (open class, seed)")
+    _add_common(sweep)
+    sweep.add_argument("--open", nargs="+", default=["all"], metavar="CLASS",
+                       help="open classes: all (the 7 basic emotions) or names")
+    sweep.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="N")
+
+    stage = sub.add_parser("stage", help="run one stage",
+                           epilog="stages: " + ", ".join(s.name for s in stage_table))
+    stage.add_argument("name", help="stage name or prefix, e.g. 02")
+    _add_common(stage, choose_stages=False)
+    stage.add_argument("--open-class", default=DEFAULT_OPEN_CLASS)
+    stage.add_argument("--seed", type=int, default=0)
+    stage.add_argument("--run", default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, stage_table: Sequence[Stage] = STAGES,
+         repo_root: str | os.PathLike = REPO_ROOT) -> int:
+    args = build_parser(stage_table).parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("papermill").setLevel(logging.INFO)  # cell outputs as they come
+
+    common = dict(
+        data_root=args.data_root, device=args.device, outputs=args.outputs,
+        executor=args.executor, force=args.force, extra=args.param,
+        stage_table=stage_table, repo_root=repo_root,
+    )
+    try:
+        if args.command == "sweep":
+            result = run_sweep(args.dataset, open_classes=args.open, seeds=args.seeds,
+                               stages=args.stages, **common)
+            return 0 if result.ok else 1
+        stages = [args.name] if args.command == "stage" else args.stages
+        run_pipeline(args.dataset, open_class=args.open_class, seed=args.seed, run=args.run,
+                     stages=stages, **common)
+        return 0
+    except StageFailed as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except (RunnerError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

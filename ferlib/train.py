@@ -1,0 +1,309 @@
+"""The one training loop, and the one inference function.
+
+Every method in the kit trains through :func:`fit`. Methods differ by the *objective*
+they pass in (cross-entropy, CAM flip consistency, RUL mixup, diversity...) and by the
+rows they train on, never by a copied loop. The loop owns what every method needs and
+none should re-implement: seeding, whole-batch augmentation on tensors (no image decoding
+inside an epoch), Adam with a learning-rate schedule, selection of the best epoch on a
+validation split, a checkpoint every epoch so that a killed run resumes, per-epoch metrics
+as CSV and JSON, tqdm progress, and a ``device`` parameter (CPU by default).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ferlib.data.augment import AugmentConfig, augment_batch, to_float
+from ferlib.io import hash_strings, read_json, torch_save, write_csv, write_json
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. Defaults follow the reference close-set recipe (METHODS.md)
+    except batch size and epochs, which are sized for a CPU."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "exponential"  # "exponential" | "cyclic" | "constant"
+    lr_gamma: float = 0.9  # exponential: lr * gamma**epoch (ExponentialLR)
+    cycle_epochs: int = 5  # cyclic: cosine from lr to lr_min over each cycle, then restart
+    lr_min: float = 1e-5
+    seed: int = 0
+    device: str = "cpu"
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+    eval_batch_size: int = 512
+    channels_last: bool = True
+    amp: bool = False  # bfloat16 autocast on CUDA (ignored on CPU, where it is slower)
+    progress: bool = True
+
+    def lr_at(self, epoch_float: float) -> float:
+        """Learning rate at a fractional epoch; stateless, so resuming needs no scheduler state."""
+        if self.schedule == "exponential":
+            return self.lr * self.lr_gamma ** math.floor(epoch_float)
+        if self.schedule == "cyclic":
+            t = (epoch_float % self.cycle_epochs) / self.cycle_epochs
+            return self.lr_min + 0.5 * (self.lr - self.lr_min) * (1 + math.cos(math.pi * t))
+        if self.schedule == "constant":
+            return self.lr
+        raise ValueError(f"schedule must be exponential, cyclic or constant, got {self.schedule!r}")
+
+    def fingerprint(self) -> str:
+        """Settings that change the trajectory. ``epochs`` is left out on purpose: a
+        finished run can be extended by asking for more epochs, and resumes."""
+        fields = {k: v for k, v in asdict(self).items() if k not in ("epochs", "progress", "eval_batch_size")}
+        return hash_strings([json.dumps(fields, sort_keys=True, default=str)])
+
+
+@dataclass
+class TensorData:
+    """Decoded images (uint8, N x 3 x S x S) and contiguous int64 targets, side by side."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self.targets = torch.as_tensor(self.targets, dtype=torch.long)
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.images) != len(self.targets):
+            raise ValueError(f"{len(self.images)} images but {len(self.targets)} targets")
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def subset(self, index: np.ndarray | torch.Tensor) -> "TensorData":
+        index = torch.as_tensor(np.asarray(index), dtype=torch.long)
+        return TensorData(self.images[index], self.targets[index])
+
+
+class Objective(Protocol):
+    """A loss plug-in: ``(model, x, y, index) -> (scalar loss, logits)``.
+
+    ``x`` is the augmented float batch, ``index`` the rows of the training data in the
+    batch (for objectives that keep per-sample state).
+    """
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class CrossEntropy:
+    """Plain cross-entropy on the augmented view (the close-set objective)."""
+
+    def __call__(self, model, x, y, index):
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits
+
+
+@dataclass
+class EpochInfo:
+    epoch: int
+    model: nn.Module
+    row: dict
+
+
+@dataclass
+class FitResult:
+    history: pd.DataFrame
+    best_epoch: int
+    out_dir: Path | None
+
+
+def _to_device(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    model = model.to(cfg.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _autocast(cfg: TrainConfig):
+    on = cfg.amp and cfg.device.startswith("cuda")
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=True) if on else torch.autocast("cpu", enabled=False)
+
+
+def _batch(images: torch.Tensor, index: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    x = to_float(images[index].to(cfg.device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+
+
+def fit(
+    model: nn.Module,
+    train: TensorData,
+    val: TensorData | None,
+    cfg: TrainConfig,
+    objective: Objective | None = None,
+    out_dir: str | Path | None = None,
+    callbacks: Sequence[Callable[[EpochInfo], None]] = (),
+    desc: str = "train",
+) -> FitResult:
+    """Train ``model`` in place and leave it holding the best-on-validation weights.
+
+    With ``out_dir`` the loop writes ``last.pt`` (model, optimiser, generator state,
+    history) after every epoch and ``best.pt`` (weights) when validation accuracy improves;
+    a later call with the same configuration resumes from ``last.pt``. A different
+    configuration starts over, so stale checkpoints never leak into a changed run.
+    Without ``val`` the last epoch is kept.
+    """
+    objective = objective or CrossEntropy()
+    if len(train) < 2:
+        raise ValueError(f"need at least 2 training samples, got {len(train)}")
+    torch.manual_seed(cfg.seed)
+    if cfg.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+    model = _to_device(model, cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 1)
+    out = Path(out_dir) if out_dir is not None else None
+    key = hash_strings([cfg.fingerprint(), str(len(train)), str(len(val) if val else 0)])
+    history: list[dict] = []
+    best_acc, best_epoch, start = -1.0, -1, 0
+
+    if out is not None and (out / "last.pt").exists():
+        ckpt = torch.load(out / "last.pt", map_location=cfg.device, weights_only=False)
+        if ckpt.get("key") == key:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            gen.set_state(ckpt["generator"])
+            aug_gen.set_state(ckpt["aug_generator"].to(aug_gen.get_state().device))
+            history, best_acc, best_epoch = ckpt["history"], ckpt["best_acc"], ckpt["best_epoch"]
+            start = ckpt["epoch"] + 1
+            if cfg.progress:
+                print(f"{desc}: resuming from {out / 'last.pt'} after epoch {ckpt['epoch'] + 1}")
+        elif cfg.progress:
+            print(f"{desc}: {out / 'last.pt'} belongs to other settings; starting over")
+
+    n = len(train)
+    n_batches = max(1, n // cfg.batch_size + (1 if n % cfg.batch_size >= 2 else 0))
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = tqdm(range(n_batches), desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not cfg.progress)
+        for step in bar:
+            index = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            if len(index) < 2:  # BatchNorm cannot train on a single sample
+                continue
+            lr = cfg.lr_at(epoch + step / n_batches)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            x = _batch(train.images, index, cfg)
+            if cfg.augment is not None:
+                x = augment_batch(x, cfg.augment, aug_gen)
+            y = train.targets[index].to(cfg.device)
+            with _autocast(cfg):
+                loss, logits = objective(model, x, y, index)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total_loss += loss.item() * len(index)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(index)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}")
+        row = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1),
+               "train_acc": correct / max(seen, 1), "lr": cfg.lr_at(epoch)}
+        if val is not None and len(val):
+            pred = predict(model, val.images, cfg.eval_batch_size, cfg.device, progress=False,
+                           channels_last=cfg.channels_last, amp=cfg.amp)
+            row["val_loss"] = F.cross_entropy(pred.logits, val.targets).item()
+            row["val_acc"] = (pred.logits.argmax(1) == val.targets).float().mean().item()
+            improved = row["val_acc"] > best_acc
+        else:
+            improved = True
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        if improved:
+            best_acc, best_epoch = row.get("val_acc", 0.0), epoch + 1
+            if out is not None:
+                torch_save(out / "best.pt", model.state_dict())
+        if out is not None:
+            torch_save(out / "last.pt", {
+                "key": key, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "generator": gen.get_state(), "aug_generator": aug_gen.get_state(), "history": history,
+                "best_acc": best_acc, "best_epoch": best_epoch, "config": asdict(cfg)})
+            write_csv(out / "history.csv", pd.DataFrame(history))
+            write_json(out / "history.json", history)
+        if cfg.progress:
+            msg = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
+            print(f"{desc} epoch {epoch + 1}/{cfg.epochs}: {msg}")
+        for callback in callbacks:
+            callback(EpochInfo(epoch + 1, model, row))
+
+    if out is not None and (out / "best.pt").exists() and val is not None:
+        model.load_state_dict(torch.load(out / "best.pt", map_location=cfg.device))
+    return FitResult(pd.DataFrame(history), best_epoch, out)
+
+
+@dataclass
+class Prediction:
+    logits: torch.Tensor  # (N, K) float32, CPU
+    features: torch.Tensor  # (N, C) pooled features, CPU
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 512,
+    device: str = "cpu",
+    flip: bool = False,
+    progress: bool = True,
+    channels_last: bool = True,
+    desc: str = "predict",
+    amp: bool = False,
+) -> Prediction:
+    """Logits and pooled features in eval mode with deterministic transforms, in row order.
+
+    Outputs are indexed exactly like ``images``: there is no shuffling anywhere on this
+    path, which is what makes pseudo labels index-aligned (the reference code's loader
+    shuffled and then indexed by position).
+    """
+    was_training = model.training
+    model.eval()
+    cfg = TrainConfig(device=device, channels_last=channels_last, amp=amp)
+    logits, feats = [], []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=not progress):
+        index = torch.arange(start, min(start + batch_size, len(images)))
+        x = _batch(images, index, cfg)
+        if flip:
+            x = torch.flip(x, dims=[3])
+        with _autocast(cfg):
+            out = model.forward_all(x) if hasattr(model, "forward_all") else None
+        if out is None:
+            with _autocast(cfg):
+                lg = model(x)
+            logits.append(lg.float().cpu())
+            feats.append(torch.empty(len(index), 0))
+        else:
+            logits.append(out.logits.float().cpu())
+            feats.append(out.features.float().cpu())
+    model.train(was_training)
+    if not logits:
+        return Prediction(torch.empty(0, 0), torch.empty(0, 0))
+    return Prediction(torch.cat(logits), torch.cat(feats))
+
+
+def load_history(out_dir: str | Path) -> pd.DataFrame:
+    """Per-epoch metrics written by :func:`fit`."""
+    out = Path(out_dir)
+    if (out / "history.csv").exists():
+        return pd.read_csv(out / "history.csv")
+    return pd.DataFrame(read_json(out / "history.json"))

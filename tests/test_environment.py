@@ -1,0 +1,138 @@
+"""Packaging consistency: pyproject.toml is the one list of dependencies.
+
+environment.yml must repeat it (same names, same specifiers), the Makefile's exact
+torch/torchvision pair must satisfy it, and no committed set-up file may carry a path of the
+machine it was written on.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+yaml = pytest.importorskip("yaml")
+
+try:
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+    from packaging.utils import canonicalize_name
+except ModuleNotFoundError:  # packaging is vendored by pip
+    from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.specifiers import SpecifierSet
+    from pip._vendor.packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RUNTIME = {
+    "torch", "torchvision", "numpy", "pandas", "scikit-learn", "matplotlib", "seaborn",
+    "umap-learn", "tqdm", "pillow", "papermill", "jupyterlab", "ipykernel", "nbformat",
+}
+
+
+def _requirements(lines) -> dict[str, SpecifierSet]:
+    out: dict[str, SpecifierSet] = {}
+    for line in lines:
+        req = Requirement(line)
+        name = canonicalize_name(req.name)
+        assert name not in out, f"{name} declared twice"
+        out[name] = req.specifier
+    return out
+
+
+@pytest.fixture(scope="module")
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def runtime(pyproject) -> dict[str, SpecifierSet]:
+    return _requirements(pyproject["project"]["dependencies"])
+
+
+@pytest.fixture(scope="module")
+def conda_pip() -> list[str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text(encoding="utf-8"))
+    assert env["channels"] == ["conda-forge"]
+    deps = env["dependencies"]
+    assert "python=3.11" in deps and "pip" in deps
+    sections = [d["pip"] for d in deps if isinstance(d, dict) and "pip" in d]
+    assert len(sections) == 1, "environment.yml needs exactly one pip: section"
+    return sections[0]
+
+
+def test_pyproject_declares_the_runtime_dependencies(pyproject, runtime):
+    assert set(runtime) == RUNTIME
+    assert pyproject["project"]["requires-python"] == ">=3.10"
+    dev = _requirements(pyproject["project"]["optional-dependencies"]["dev"])
+    assert {"pytest", "pyyaml"} <= set(dev)
+    assert pyproject["tool"]["setuptools"]["packages"]["find"]["include"] == ["ferlib*"]
+
+
+def test_environment_yml_matches_pyproject(runtime, conda_pip):
+    assert "-e ." in conda_pip
+    conda = _requirements(line for line in conda_pip if not line.startswith("-"))
+    assert set(conda) == set(runtime), (
+        f"only in pyproject: {sorted(set(runtime) - set(conda))}; "
+        f"only in environment.yml: {sorted(set(conda) - set(runtime))}"
+    )
+    for name, spec in runtime.items():
+        assert conda[name] == spec, f"{name}: pyproject {spec} vs environment.yml {conda[name]}"
+
+
+def test_makefile_torch_pair_satisfies_pyproject(runtime):
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    pins = dict(re.findall(r"^(TORCH|TORCHVISION)_VERSION\s*=\s*(\S+)\s*$", makefile, re.M))
+    assert set(pins) == {"TORCH", "TORCHVISION"}, "Makefile must pin TORCH_VERSION and TORCHVISION_VERSION"
+    assert '"torch==$(TORCH_VERSION)" "torchvision==$(TORCHVISION_VERSION)"' in makefile
+    assert runtime["torch"].contains(pins["TORCH"]), (pins["TORCH"], str(runtime["torch"]))
+    assert runtime["torchvision"].contains(pins["TORCHVISION"]), (
+        pins["TORCHVISION"], str(runtime["torchvision"]))
+
+
+def test_makefile_registers_the_papermill_kernel():
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "-m ipykernel install --sys-prefix --name $(KERNEL_NAME)" in makefile
+    assert re.search(r"^KERNEL_NAME\s*=\s*ferkit\s*$", makefile, re.M)
+    for target in ("venv", "demo", "test", "test-fast", "lab", "clean-outputs"):
+        assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"no make target {target}"
+
+
+@pytest.mark.parametrize("dist", ["torch", "torchvision"])
+def test_installed_torch_satisfies_pyproject(runtime, dist):
+    try:
+        version = metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        pytest.skip(f"{dist} not installed")
+    # a local label such as +cu130 or +cpu is ignored by the comparison, as pip does
+    assert runtime[dist].contains(version, prereleases=True), (version, str(runtime[dist]))
+
+
+SETUP_FILES = [
+    "pyproject.toml", "environment.yml", "Makefile", ".ci/run", ".gitignore",
+    "data/README.md", "outputs/README.md", "ferlib/manifest.py", "ferlib/run.py",
+    "tests/test_environment.py", "tests/test_run.py", "tests/test_manifest.py",
+]
+
+
+@pytest.mark.parametrize("name", SETUP_FILES)
+def test_no_machine_paths_in_setup_files(name):
+    path = ROOT / name
+    if not path.exists():
+        pytest.skip(f"{name} absent")
+    text = path.read_text(encoding="utf-8")
+    bad = re.findall(r"(?<![\w.])/(?:work|root|home|Users)/\w", text)
+    assert not bad, f"{name} holds a machine path: {bad}"
+
+
+def test_gitignore_keeps_only_the_readmes():
+    lines = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    for line in (".venv/", "outputs/*", "!outputs/README.md", "data/*", "!data/README.md",
+                 "__pycache__/", "*.egg-info/", ".ipynb_checkpoints/", ".pytest_cache/"):
+        assert line in lines, line

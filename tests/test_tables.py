@@ -1,0 +1,210 @@
+"""ferlib.tables and ferlib.published: collecting runs, the reproduction table, its files."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ferlib import published, tables
+from ferlib.io import write_csv, write_json
+from ferlib.metrics import metrics_table
+
+DETECTORS = ["msp", "cycle_loss"]
+
+
+# --------------------------------------------------------------------------------------------
+# published numbers
+
+
+@pytest.mark.parametrize("dataset,metric", [("rafdb", "auroc"), ("rafdb", "fpr95"),
+                                            ("ferplus", "auroc")])
+def test_published_means_match_per_class_values(dataset, metric):
+    frame = published.published_frame(dataset, metric)
+    checked = 0
+    for method in frame.columns:
+        per_class = frame.loc[list(published.OPEN_ORDER), method]
+        if per_class.isna().any():
+            continue  # the paper gives only the mean (RAF-DB FPR@95 except Ours)
+        assert abs(per_class.mean() - frame.loc["mean", method]) <= 0.002, method
+        checked += 1
+    assert checked >= 1
+
+
+def test_published_frame_layout():
+    frame = published.published_frame("RAF-DB", "AUROC")
+    assert list(frame.index) == ["Sur", "Fea", "Dis", "Hap", "Sad", "Ang", "Neu", "mean"]
+    assert list(frame.columns) == ["Base", "EOW", "PROS", "DIAS", "Ours"]
+    assert frame.loc["Sur", "Ours"] == 0.918
+    assert frame.loc["mean", "Base"] == 0.497
+    assert published.published_frame("FER+", "auroc").loc["Neu", "PROS"] == 0.852
+    fpr = published.published_frame("raf_db", "fpr95")
+    assert fpr.loc["mean"].notna().all()
+    assert fpr.loc["Sur", "Ours"] == 0.608 and math.isnan(fpr.loc["Sur", "Base"])
+    assert published.PUBLISHED["rafdb"]["auroc"]["Ours"]["Neu"] == 0.917
+
+
+def test_published_unknown():
+    with pytest.raises(ValueError, match="no published numbers for data set"):
+        published.published_frame("affectnet", "auroc")
+    with pytest.raises(ValueError, match="no published 'fpr95' for ferplus"):
+        published.published_frame("ferplus", "fpr95")
+
+
+# --------------------------------------------------------------------------------------------
+# fake runs: 2 open classes x 2 seeds, each from a synthetic scores table
+
+
+def _scores_frame(rng, n=300):
+    is_open = rng.random(n) < 0.35
+    return pd.DataFrame({
+        "index": np.arange(n), "path": [f"img/{i}.png" for i in range(n)],
+        "label": np.where(is_open, 2, rng.choice([0, 1, 3, 4, 5, 6], n)),
+        "pseudo": rng.integers(0, 6, n), "is_open": is_open, "origin": "test",
+        "msp": rng.normal(size=n),  # random
+        "cycle_loss": is_open * 2.0 + rng.normal(size=n),  # separable-ish
+    })
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "sweep"
+    # fear before surprise on purpose: the table must follow the paper's order
+    for open_class in ("fear", "surprise"):
+        for seed in (0, 1):
+            run = root / f"rafdb_{open_class}_s{seed}"
+            frame = _scores_frame(rng)
+            parts = [metrics_table(frame, DETECTORS, protocol) for protocol in
+                     ("honest", "reference")]
+            write_csv(run / "metrics.csv", pd.concat(parts, ignore_index=True))
+            write_json(run / "manifest.json", {"params": {
+                "dataset": "rafdb", "open_class": open_class, "seed": seed}, "git": "abc"})
+    return root
+
+
+def test_collect_runs(runs_dir):
+    runs = tables.collect_runs(str(runs_dir / "*"))
+    assert len(runs) == 4 * 2 * 2  # runs x detectors x protocols
+    assert {"dataset", "open_class", "seed", "run", "auroc", "fpr95"} <= set(runs.columns)
+    assert set(runs["open_class"]) == {"Fea", "Sur"}
+    assert set(runs["seed"]) == {0, 1}
+    assert set(runs["dataset"]) == {"rafdb"}
+    assert runs["run"].nunique() == 4
+    # the same runs found from the sweep folder, from metrics.csv paths, or a list of dirs
+    assert len(tables.collect_runs(runs_dir)) == len(runs)
+    assert len(tables.collect_runs(str(runs_dir / "**" / "metrics.csv"))) == len(runs)
+    assert len(tables.collect_runs(sorted(runs_dir.iterdir()))) == len(runs)
+
+
+def test_collect_runs_errors(tmp_path, runs_dir):
+    with pytest.raises(ValueError, match="no run with a metrics.csv"):
+        tables.collect_runs(str(tmp_path / "nothing" / "*"))
+    bad = tmp_path / "bad"
+    write_csv(bad / "metrics.csv", pd.DataFrame({"detector": ["msp"], "auroc": [0.5]}))
+    with pytest.raises(ValueError, match="no manifest.json"):
+        tables.collect_runs(bad)
+    write_json(bad / "manifest.json", {"params": {"dataset": "rafdb", "seed": 0}})
+    with pytest.raises(ValueError, match=r"params lack \['open_class'\]"):
+        tables.collect_runs(bad)
+
+
+def test_summary_table_statistics(runs_dir):
+    runs = tables.collect_runs(runs_dir)
+    summary = tables.summary_table(runs, "auroc", "honest")
+    assert list(summary.index) == ["Sur", "Fea", "mean"]
+    honest = runs[runs["protocol"] == "honest"]
+    for det in DETECTORS:
+        for oc in ("Sur", "Fea"):
+            v = honest.loc[(honest["detector"] == det) & (honest["open_class"] == oc),
+                           "auroc"].to_numpy()
+            assert len(v) == 2
+            assert summary.loc[oc, f"{det}:mean"] == pytest.approx(np.mean(v))
+            assert summary.loc[oc, f"{det}:std"] == pytest.approx(np.std(v, ddof=1))
+            assert summary.loc[oc, f"{det}:n"] == 2
+            assert summary.loc[oc, det] == f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}"
+        d = honest[honest["detector"] == det]
+        per_seed = d.groupby("seed")["auroc"].mean().to_numpy()  # each seed's class average
+        class_means = d.groupby("open_class")["auroc"].mean().to_numpy()
+        assert summary.loc["mean", f"{det}:mean"] == pytest.approx(np.mean(class_means))
+        assert summary.loc["mean", f"{det}:std"] == pytest.approx(np.std(per_seed, ddof=1))
+    # the separable detector wins
+    assert summary.loc["mean", "cycle_loss:mean"] > 0.85 > summary.loc["mean", "msp:mean"]
+
+
+def test_summary_table_published_columns(runs_dir):
+    runs = tables.collect_runs(runs_dir)
+    summary = tables.summary_table(runs, "auroc", "honest")
+    paper_cols = [f"paper:{m}" for m in published.METHODS]
+    assert all(c in summary.columns for c in paper_cols)
+    assert summary.loc["Sur", "paper:Ours"] == 0.918
+    assert summary.loc["Fea", "paper:Base"] == 0.411
+    # only two open classes ran: the paper's mean is taken over the same two
+    assert summary.loc["mean", "paper:Ours"] == pytest.approx((0.918 + 0.907) / 2)
+    fpr = tables.summary_table(runs, "fpr95", "reference")
+    assert fpr.loc["Sur", "paper:Ours"] == 0.608
+    assert math.isnan(fpr.loc["Sur", "paper:Base"])
+    assert fpr.attrs["higher_is_better"] is False
+    assert not any(c.startswith("paper:") for c in
+                   tables.summary_table(runs, "auroc", "honest", published=False).columns)
+
+
+def test_summary_table_needs_a_protocol_when_there_are_several(runs_dir):
+    runs = tables.collect_runs(runs_dir)
+    with pytest.raises(ValueError, match="several protocols"):
+        tables.summary_table(runs, "auroc")
+    with pytest.raises(ValueError, match="no rows for protocol 'other'"):
+        tables.summary_table(runs, "auroc", "other")
+
+
+def test_summary_table_single_seed_has_no_std(runs_dir):
+    runs = tables.collect_runs(runs_dir)
+    one = runs[runs["seed"] == 0]
+    summary = tables.summary_table(one, "auroc", "honest")
+    assert summary["msp:std"].isna().all()
+    assert "±" not in summary.loc["Sur", "msp"]
+
+
+def test_write_tables(runs_dir, tmp_path):
+    runs = tables.collect_runs(runs_dir)
+    summary = tables.summary_table(runs, "auroc", "honest")
+    paths = tables.write_tables(summary, tmp_path / "tables", "rafdb_auroc")
+    assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
+    assert all(p.is_file() for p in paths)
+    csv, md, tex = paths
+
+    back = pd.read_csv(csv)
+    assert list(back["open"]) == ["Sur", "Fea", "mean"]
+    assert "paper:Ours" in back.columns
+    np.testing.assert_allclose(back["cycle_loss:mean"], summary["cycle_loss:mean"])
+
+    latex = tex.read_text()
+    for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"cycle\_loss",
+                  "Ours"):
+        assert token in latex
+    # best of our detectors in bold on each of the three rows: the separable one
+    assert latex.count(r"\mathbf") == 3
+    best = f"{summary.loc['Sur', 'cycle_loss:mean']:.3f}"
+    assert rf"\mathbf{{{best}}}" in latex
+
+    markdown = md.read_text()
+    lines = markdown.strip().splitlines()
+    assert lines[0].startswith("| open | msp | cycle_loss | paper:Base")
+    assert len(lines) == 2 + 3
+    assert markdown.count("**") == 2 * 3
+    assert f"**{summary.loc['mean', 'cycle_loss']}**" in markdown
+    assert not list((tmp_path / "tables").glob(".*.tmp"))
+
+
+def test_bold_follows_the_metric_direction(runs_dir):
+    runs = tables.collect_runs(runs_dir)
+    fpr = tables.summary_table(runs, "fpr95", "honest")
+    md = tables.to_markdown(fpr)
+    best = fpr.loc["mean", ["msp:mean", "cycle_loss:mean"]].astype(float).idxmin()
+    det = best.split(":")[0]
+    assert f"**{fpr.loc['mean', det]}**" in md
+    # bold="all" may pick a paper column; bold=None bolds nothing
+    assert "**" not in tables.to_markdown(fpr, bold=None)
+    assert tables.to_latex(fpr, bold="all").count(r"\mathbf") >= 3
