@@ -10,6 +10,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
     """Write ``path`` through ``writer(tmp_path)`` then rename into place.
 
@@ -21,6 +30,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Pat
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes files private; outputs are not
     try:
         writer(tmp_path)
         os.replace(tmp_path, path)
