@@ -17,7 +17,7 @@ overlap the way real expressions do: neutral versus low-intensity sadness, fear 
 surprise (both raise the brows, widen the eyes and open the mouth; fear adds AU4 and the
 AU20 lip stretch), anger versus disgust (both lower the brows).
 
-Prototype table (intensity at full expression; blank = 0)::
+Prototype table (intensity at full expression; ``.`` = 0)::
 
     emotion    AU1  AU2  AU4  AU5  AU6  AU7  AU9 AU10 AU12 AU15 AU20 AU23 AU24 AU25 AU26
     neutral     .    .    .    .    .    .    .    .    .    .    .    .    .    .    .
@@ -28,7 +28,7 @@ Prototype table (intensity at full expression; blank = 0)::
     disgust     .    .   0.5   .    .   0.4  1.0  0.9   .   0.5   .    .    .   0.3   .
     fear       1.0  0.7  0.7  1.0   .    .    .    .    .    .   1.0   .    .   0.6  0.5
 
-    i.e. happiness = AU6+AU12(+25), sadness = AU1+AU4+AU15, surprise = AU1+AU2+AU5+AU26,
+    i.e. happiness = AU6+AU12(+AU25), sadness = AU1+AU4+AU15, surprise = AU1+AU2+AU5+AU26,
     fear = AU1+AU2+AU4+AU5+AU20+AU26, anger = AU4+AU5+AU7+AU23+AU24,
     disgust = AU9+AU10+AU15(+AU4), neutral = none.
 

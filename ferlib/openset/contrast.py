@@ -34,28 +34,15 @@ from ferlib.io import write_json
 from ferlib.losses import CamFlipConsistency
 from ferlib.models import ModelConfig, build_model
 from ferlib.openset.data import OpenSetData
-from ferlib.openset.detect import Detector
+from ferlib.openset.detect import Detector, NetworkConfig
 from ferlib.train import TensorData, TrainConfig, fit, predict
 
 
 @dataclass
-class ContrastConfig:
-    arch: str = "resnet18"
-    input_size: int = 48
-    stem: str = "auto"  # see ferlib.models.ModelConfig: "imagenet" is ~4x cheaper at 48 px
-    pretrained: str | None = None
+class ContrastConfig(NetworkConfig):
     epochs: int = 6
     lam: float = 1.0  # CAM flip-consistency weight (0 = plain cross-entropy)
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 128
     folds: int = 2
-    seed: int = 0
-    device: str = "cpu"
-    channels_last: bool = True
-    amp: bool = False
-    progress: bool = True
-    out_dir: str | None = None
 
 
 class ContrastDetector(Detector):

@@ -41,34 +41,21 @@ from ferlib.io import write_json
 from ferlib.losses import CamFlipConsistency
 from ferlib.models import ModelConfig, build_model
 from ferlib.openset.data import OpenSetData
-from ferlib.openset.detect import Detector
+from ferlib.openset.detect import Detector, NetworkConfig
 from ferlib.train import TensorData, TrainConfig, fit, predict
 
 
 @dataclass
-class CycleConfig:
+class CycleConfig(NetworkConfig):
     """Every choice the paper leaves open, with the default we use and report."""
 
-    arch: str = "resnet18"
-    input_size: int = 48
-    stem: str = "auto"  # see ferlib.models.ModelConfig: "imagenet" is ~4x cheaper at 48 px
-    pretrained: str | None = None  # state-dict path (face weights or the close-set model); None = scratch
     cycles: int = 3
     epochs_per_cycle: int = 4
     select_ratio: float = 0.5
     class_balanced: bool = True
     lam: float = 5.0
     cycle_training: bool = True
-    lr: float = 1e-3
     lr_min: float = 1e-5
-    weight_decay: float = 1e-4
-    batch_size: int = 128
-    seed: int = 0
-    device: str = "cpu"
-    channels_last: bool = True
-    amp: bool = False
-    progress: bool = True
-    out_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.select_ratio <= 1:
@@ -128,7 +115,7 @@ class CycleDetector(Detector):
         """Cross-entropy of each sample against its pseudo label, eval mode, no augmentation."""
         pred = predict(net, images, device=self.cfg.device, progress=False, channels_last=self.cfg.channels_last,
                        amp=self.cfg.amp)
-        loss = F.cross_entropy(pred.logits, torch.as_tensor(targets), reduction="none")
+        loss = F.cross_entropy(pred.logits, torch.tensor(np.asarray(targets), dtype=torch.long), reduction="none")
         return loss.numpy(), pred.features.numpy()
 
     def fit(self, data: OpenSetData) -> "CycleDetector":

@@ -9,11 +9,31 @@ touch a model, so they run in milliseconds and can be recomputed from a finished
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import logsumexp, softmax
 
 from ferlib.openset.data import OpenSetData
+
+
+@dataclass
+class NetworkConfig:
+    """Settings shared by the detectors that train networks on the evaluation images."""
+
+    arch: str = "resnet18"
+    input_size: int = 48
+    stem: str = "auto"  # see ferlib.models.ModelConfig: "imagenet" is ~4x cheaper at 48 px
+    pretrained: str | None = None  # state-dict path (face weights or the close-set model); None = scratch
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "cpu"
+    channels_last: bool = True
+    amp: bool = False
+    progress: bool = True
+    out_dir: str | None = None  # checkpoints, so that a killed detector resumes
 
 
 class Detector(ABC):
