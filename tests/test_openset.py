@@ -177,3 +177,39 @@ def test_contrast_detector_flags_population_absent_from_training():
     det = ContrastDetector(ContrastConfig(input_size=32, epochs=3, batch_size=32, progress=False))
     auroc = openset_metrics(det.fit_score(data), data.is_open)["auroc"]
     assert auroc > 0.9, auroc
+
+
+def test_tknn_equals_brute_force_neighbour_share():
+    data = _data(n_close=40, n_open=20, dim=8, seed=3)
+    k = 7
+    ev = data.features / np.linalg.norm(data.features, axis=1, keepdims=True)
+    tr = data.train_features / np.linalg.norm(data.train_features, axis=1, keepdims=True)
+    pool = np.concatenate([ev, tr])
+    expected = []
+    for i, q in enumerate(ev):
+        sim = pool @ q
+        sim[i] = -np.inf
+        expected.append((np.argsort(-sim, kind="stable")[:k] < len(ev)).mean())
+    got = make_detector("tknn", k=k, chunk=16).score(data)  # several chunks
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_tknn_finds_a_tight_open_cluster_inside_a_close_class():
+    """An open population inside a close class's region: far-from-training (knn) cannot
+    see it, the share of evaluation neighbours can."""
+    rng = np.random.default_rng(1)
+    data = _data(n_close=300, n_open=100, dim=16, seed=1)
+    cls0 = data.train_features[data.train_targets == 0].mean(0)
+    data.features[300:] = cls0 + rng.normal(0, 1, 16) * 0.5 + rng.normal(0, 0.2, (100, 16))
+    tknn = openset_metrics(make_detector("tknn").fit_score(data), data.is_open)["auroc"]
+    knn = openset_metrics(make_detector("knn").fit_score(data), data.is_open)["auroc"]
+    assert tknn > 0.95 and tknn > knn + 0.2, (tknn, knn)
+
+
+def test_tknn_needs_training_features():
+    data = _data()
+    data.train_features = None
+    with pytest.raises(ValueError, match="train_features"):
+        make_detector("tknn").score(data)
+    with pytest.raises(ValueError, match="k must be"):
+        make_detector("tknn", k=0)
