@@ -114,6 +114,52 @@ metrics.round(3)'''),
     fig = plots.score_histograms(scores, detectors, protocol=protocol)
     plots.save_figure(fig, figures / f"score_histograms_{protocol}")'''),
     ],
+    "04_visualise": [
+        ("md", """# 04 · Visualise
+
+Redraws every figure of a finished run from its files alone (no model, no training, no data
+set): learning curves and confusion matrix, and per protocol the score histograms of every
+detector (AUROC under each panel), the paper's per-sample loss histogram (`cycle`), the ROC
+curves, the pseudo-label spread, and an embedding (UMAP, or t-SNE as in the paper) of the
+close-set model's features beside the cycle detector's, coloured by true class with the open
+samples as red crosses. Optionally gathers the runs of a sweep into the paper's table.
+
+**Reads** `run_dir/01_close_set/`, `run_dir/02_pseudo_labels/`, `run_dir/03_detect/`
+(`scores_<protocol>.csv`, `detector_features_<protocol>.npy`) and `run_dir/metrics.csv`.
+**Writes** `run_dir/figures/` (PNG at 300 dpi + PDF; embedding coordinates as `.npz`) and,
+with `results_glob`, `outputs/tables/` (CSV, Markdown, LaTeX)."""),
+        ("params", COMMON + '''
+protocols = ["honest", "reference"]
+embed_method = "umap"      # or "tsne"
+embed_max_points = 3000    # embeddings of at most this many samples (drawn with seed)
+results_glob = None        # e.g. "outputs/ferplus_open-*_seed*": gather a sweep into the paper's table'''),
+        ("code", '''from IPython.display import Image, Markdown, display
+from ferlib import stages
+
+figures = stages.visualise(run_dir=run_dir, protocols=protocols, embed_method=embed_method,
+                           embed_max_points=embed_max_points, seed=seed)
+for name, paths in figures.items():
+    if name.startswith(("score_histograms_", "embedding_")):
+        print(name)
+        display(Image(filename=str(paths[0]), width=700))'''),
+        ("md", """## Reproduction table
+
+With `results_glob` set, the finished runs it matches (e.g. the runs of
+`python -m ferlib.run sweep`) are gathered into the paper's table: one row per open class and
+the mean, our detectors as mean ± std over seeds beside the published numbers, best in bold.
+Written to `outputs/tables/<dataset>_<metric>_<protocol>.{csv,md,tex}`; runs without
+`metrics.csv` are skipped."""),
+        ("code", '''if results_glob:
+    from ferlib.tables import to_markdown
+
+    tables = stages.collect_results(results_glob)
+    for stem, table in tables.items():
+        if table.attrs["metric"] == "auroc" and table.attrs["protocol"] in ("honest", "reference"):
+            display(Markdown(f"**AUROC, {table.attrs['protocol']} protocol** (`{stem}`)\\n\\n"
+                             + to_markdown(table)))
+else:
+    print("results_glob is None: set it (e.g. 'outputs/ferplus_open-*_seed*') to build the table")'''),
+    ],
 }
 
 
