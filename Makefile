@@ -48,8 +48,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "Python (ferkit)"
 	@touch "$@"
 
+# CPU-sized demo settings (about 15-25 minutes on 2 cores); drop them for the notebooks' defaults.
+DEMO_PARAMS = -p epochs=6 -p "cycle={'cycles': 2, 'epochs_per_cycle': 3}" -p "contrast={'epochs': 4}"
+
 demo: venv
-	$(PY) -m ferlib.run pipeline --dataset synthetic --run demo
+	$(PY) -m ferlib.run pipeline --dataset synthetic --run demo $(DEMO_PARAMS)
 
 test: venv
 	$(PY) -m pytest -q
