@@ -123,3 +123,16 @@ def test_notebook_01_through_papermill(tiny_run, tmp_path):
     assert (tmp_path / "nb" / "figures" / "confusion_matrix.pdf").exists()
     manifest = (tmp_path / "nb" / "manifest.json").read_text()
     assert '"fingerprint"' in manifest and '"torch"' in manifest
+
+
+def test_ablation_table(tiny_run):
+    """The ablation runs each variant beside max softmax on the same rows and writes its table."""
+    params, _ = tiny_run
+    table = stages.ablate_cycle(**params, protocols=["honest"],
+                                variants={k: stages.CYCLE_ABLATIONS[k] for k in ("lam=0", "test_split_only")},
+                                cycle={"cycles": 1, "epochs_per_cycle": 1, "batch_size": 64})
+    assert list(table["variant"]) == ["lam=0", "test_split_only"]
+    test_only = table.set_index("variant").loc["test_split_only"]
+    assert test_only["n"] == 280 and test_only["eval_subset"] == "test"
+    assert table["cycle_auroc"].between(0, 1).all() and table["msp_auroc"].between(0, 1).all()
+    assert (Path(params["run_dir"]) / "ablation.csv").exists()
