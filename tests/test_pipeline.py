@@ -58,7 +58,7 @@ def test_pseudo_label_is_the_prediction_for_that_very_image(tiny_run):
     logit_cols = [c for c in table.columns if c.startswith("logit_")]
     for i in order:
         img = Image.open(root / table.loc[i, "path"]).convert("RGB").resize((SIZE, SIZE), Image.BILINEAR)
-        x = to_float(torch.from_numpy(np.asarray(img)).permute(2, 0, 1)[None].contiguous())
+        x = to_float(torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].contiguous())
         with torch.no_grad():
             logits = model(x)[0].numpy()
         assert int(logits.argmax()) == table.loc[i, "pseudo"], f"row {i} misaligned"
