@@ -1,7 +1,7 @@
 """The published numbers of open-set FER (Zhang et al., AAAI 2024), as data.
 
 Source: the README of the paper's repository, as transcribed in
-``/work/shared/reference/METHODS.md`` ("Published table"). Methods: ``Base`` = the close-set
+``../shared/reference/METHODS.md`` (beside the repository) ("Published table"). Methods: ``Base`` = the close-set
 model's max logit/softmax, ``EOW`` (likely EOW-Softmax, ICCV 2021: unverified), ``PROS`` =
 PROSER (CVPR 2021), ``DIAS`` (ECCV 2022), ``Ours`` = the paper's method. Values are rounded to
 three decimals as published; means are the paper's own, not recomputed.
