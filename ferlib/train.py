@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from ferlib.progress import progress_bar
 
 from ferlib.data.augment import AugmentConfig, augment_batch, to_float
 from ferlib.io import hash_strings, read_json, torch_save, write_csv, write_json
@@ -194,7 +194,7 @@ def fit(
         model.train()
         perm = torch.randperm(n, generator=gen)
         total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(range(n_batches), desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False,
+        bar = progress_bar(range(n_batches), desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not cfg.progress)
         for step in bar:
             index = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
@@ -217,7 +217,7 @@ def fit(
             total_loss += loss.item() * len(index)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(index)
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}")
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", refresh=False)  # redraw on tqdm's clock
         row = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1),
                "train_acc": correct / max(seen, 1), "lr": cfg.lr_at(epoch)}
         if val is not None and len(val):
@@ -280,7 +280,7 @@ def predict(
     model.eval()
     cfg = TrainConfig(device=device, channels_last=channels_last, amp=amp)
     logits, feats = [], []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=not progress):
+    for start in progress_bar(range(0, len(images), batch_size), desc=desc, leave=False, disable=not progress):
         index = torch.arange(start, min(start + batch_size, len(images)))
         x = _batch(images, index, cfg)
         if flip:

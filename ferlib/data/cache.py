@@ -239,12 +239,12 @@ def build_cache(
                 out[i] = array.transpose(2, 0, 1)
         return stop - start
 
-    from tqdm.auto import tqdm
+    from ferlib.progress import progress_bar
 
     chunk = 256
     bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
     n_workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    with tqdm(total=n, disable=not progress, desc=f"decode {dataset.name}/{dataset.split}",
+    with progress_bar(total=n, disable=not progress, desc=f"decode {dataset.name}/{dataset.split}",
               unit="img") as bar:
         if n_workers <= 1 or len(bounds) <= 1:
             for s, e in bounds:
