@@ -39,7 +39,7 @@ __all__ = [
     "score_histograms", "loss_histogram", "roc_curves",
     "embedding", "embedding_plot", "embedding_comparison",
     "learning_curves", "confusion_matrix_plot",
-    "pseudo_label_spread_table", "pseudo_label_spread",
+    "pseudo_label_spread_table", "pseudo_label_spread", "per_class_summary",
 ]
 
 SINGLE_COLUMN = 3.4  # inches
@@ -623,4 +623,64 @@ def pseudo_label_spread(table, class_names: Sequence[str]) -> Figure:
     ax.set_title(f"n = {spread.attrs['n_open']} open samples, TV from uniform = "
                  f"{spread.attrs['tv_from_uniform']:.2f}")
     fig.legend(*ax.get_legend_handles_labels(), loc="outside upper center", ncols=2)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# reproduction table as a figure
+
+
+_METRIC_LABEL = {"auroc": "AUROC", "fpr95": "FPR@TPR95"}
+
+
+@_styled
+def per_class_summary(summary, *, detectors: Sequence[str] | Mapping[str, str] | None = None,
+                      paper: Sequence[str] = ("Base", "Ours")) -> Figure:
+    """The reproduction table (:func:`ferlib.tables.summary_table`) as grouped bars.
+
+    One group per open class and the mean; one bar per detector (mean over seeds, std as an
+    error bar when there are several seeds); the paper's methods in ``paper`` drawn as
+    markers where the summary has ``paper:<method>`` columns. For AUROC a dotted line marks
+    chance (.5). Why a figure beside the table: a reader sees at once which open classes a
+    detector fails on and how far each is from the published numbers.
+    """
+    attrs = getattr(summary, "attrs", {}) or {}
+    names = _detector_names(detectors if detectors is not None else attrs.get("detectors", []))
+    _columns(summary, [f"{d}:mean" for d in names])
+    metric = attrs.get("metric", "auroc")
+    rows = [str(r) for r in summary.index]
+    x = np.arange(len(rows), dtype=float)
+    width = 0.8 / len(names)
+    fig, axes = _figure(DOUBLE_COLUMN, 2.6)
+    ax = axes[0, 0]
+    for k, (det, name) in enumerate(names.items()):
+        mean = summary[f"{det}:mean"].to_numpy(dtype=float)
+        std = summary[f"{det}:std"].to_numpy(dtype=float) if f"{det}:std" in summary else None
+        err = None if std is None or not np.isfinite(std).any() else np.nan_to_num(std)
+        ax.bar(x - 0.4 + width * (k + 0.5), mean, width, yerr=err, label=name,
+               color=PALETTE[k % len(PALETTE)], edgecolor="white", linewidth=0.3,
+               hatch="////" if k >= len(PALETTE) else None,  # colours repeat after eight
+               error_kw={"elinewidth": 0.6, "capsize": 1.5})
+    markers = ("x", "D", "^", "v", "s")
+    for j, method in enumerate(paper):
+        col = f"paper:{method}"
+        if col not in summary.columns:
+            continue
+        vals = summary[col].to_numpy(dtype=float)
+        if np.isfinite(vals).any():
+            ax.plot(x, vals, linestyle="none", marker=markers[j % len(markers)], markersize=4,
+                    color="black" if j else "#777777", label=f"paper: {method}")
+    if metric == "auroc":
+        ax.axhline(0.5, color="#999999", linestyle=":", linewidth=0.8)
+    ax.set_xticks(x, rows)
+    if "mean" in rows:
+        ax.axvline(rows.index("mean") - 0.5, color="#BBBBBB", linewidth=0.6)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(_METRIC_LABEL.get(metric, metric))
+    ax.set_xlabel("open class")
+    where = ", ".join(str(v) for v in (attrs.get("dataset"), attrs.get("protocol") and
+                                       f"{attrs['protocol']} protocol") if v)
+    if where:
+        ax.set_title(where)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), ncols=1)
     return fig

@@ -611,10 +611,12 @@ def collect_results(runs_glob="outputs/*", out_dir: str = "outputs/tables",
     Gathers every run under ``runs_glob`` that has a ``metrics.csv`` (others are skipped) with
     :func:`ferlib.tables.collect_runs` and writes one summary table per data set, protocol and
     metric (rows: open classes + mean; columns: detectors as mean ± std over seeds, and the
-    paper's numbers) as ``<dataset>_<metric>_<protocol>.{csv,md,tex}`` into ``out_dir``. Runs
+    paper's numbers) as ``<dataset>_<metric>_<protocol>.{csv,md,tex}`` into ``out_dir``, and
+    the same table as a bar chart (:func:`ferlib.plots.per_class_summary`, ``.png`` / ``.pdf``). Runs
     of the ``eval_subset="test"`` ablation get their own tables (stem suffix ``_test``).
     Returns the summary frames by file stem.
     """
+    from ferlib.plots import per_class_summary, save_figure
     from ferlib.published import canonical_dataset
     from ferlib.tables import collect_runs, summary_table, write_tables
 
@@ -635,6 +637,7 @@ def collect_results(runs_glob="outputs/*", out_dir: str = "outputs/tables",
                 summary = summary_table(group, metric, protocol, dataset=dataset)
                 stem = f"{dataset}_{metric}_{protocol}" + ("" if subset == "all" else f"_{subset}")
                 write_tables(summary, out_dir, stem)
+                save_figure(per_class_summary(summary), Path(out_dir) / stem)
                 tables[stem] = summary
     n_classes = frame["open_class"].nunique()
     print(f"{len(runs)} runs ({n_classes} open classes) -> {len(tables)} tables in {out_dir}")

@@ -208,3 +208,27 @@ def test_bold_follows_the_metric_direction(runs_dir):
     # bold="all" may pick a paper column; bold=None bolds nothing
     assert "**" not in tables.to_markdown(fpr, bold=None)
     assert tables.to_latex(fpr, bold="all").count(r"\mathbf") >= 3
+
+
+def test_per_class_summary_figure_draws_the_table(runs_dir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ferlib import plots
+
+    summary = tables.summary_table(tables.collect_runs(runs_dir), "auroc", "honest")
+    fig = plots.per_class_summary(summary)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Sur", "Fea", "mean"]
+    from matplotlib.container import BarContainer, ErrorbarContainer
+
+    bars = {c.get_label(): [p.get_height() for p in c.patches] for c in ax.containers
+            if isinstance(c, BarContainer)}
+    assert any(isinstance(c, ErrorbarContainer) for c in ax.containers)  # two seeds: std bars
+    for det in summary.attrs["detectors"]:
+        np.testing.assert_allclose(bars[det], summary[f"{det}:mean"].to_numpy(dtype=float))
+    ours = [line for line in ax.get_lines() if line.get_label() == "paper: Ours"]
+    assert len(ours) == 1  # RAF-DB: the paper's numbers are drawn
+    np.testing.assert_allclose(ours[0].get_ydata(), summary["paper:Ours"].to_numpy(dtype=float))
+    plt.close(fig)

@@ -211,8 +211,10 @@ def test_collect_results_writes_tables_per_protocol(tmp_path):
     tables = stages.collect_results(str(sweep / "*"), out_dir=str(out))
     assert set(tables) == {f"ferplus_{m}_{p}" for m in ("auroc", "fpr95") for p in ("honest", "reference")}
     for stem, table in tables.items():
-        for suffix in ("csv", "md", "tex"):
+        for suffix in ("csv", "md", "tex", "pdf"):
             assert (out / f"{stem}.{suffix}").is_file(), stem
+        with Image.open(out / f"{stem}.png") as im:  # the bar chart, double column
+            assert im.size == (round(plots.DOUBLE_COLUMN * plots.DPI), round(2.6 * plots.DPI))
         assert list(table.index) == ["Sur", "Fea", "mean"]  # the paper's order, no disgust
         assert set(DETECTORS) <= set(table.columns)
         # the paper publishes FERPlus AUROC only
