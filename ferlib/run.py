@@ -579,6 +579,13 @@ def build_parser(stage_table: Sequence[Stage] = STAGES) -> argparse.ArgumentPars
                        help="open classes: all (the 7 basic emotions) or names")
     sweep.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="N")
 
+    tables = sub.add_parser("tables", help="gather finished runs into the reproduction tables",
+                            description="Tables (CSV, Markdown, LaTeX) and bar charts per data "
+                                        "set, protocol and metric from every run with metrics.csv.")
+    tables.add_argument("runs", nargs="+", help="run folders, sweep folders or globs")
+    tables.add_argument("--out", default=None,
+                        help="where the tables go (default: outputs/tables in the repository)")
+
     stage = sub.add_parser("stage", help="run one stage",
                            epilog="stages: " + ", ".join(s.name for s in stage_table))
     stage.add_argument("name", help="stage name or prefix, e.g. 02")
@@ -596,6 +603,16 @@ def main(argv: Sequence[str] | None = None, *, stage_table: Sequence[Stage] = ST
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("papermill").setLevel(logging.INFO)  # cell outputs as they come
 
+    if args.command == "tables":
+        from ferlib.stages import collect_results
+
+        out = args.out if args.out is not None else Path(repo_root) / "outputs" / "tables"
+        try:
+            collect_results(args.runs, out_dir=out)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return 2
+        return 0
     common = dict(
         data_root=args.data_root, device=args.device, outputs=args.outputs,
         executor=args.executor, force=args.force, extra=args.param,

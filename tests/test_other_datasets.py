@@ -52,6 +52,7 @@ def test_rafdb_sweep_and_tables(make_rafdb, tmp_path):
             # the open class's train (8) and test (3) images are all in the evaluation table
         _check_run(out / f"rafdb_open-{name}_seed0", "rafdb", name, n_open=11)
 
+    assert main(["tables", str(out / "*"), "--out", str(tmp_path / "tables")]) == 0  # the CLI
     tables = stages.collect_results(out / "*", out_dir=tmp_path / "tables")
     assert set(tables) == {f"rafdb_{m}_{p}" for m in ("auroc", "fpr95") for p in ("honest", "reference")}
     auroc = tables["rafdb_auroc_honest"]
@@ -60,7 +61,7 @@ def test_rafdb_sweep_and_tables(make_rafdb, tmp_path):
     paper = published.PUBLISHED["rafdb"]["auroc"]["Ours"]["Sur"]
     assert float(auroc.loc["Sur", "paper:Ours"]) == pytest.approx(paper)
     for stem in tables:
-        for ext in ("csv", "md", "tex"):
+        for ext in ("csv", "md", "tex", "png", "pdf"):
             assert (tmp_path / "tables" / f"{stem}.{ext}").is_file()
 
 

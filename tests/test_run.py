@@ -432,3 +432,11 @@ def test_missing_notebook_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("FERKIT_KERNEL", raising=False)
     with pytest.raises(RunnerError, match="01_a.ipynb does not exist"):
         pipeline(tmp_path, executor="papermill")
+
+
+def test_cli_tables_without_finished_runs_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "half_run").mkdir()  # no metrics.csv: not finished
+    assert main(["tables", str(tmp_path / "*"), "--out", str(tmp_path / "tables")],
+                repo_root=tmp_path) == 2
+    assert "no finished run" in capsys.readouterr().err
+    assert not (tmp_path / "tables").exists()
