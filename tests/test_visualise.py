@@ -235,3 +235,29 @@ def test_scores_rows_align_with_pseudo_labels():
     stale = pd.DataFrame({"origin": ["train"], "source_index": [4]})
     with pytest.raises(ValueError, match="not in pseudo_labels.csv"):
         stages._align_rows(stale, table, "pseudo_labels.csv")
+
+
+@pytest.mark.slow
+def test_notebook_04_through_papermill_redraws_and_tabulates(tmp_path):
+    """The notebook path: the runner executes notebook 04 on finished runs' files alone, with
+    ``results_glob`` gathering them into the tables (written beside the runs)."""
+    from test_run import _kernel_or_skip  # tests/ is on sys.path (pytest's rootdir import)
+
+    from ferlib.run import main
+
+    _kernel_or_skip()
+    out = tmp_path / "outputs"
+    make_run(out / "ferplus_open-surprise_seed0")
+    make_run(out / "ferplus_open-fear_seed0", open_class="fear")
+    code = main(["stage", "04", "--dataset", "ferplus", "--open-class", "surprise", "--outputs", str(out),
+                 "--executor", "papermill", "-p", "embed_method='tsne'", "-p", "embed_max_points=100",
+                 "-p", f"results_glob='{out / 'ferplus_open-*'}'"])
+    assert code == 0
+    run = out / "ferplus_open-surprise_seed0"
+    executed = (run / "notebooks" / "04_visualise.ipynb").read_text()
+    assert "AUROC, honest protocol" in executed and "image/png" in executed
+    assert (run / "figures" / "score_histograms_honest.pdf").is_file()
+    for suffix in ("csv", "md", "tex", "png", "pdf"):
+        assert (out / "tables" / f"ferplus_auroc_honest.{suffix}").is_file()
+    table = pd.read_csv(out / "tables" / "ferplus_auroc_honest.csv")
+    assert list(table["open"]) == ["Sur", "Fea", "mean"]

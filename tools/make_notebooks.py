@@ -147,16 +147,22 @@ for name, paths in figures.items():
 With `results_glob` set, the finished runs it matches (e.g. the runs of
 `python -m ferlib.run sweep`) are gathered into the paper's table: one row per open class and
 the mean, our detectors as mean ± std over seeds beside the published numbers, best in bold.
-Written to `outputs/tables/<dataset>_<metric>_<protocol>.{csv,md,tex}`; runs without
-`metrics.csv` are skipped."""),
+Written beside the runs (`outputs/tables/` for the default `run_dir`) as
+`<dataset>_<metric>_<protocol>.{csv,md,tex}` with the same table as
+a bar chart (`.png`, `.pdf`); runs without `metrics.csv` are skipped. The command line does
+the same: `python -m ferlib.run tables "outputs/ferplus_*"`."""),
         ("code", '''if results_glob:
+    from pathlib import Path
+
     from ferlib.tables import to_markdown
 
-    tables = stages.collect_results(results_glob)
+    tables_dir = Path(run_dir).parent / "tables"  # beside the runs: outputs/tables by default
+    tables = stages.collect_results(results_glob, out_dir=tables_dir)
     for stem, table in tables.items():
         if table.attrs["metric"] == "auroc" and table.attrs["protocol"] in ("honest", "reference"):
             display(Markdown(f"**AUROC, {table.attrs['protocol']} protocol** (`{stem}`)\\n\\n"
                              + to_markdown(table)))
+            display(Image(filename=f"{tables_dir}/{stem}.png", width=700))
 else:
     print("results_glob is None: set it (e.g. 'outputs/ferplus_open-*_seed*') to build the table")'''),
     ],
