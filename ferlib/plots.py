@@ -631,6 +631,7 @@ def pseudo_label_spread(table, class_names: Sequence[str]) -> Figure:
 
 
 _METRIC_LABEL = {"auroc": "AUROC", "fpr95": "FPR@TPR95"}
+_DATASET_TITLE = {"ferplus": "FERPlus", "rafdb": "RAF-DB", "affectnet": "AffectNet"}
 
 
 @_styled
@@ -678,7 +679,9 @@ def per_class_summary(summary, *, detectors: Sequence[str] | Mapping[str, str] |
     ax.set_ylim(0, 1)
     ax.set_ylabel(_METRIC_LABEL.get(metric, metric))
     ax.set_xlabel("open class")
-    where = ", ".join(str(v) for v in (attrs.get("dataset"), attrs.get("protocol") and
+    dataset = attrs.get("dataset")
+    dataset = _DATASET_TITLE.get(str(dataset), dataset)
+    where = ", ".join(str(v) for v in (dataset, attrs.get("protocol") and
                                        f"{attrs['protocol']} protocol") if v)
     if where:
         ax.set_title(where)
