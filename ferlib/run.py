@@ -92,7 +92,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("03_detect_open_set", notebook="notebooks/03_detect_open_set.ipynb",
           func="ferlib.stages:detect_open_set"),
     Stage("04_visualise", notebook="notebooks/04_visualise.ipynb",
-          func="ferlib.stages:visualise"),
+          func="ferlib.report:visualise"),
 )
 
 #: Parameters every notebook receives (``-p`` may not override them).
@@ -604,7 +604,7 @@ def main(argv: Sequence[str] | None = None, *, stage_table: Sequence[Stage] = ST
     logging.getLogger("papermill").setLevel(logging.INFO)  # cell outputs as they come
 
     if args.command == "tables":
-        from ferlib.stages import collect_results
+        from ferlib.report import collect_results
 
         out = args.out if args.out is not None else Path(repo_root) / "outputs" / "tables"
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from ferlib import published, stages
+from ferlib import published, report, stages
 from ferlib.manifest import read_manifest
 from ferlib.run import main
 
@@ -53,7 +53,7 @@ def test_rafdb_sweep_and_tables(make_rafdb, tmp_path):
         _check_run(out / f"rafdb_open-{name}_seed0", "rafdb", name, n_open=11)
 
     assert main(["tables", str(out / "*"), "--out", str(tmp_path / "tables")]) == 0  # the CLI
-    tables = stages.collect_results(out / "*", out_dir=tmp_path / "tables")
+    tables = report.collect_results(out / "*", out_dir=tmp_path / "tables")
     assert set(tables) == {f"rafdb_{m}_{p}" for m in ("auroc", "fpr95") for p in ("honest", "reference")}
     auroc = tables["rafdb_auroc_honest"]
     assert list(auroc.index) == ["Sur", "Fea", "mean"]
@@ -72,6 +72,6 @@ def test_affectnet_sweep(make_affectnet, tmp_path):
     out = tmp_path / "outputs"
     assert _sweep("affectnet", root, out, ["anger"]) == 0
     _check_run(out / "affectnet_open-anger_seed0", "affectnet", "anger", n_open=11)
-    tables = stages.collect_results(out, out_dir=tmp_path / "tables")
+    tables = report.collect_results(out, out_dir=tmp_path / "tables")
     assert "affectnet_auroc_honest" in tables
     assert not any(str(c).startswith("paper:") for c in tables["affectnet_auroc_honest"].columns)

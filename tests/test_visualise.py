@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ferlib import plots, stages  # noqa: E402
+from ferlib import plots, report, stages  # noqa: E402
 from ferlib.metrics import metrics_table  # noqa: E402
 from ferlib.openset.data import TABLE_COLUMNS  # noqa: E402
 
@@ -133,7 +133,7 @@ EXPECTED = {
 
 def test_visualise_redraws_every_figure(tmp_path):
     run = make_run(tmp_path / "run")
-    written = stages.visualise(run_dir=str(run), embed_method="tsne", embed_max_points=100, seed=3)
+    written = report.visualise(run_dir=str(run), embed_method="tsne", embed_max_points=100, seed=3)
     figures = run / "figures"
     assert set(written) == set(EXPECTED)
     for name, (width, height) in EXPECTED.items():
@@ -156,7 +156,7 @@ def test_visualise_redraws_every_figure(tmp_path):
     np.testing.assert_array_equal(scores.loc[emb["index"], "label"], emb["label"])
 
     # same files and seed: the identical embedding (subsample and coordinates)
-    again = stages.visualise(run_dir=str(run), protocols=("honest",), embed_method="tsne",
+    again = report.visualise(run_dir=str(run), protocols=("honest",), embed_method="tsne",
                              embed_max_points=100, seed=3)
     assert "roc_curves_reference" not in again
     emb2 = np.load(again["embedding_tsne_honest"][2])
@@ -170,7 +170,7 @@ def test_visualise_redraws_every_figure(tmp_path):
 def test_visualise_umap_default_is_seeded(tmp_path):
     run = make_run(tmp_path / "run")
     (run / "01_close_set" / "history.csv").unlink()  # stage 01 figures need the history
-    written = stages.visualise(run_dir=str(run), protocols=("honest", "missing"), embed_max_points=60)
+    written = report.visualise(run_dir=str(run), protocols=("honest", "missing"), embed_max_points=60)
     assert "learning_curves" not in written and "roc_curves_honest" in written
     assert "roc_curves_missing" not in written
     png, _, npz = written["embedding_umap_honest"]
@@ -184,16 +184,16 @@ def test_visualise_umap_default_is_seeded(tmp_path):
     np.testing.assert_array_equal(plots.embedding(features, method="umap", seed=0), emb["coords_0"])
     assert not np.allclose(plots.embedding(features, method="umap", seed=1), emb["coords_0"])
     # the subsample is seeded too
-    np.testing.assert_array_equal(stages._subsample(145, 60, 0), emb["index"])
-    assert not np.array_equal(stages._subsample(145, 60, 1), emb["index"])
+    np.testing.assert_array_equal(report._subsample(145, 60, 0), emb["index"])
+    assert not np.array_equal(report._subsample(145, 60, 1), emb["index"])
 
 
 def test_visualise_needs_scores(tmp_path):
     run = make_run(tmp_path / "run")
     with pytest.raises(FileNotFoundError, match="run stage 03 first"):
-        stages.visualise(run_dir=str(run), protocols=("nope",))
+        report.visualise(run_dir=str(run), protocols=("nope",))
     with pytest.raises(ValueError, match="embed_method"):
-        stages.visualise(run_dir=str(run), embed_method="pca")
+        report.visualise(run_dir=str(run), embed_method="pca")
 
 
 def test_collect_results_writes_tables_per_protocol(tmp_path):
@@ -208,7 +208,7 @@ def test_collect_results_writes_tables_per_protocol(tmp_path):
     _write_manifest(sweep / "ferplus_open-disgust_seed0", "disgust", 0)  # unfinished: no metrics.csv
     (sweep / "cache").mkdir()
     out = tmp_path / "tables"
-    tables = stages.collect_results(str(sweep / "*"), out_dir=str(out))
+    tables = report.collect_results(str(sweep / "*"), out_dir=str(out))
     assert set(tables) == {f"ferplus_{m}_{p}" for m in ("auroc", "fpr95") for p in ("honest", "reference")}
     for stem, table in tables.items():
         for suffix in ("csv", "md", "tex", "pdf"):
@@ -224,17 +224,17 @@ def test_collect_results_writes_tables_per_protocol(tmp_path):
     assert auroc.loc["Sur", "msp:n"] == 3 and auroc.loc["Fea", "msp:n"] == 2
     assert "Sur" in (out / "ferplus_auroc_reference.md").read_text()
     with pytest.raises(ValueError, match="no finished run"):
-        stages.collect_results(str(sweep / "cache*"), out_dir=str(out))
+        report.collect_results(str(sweep / "cache*"), out_dir=str(out))
 
 
 def test_scores_rows_align_with_pseudo_labels():
     """Stage 03's eval_subset="test" keeps some rows, re-indexed: rows match on (origin, source_index)."""
     table = pd.DataFrame({"origin": ["test"] * 4 + ["train"] * 3, "source_index": [0, 1, 2, 3, 0, 5, 9]})
     scores = table.iloc[[5, 1, 2]].reset_index(drop=True)
-    np.testing.assert_array_equal(stages._align_rows(scores, table, "pseudo_labels.csv"), [5, 1, 2])
+    np.testing.assert_array_equal(report._align_rows(scores, table, "pseudo_labels.csv"), [5, 1, 2])
     stale = pd.DataFrame({"origin": ["train"], "source_index": [4]})
     with pytest.raises(ValueError, match="not in pseudo_labels.csv"):
-        stages._align_rows(stale, table, "pseudo_labels.csv")
+        report._align_rows(stale, table, "pseudo_labels.csv")
 
 
 @pytest.mark.slow

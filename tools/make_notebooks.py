@@ -134,9 +134,9 @@ embed_method = "umap"      # or "tsne"
 embed_max_points = 3000    # embeddings of at most this many samples (drawn with seed)
 results_glob = None        # e.g. "outputs/ferplus_open-*_seed*": gather a sweep into the paper's table'''),
         ("code", '''from IPython.display import Image, Markdown, display
-from ferlib import stages
+from ferlib import report
 
-figures = stages.visualise(run_dir=run_dir, protocols=protocols, embed_method=embed_method,
+figures = report.visualise(run_dir=run_dir, protocols=protocols, embed_method=embed_method,
                            embed_max_points=embed_max_points, seed=seed)
 for name, paths in figures.items():
     if name.startswith(("score_histograms_", "embedding_")):
@@ -157,7 +157,7 @@ the same: `python -m ferlib.run tables "outputs/ferplus_*"`."""),
     from ferlib.tables import to_markdown
 
     tables_dir = Path(run_dir).parent / "tables"  # beside the runs: outputs/tables by default
-    tables = stages.collect_results(results_glob, out_dir=tables_dir)
+    tables = report.collect_results(results_glob, out_dir=tables_dir)
     for stem, table in tables.items():
         if table.attrs["metric"] == "auroc" and table.attrs["protocol"] in ("honest", "reference"):
             display(Markdown(f"**AUROC, {table.attrs['protocol']} protocol** (`{stem}`)\\n\\n"

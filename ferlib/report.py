@@ -1,0 +1,308 @@
+"""Reading finished runs: stage 04's figures and the reproduction tables across runs.
+
+This module never trains and never needs a data set: it reads the files that stages 01-03
+wrote (``01_close_set/``, ``02_pseudo_labels/``, ``03_detect/``, ``metrics.csv``,
+``manifest.json``) and draws or tabulates them, so a run finished on a GPU machine can be
+redrawn on a laptop. :func:`find_runs` is the one place that decides what a finished run is.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ferlib.manifest import update_manifest
+from ferlib.openset.data import TABLE_COLUMNS
+from ferlib.stages import load_close_set, load_openset_data, load_scores
+
+# ----------------------------------------------------------------------------- stage 04
+#: the scores table's fixed columns; every column after them is a detector's score
+SCORE_TABLE_COLUMNS = tuple(TABLE_COLUMNS)
+EMBED_METHODS = ("umap", "tsne", "t-sne")
+
+
+def _detector_columns(scores: pd.DataFrame) -> list[str]:
+    """The scores table's detector columns: every numeric column after the fixed ones."""
+    cols = [c for c in scores.columns if c not in SCORE_TABLE_COLUMNS]
+    return [c for c in cols if pd.api.types.is_numeric_dtype(scores[c]) and not pd.api.types.is_bool_dtype(scores[c])]
+
+
+def _run_seed(run_dir: Path, default: int) -> int:
+    """The seed the run was made with (the reference protocol's permutation depends on it)."""
+    from ferlib.manifest import read_manifest
+
+    try:
+        value = (read_manifest(run_dir).get("params") or {}).get("seed")
+        return default if value is None else int(value)
+    except (ValueError, TypeError):
+        return default
+
+
+def _align_rows(scores: pd.DataFrame, table: pd.DataFrame, what: str) -> np.ndarray:
+    """Positions in ``table`` of the scores table's rows, matched on (origin, source_index)
+    (stage 03's ``eval_subset`` may have kept only some evaluation rows)."""
+    def key(frame: pd.DataFrame) -> pd.MultiIndex:
+        return pd.MultiIndex.from_arrays([frame["origin"].astype(str).to_numpy(),
+                                          frame["source_index"].to_numpy(dtype=np.int64)])
+
+    lookup = pd.Series(np.arange(len(table)), index=key(table))
+    rows = lookup.reindex(key(scores)).to_numpy()
+    if np.isnan(rows.astype(float)).any():
+        missing = int(np.isnan(rows.astype(float)).sum())
+        raise ValueError(f"{missing} rows of the scores table are not in {what}; was stage 02 re-run "
+                         "after stage 03? Re-run stage 03.")
+    return rows.astype(np.int64)
+
+
+def _suptitle(fig, text: str) -> None:
+    """A figure title in the kit's style (9 pt; ``plots.style`` is only active inside plots)."""
+    from ferlib import plots
+
+    with plots.style():
+        fig.suptitle(text)
+
+
+def _write_npz(path: Path, arrays: dict) -> Path:
+    """``np.savez`` through :func:`ferlib.io.atomic_write` (a file handle, so no suffix is added)."""
+    from ferlib.io import atomic_write
+
+    def writer(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+    return atomic_write(path, writer)
+
+
+def _subsample(n: int, max_points: int | None, seed: int) -> np.ndarray:
+    """Sorted row positions: all rows, or ``max_points`` drawn without replacement with ``seed``."""
+    if max_points is None or n <= max_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=int(max_points), replace=False))
+
+
+def visualise(run_dir: str = "outputs/run", protocols=("honest", "reference"), embed_method: str = "umap",
+              embed_max_points: int | None = 3000, seed: int = 0, **_: object) -> dict[str, list[Path]]:
+    """Redraw every figure of a finished run from its files alone (no model, no data set).
+
+    Writes PNG (300 dpi) + PDF into ``run_dir/figures/``:
+
+    * ``learning_curves``, ``confusion_matrix``: stage 01's history and results, if present;
+    * per protocol whose ``03_detect/scores_<protocol>.csv`` exists:
+      ``score_histograms_<protocol>`` (a panel per detector column, AUROC under each),
+      ``loss_histogram_<protocol>`` (the paper's per-sample loss, column ``cycle``, if present),
+      ``roc_curves_<protocol>`` (every detector), ``pseudo_label_spread_<protocol>`` and
+      ``embedding_<method>_<protocol>``: the close-set model's evaluation features (as the
+      detectors saw them under that protocol) and, when ``detector_features_<protocol>.npy``
+      exists, the cycle detector's features side by side, coloured by true class with open
+      samples as red crosses. The coordinates go to ``embedding_<method>_<protocol>.npz``.
+
+    Embeddings use ``embed_method`` (``"umap"`` or ``"tsne"``) on at most ``embed_max_points``
+    rows drawn with ``seed`` (the same rows in every panel; ``None``: all rows, ``0``: no
+    embeddings). The same files and seed give the same figures. Returns the written paths by
+    figure name (PNG first, then PDF; the embedding's ``.npz`` third).
+    """
+    from ferlib import plots
+
+    run = Path(run_dir)
+    method = str(embed_method).lower()
+    if method not in EMBED_METHODS:
+        raise ValueError(f"embed_method must be 'umap' or 'tsne', got {embed_method!r}")
+    method = "tsne" if method == "t-sne" else method
+    if isinstance(protocols, str):
+        protocols = [protocols]
+    detect, pseudo_dir, figures = run / "03_detect", run / "02_pseudo_labels", run / "figures"
+    present = [p for p in protocols if (detect / f"scores_{p}.csv").is_file()]
+    if not present:
+        raise FileNotFoundError(f"{detect}: no scores_<protocol>.csv for protocols {list(protocols)}; "
+                                "run stage 03 first")
+    skipped = [p for p in protocols if p not in present]
+    if skipped:
+        print(f"no scores file for protocol(s) {skipped}: skipped")
+    written: dict[str, list[Path]] = {}
+
+    def save(fig, name: str) -> None:
+        written[name] = plots.save_figure(fig, figures / name)
+
+    # stage 01: learning curves and test confusion matrix
+    close_dir = run / "01_close_set"
+    if (close_dir / "results.json").is_file() and ((close_dir / "history.csv").is_file()
+                                                    or (close_dir / "history.json").is_file()):
+        results, history = load_close_set(str(run))
+        save(plots.learning_curves(history), "learning_curves")
+        if results.get("confusion") is not None and results.get("class_names"):
+            save(plots.confusion_matrix_plot(results["confusion"], results["class_names"]), "confusion_matrix")
+
+    metrics_path = run / "metrics.csv"
+    metrics = pd.read_csv(metrics_path) if metrics_path.is_file() else None
+    has_outputs = (pseudo_dir / "pseudo_labels.csv").is_file() and (pseudo_dir / "outputs.npz").is_file()
+    if not has_outputs:
+        print(f"{pseudo_dir}: no pseudo_labels.csv + outputs.npz; close-set embeddings skipped")
+    run_seed = _run_seed(run, seed)
+    cache: dict[tuple, np.ndarray] = {}  # identical features (e.g. both protocols' test rows) embed once
+
+    def embed(features: np.ndarray, labels, is_open) -> np.ndarray:
+        import hashlib
+
+        x = np.ascontiguousarray(features, dtype=np.float32)
+        key = (hashlib.sha1(x.tobytes()).hexdigest(), x.shape)
+        if key not in cache:
+            # one thread, as UMAP's n_jobs=1: t-SNE's OpenMP threads make the result depend on
+            # the thread count, and on a busy machine they spin-wait (10x slower)
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(limits=1):
+                cache[key] = plots.embedding(x, labels, is_open, method=method, seed=seed)
+        return cache[key]
+
+    for protocol in present:
+        scores = load_scores(str(run), protocol)
+        detectors = _detector_columns(scores)
+        if not detectors:
+            print(f"[{protocol}] the scores table has no detector columns")
+            continue
+        proto_metrics = None
+        if metrics is not None and {"detector", "protocol", "auroc"} <= set(metrics.columns):
+            proto_metrics = metrics[metrics["protocol"].astype(str) == protocol]
+            proto_metrics = proto_metrics.drop_duplicates("detector", keep="last")
+        fig = plots.score_histograms(scores, detectors, proto_metrics, protocol)
+        if fig.legends:  # the close/open legend sits on top: name the protocol there
+            with plots.style():
+                fig.legends[0].set_title(f"{protocol} protocol")
+        save(fig, f"score_histograms_{protocol}")
+        if "cycle" in detectors:
+            fig = plots.loss_histogram(scores, "cycle")
+            _suptitle(fig, f"cycle detector, {protocol} protocol")
+            save(fig, f"loss_histogram_{protocol}")
+        fig = plots.roc_curves(scores, detectors)
+        _suptitle(fig, f"{protocol} protocol")
+        save(fig, f"roc_curves_{protocol}")
+
+        panels_features: dict[str, np.ndarray] = {}
+        if has_outputs:
+            data = load_openset_data(str(run), protocol, seed=run_seed)
+            rows = _align_rows(scores, data.table, pseudo_dir / "pseudo_labels.csv")
+            if data.class_names and (data.table["is_open"].any()):
+                fig = plots.pseudo_label_spread(data.table.iloc[rows], list(data.class_names))
+                _suptitle(fig, f"{protocol} protocol")
+                save(fig, f"pseudo_label_spread_{protocol}")
+            panels_features["close-set model (baseline)"] = data.features[rows]
+        features_path = detect / f"detector_features_{protocol}.npy"
+        if features_path.is_file():
+            cycle_features = np.load(features_path)
+            if len(cycle_features) == len(scores):
+                panels_features["cycle detector (paper's method)"] = cycle_features
+            else:
+                print(f"{features_path}: {len(cycle_features)} rows for {len(scores)} scores; not embedded")
+        if not panels_features or embed_max_points == 0:
+            continue
+        idx = _subsample(len(scores), embed_max_points, seed)
+        labels = scores["label"].to_numpy()[idx]
+        is_open = scores["is_open"].to_numpy(dtype=bool)[idx]
+        t0 = time.perf_counter()
+        coords = {title: embed(f[idx], labels, is_open) for title, f in panels_features.items()}
+        name = f"embedding_{method}_{protocol}"
+        if len(coords) == 1:
+            (title, xy), = coords.items()
+            fig = plots.embedding_plot(xy, labels, is_open, title=f"{title}, {protocol} protocol")
+        else:
+            fig = plots.embedding_comparison(coords, labels, is_open)
+            _suptitle(fig, f"{'UMAP' if method == 'umap' else 't-SNE'} of {len(idx)} evaluation samples, "
+                           f"{protocol} protocol")
+        save(fig, name)
+        npz = figures / f"{name}.npz"
+        arrays = {"index": scores["index"].to_numpy()[idx], "label": labels, "is_open": is_open,
+                  "titles": np.array(list(coords)), "method": np.array(method), "seed": np.array(seed),
+                  **{f"coords_{k}": xy for k, xy in enumerate(coords.values())}}
+        _write_npz(npz, arrays)
+        written[name].append(npz)
+        print(f"[{protocol}] {method} of {len(idx)} samples x {len(coords)} panel(s): "
+              f"{time.perf_counter() - t0:.1f} s")
+    update_manifest(run_dir, visualise={"figures": sorted(written), "embed_method": method,
+                                        "embed_max_points": embed_max_points, "seed": seed})
+    print(f"wrote {len(written)} figures to {figures}")
+    return written
+
+
+def find_runs(runs_glob) -> list[Path]:
+    """Run folders holding metrics.csv and a manifest with dataset, open class and seed.
+
+    ``runs_glob``: a glob of run folders, a run folder, a folder of run folders, or a list of
+    these. Folders without metrics.csv (unfinished runs, caches, tables) are skipped.
+    """
+    import glob as _glob
+    import os
+
+    from ferlib.manifest import read_manifest
+    from ferlib.tables import open_short
+
+    items = [runs_glob] if isinstance(runs_glob, (str, os.PathLike)) else list(runs_glob)
+    candidates: list[Path] = []
+    for item in items:
+        text = os.fspath(item)
+        wildcard = any(ch in text for ch in "*?[")
+        for p in ([Path(m) for m in sorted(_glob.glob(text, recursive=True))] if wildcard else [Path(text)]):
+            if p.is_file() and p.name == "metrics.csv":
+                p = p.parent
+            if (p / "metrics.csv").is_file():
+                candidates.append(p)
+            elif p.is_dir() and not wildcard:  # a sweep folder: the runs below it
+                candidates.extend(sorted(m.parent for m in p.rglob("metrics.csv")))
+    runs, skipped = [], []
+    for p in dict.fromkeys(c.resolve() for c in candidates):
+        try:
+            params = read_manifest(p).get("params") or {}
+            if any(params.get(k) is None for k in ("dataset", "open_class", "seed")):
+                raise ValueError("manifest params lack dataset, open_class or seed")
+            open_short(params["open_class"])
+            if pd.read_csv(p / "metrics.csv").empty:
+                raise ValueError("metrics.csv has no rows")
+        except (ValueError, TypeError, OSError) as exc:
+            skipped.append(f"{p} ({exc})")
+            continue
+        runs.append(p)
+    if skipped:
+        print(f"skipped {len(skipped)} run(s):\n  " + "\n  ".join(skipped))
+    return runs
+
+
+def collect_results(runs_glob="outputs/*", out_dir: str = "outputs/tables",
+                    metrics=("auroc", "fpr95")) -> dict[str, pd.DataFrame]:
+    """The reproduction tables of many finished runs (e.g. a sweep).
+
+    Gathers every run under ``runs_glob`` that has a ``metrics.csv`` (others are skipped) with
+    :func:`ferlib.tables.collect_runs` and writes one summary table per data set, protocol and
+    metric (rows: open classes + mean; columns: detectors as mean ± std over seeds, and the
+    paper's numbers) as ``<dataset>_<metric>_<protocol>.{csv,md,tex}`` into ``out_dir``, and
+    the same table as a bar chart (:func:`ferlib.plots.per_class_summary`, ``.png`` / ``.pdf``). Runs
+    of the ``eval_subset="test"`` ablation get their own tables (stem suffix ``_test``).
+    Returns the summary frames by file stem.
+    """
+    from ferlib.plots import per_class_summary, save_figure
+    from ferlib.published import canonical_dataset
+    from ferlib.tables import collect_runs, summary_table, write_tables
+
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    runs = find_runs(runs_glob)
+    if not runs:
+        raise ValueError(f"no finished run (a folder with metrics.csv and manifest.json) for {runs_glob!r}")
+    frame = collect_runs(runs)
+    if "eval_subset" not in frame.columns:
+        frame["eval_subset"] = "all"
+    frame["eval_subset"] = frame["eval_subset"].fillna("all").astype(str)
+    frame["dataset"] = frame["dataset"].map(canonical_dataset)
+    tables: dict[str, pd.DataFrame] = {}
+    for (dataset, subset), group in frame.groupby(["dataset", "eval_subset"], sort=True):
+        for protocol in dict.fromkeys(group["protocol"].astype(str)):
+            for metric in metrics:
+                summary = summary_table(group, metric, protocol, dataset=dataset)
+                stem = f"{dataset}_{metric}_{protocol}" + ("" if subset == "all" else f"_{subset}")
+                write_tables(summary, out_dir, stem)
+                save_figure(per_class_summary(summary), Path(out_dir) / stem)
+                tables[stem] = summary
+    n_classes = frame["open_class"].nunique()
+    print(f"{len(runs)} runs ({n_classes} open classes) -> {len(tables)} tables in {out_dir}")
+    return tables
