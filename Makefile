@@ -2,7 +2,8 @@
 #
 #   make venv         create (or reuse) .venv, install ferkit + dev tools, register kernel "ferkit"
 #   make demo         run the whole pipeline on the synthetic data set (outputs/demo/)
-#   make test         full test suite          make test-fast   skip tests marked slow
+#   make test         ruff check, then the full test suite     make test-fast   the same, skipping slow tests
+#   make lint         ruff check only          make notebooks   regenerate notebooks/ from the stage functions
 #   make lab          JupyterLab on the notebooks/
 #   make clean-outputs  delete run artifacts under outputs/ (keeps outputs/README.md)
 #
@@ -25,13 +26,15 @@ KERNEL_NAME = ferkit
 
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: help venv demo test test-fast lab clean-outputs
+.PHONY: help venv demo test test-fast lint notebooks lab clean-outputs
 
 help:
 	@echo "make venv          create/reuse $(VENV), install ferkit[dev], register Jupyter kernel '$(KERNEL_NAME)'"
 	@echo "make demo          pipeline on synthetic data -> outputs/demo/"
-	@echo "make test          run the test suite ($(PY) -m pytest -q)"
-	@echo "make test-fast     tests not marked slow"
+	@echo "make test          ruff check, then the test suite ($(PY) -m pytest -q)"
+	@echo "make test-fast     ruff check, then the tests not marked slow"
+	@echo "make lint          ruff check"
+	@echo "make notebooks     regenerate notebooks/*.ipynb from the stage functions' signatures"
 	@echo "make lab           start JupyterLab"
 	@echo "make clean-outputs remove run artifacts under outputs/"
 
@@ -49,16 +52,25 @@ $(STAMP): pyproject.toml
 	@touch "$@"
 
 # CPU-sized demo settings (about 15-25 minutes on 2 cores); drop them for the notebooks' defaults.
-DEMO_PARAMS = -p epochs=6 -p "cycle={'cycles': 2, 'epochs_per_cycle': 3}" -p "contrast={'epochs': 4}"
+# Every key is a parameter of a stage function (the runner refuses any other).
+DEMO_PARAMS = -p epochs=6 -p "detector_params={'cycle': {'cycles': 2, 'epochs_per_cycle': 3}, 'contrast': {'epochs': 4}}"
 
 demo: venv
 	$(PY) -m ferlib.run pipeline --dataset synthetic --run demo $(DEMO_PARAMS)
 
-test: venv
+# ruff first: a lint finding fails in seconds, before the slow tests start
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest -q
 
-test-fast: venv
+test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
+
+# The parameters cell and the stage call of each notebook come from its stage function.
+notebooks: venv
+	$(PY) tools/make_notebooks.py
 
 lab: venv
 	$(VENV)/bin/jupyter lab

@@ -340,7 +340,7 @@ def run_plain(mode: str, data: BenchData, size: int, cfg: TrainConfig, args) -> 
     try:
         return measure(step, args), name
     finally:
-        del batches, loader  # shuts the (persistent) workers down
+        batches = loader = None  # drops the last references: shuts the (persistent) workers down
         gc.collect()
 
 

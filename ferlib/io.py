@@ -79,6 +79,29 @@ def torch_save(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write(path, lambda p: torch.save(obj, p))
 
 
+def write_npy(path: str | os.PathLike, array: Any) -> Path:
+    """Atomically ``np.save`` one array. The writer gets a file handle, so numpy adds no
+    ``.npy`` suffix to the unique temporary name and the rename moves the whole file."""
+    import numpy as np
+
+    def writer(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, np.asarray(array))
+
+    return atomic_write(path, writer)
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, Any]) -> Path:
+    """Atomically ``np.savez`` named arrays (a file handle, as :func:`write_npy`)."""
+    import numpy as np
+
+    def writer(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+    return atomic_write(path, writer)
+
+
 def hash_strings(items: Iterable[str]) -> str:
     """Short stable SHA-256 over an iterable of strings (used for data and cache keys)."""
     h = hashlib.sha256()

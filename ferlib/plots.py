@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
 from ferlib.io import atomic_write
-from ferlib.metrics import _as_open_mask, openset_metrics
+from ferlib.metrics import _as_open_mask, openset_metrics, pseudo_label_spread_table
 
 __all__ = [
     "SINGLE_COLUMN", "DOUBLE_COLUMN", "DPI", "CLOSE_COLOUR", "OPEN_COLOUR", "PALETTE",
@@ -354,9 +354,9 @@ def embedding(features: np.ndarray, labels=None, is_open=None, class_names=None,
                                 n_epochs=max_iter)
             coords = reducer.fit_transform(x)
     elif method in ("tsne", "t-sne"):
-        from sklearn.manifold import TSNE
-
         import inspect
+
+        from sklearn.manifold import TSNE
 
         extra = {}
         if max_iter is not None:  # scikit-learn < 1.5 calls it n_iter
@@ -563,41 +563,6 @@ def confusion_matrix_plot(cm, class_names: Sequence[str], normalize: bool = True
 
 # --------------------------------------------------------------------------------------------
 # pseudo labels
-
-
-def pseudo_label_spread_table(table, class_names: Sequence[str]):
-    """How the open samples' pseudo labels spread over the close classes.
-
-    ``table`` is a pseudo-label table (``index, path, label, pseudo, is_open, origin``; ``pseudo``
-    = close-class target 0..K-1), ``class_names`` the K close classes in target order.
-    Returns one row per close class: ``target, class, count, fraction`` (fraction of open
-    samples). ``attrs`` holds ``n_open``, ``uniform`` (1/K) and ``tv_from_uniform``, the
-    total-variation distance to the uniform spread (0 = symmetric noise as the paper claims,
-    1 - 1/K = all open samples on one class).
-    """
-    import pandas as pd
-
-    _columns(table, ["pseudo", "is_open"])
-    k = len(class_names)
-    if k == 0:
-        raise ValueError("class_names is empty")
-    is_open = _as_open_mask(table["is_open"].to_numpy())
-    pseudo = table["pseudo"].to_numpy()[is_open]
-    if pseudo.size == 0:
-        raise ValueError("the table has no open samples")
-    pseudo = pseudo.astype(int)
-    bad = (pseudo < 0) | (pseudo >= k)
-    if bad.any():
-        raise ValueError(f"{int(bad.sum())} open sample(s) have pseudo labels outside 0..{k - 1} "
-                         f"(e.g. {np.unique(pseudo[bad])[:5].tolist()}) for {k} class names")
-    counts = np.bincount(pseudo, minlength=k)
-    fractions = counts / counts.sum()
-    out = pd.DataFrame({"target": np.arange(k), "class": [str(c) for c in class_names],
-                        "count": counts.astype(int), "fraction": fractions})
-    out.attrs["n_open"] = int(counts.sum())
-    out.attrs["uniform"] = 1.0 / k
-    out.attrs["tv_from_uniform"] = float(0.5 * np.abs(fractions - 1.0 / k).sum())
-    return out
 
 
 @_styled

@@ -9,13 +9,16 @@ redrawn on a laptop. :func:`find_runs` is the one place that decides what a fini
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ferlib.io import write_npz
 from ferlib.manifest import update_manifest
 from ferlib.openset.data import TABLE_COLUMNS
+from ferlib.params import checked
 from ferlib.stages import load_close_set, load_openset_data, load_scores
 
 # ----------------------------------------------------------------------------- stage 04
@@ -30,7 +33,7 @@ def _detector_columns(scores: pd.DataFrame) -> list[str]:
     return [c for c in cols if pd.api.types.is_numeric_dtype(scores[c]) and not pd.api.types.is_bool_dtype(scores[c])]
 
 
-def _run_seed(run_dir: Path, default: int) -> int:
+def run_seed(run_dir: Path, default: int) -> int:
     """The seed the run was made with (the reference protocol's permutation depends on it)."""
     from ferlib.manifest import read_manifest
 
@@ -65,17 +68,6 @@ def _suptitle(fig, text: str) -> None:
         fig.suptitle(text)
 
 
-def _write_npz(path: Path, arrays: dict) -> Path:
-    """``np.savez`` through :func:`ferlib.io.atomic_write` (a file handle, so no suffix is added)."""
-    from ferlib.io import atomic_write
-
-    def writer(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-
-    return atomic_write(path, writer)
-
-
 def _subsample(n: int, max_points: int | None, seed: int) -> np.ndarray:
     """Sorted row positions: all rows, or ``max_points`` drawn without replacement with ``seed``."""
     if max_points is None or n <= max_points:
@@ -83,8 +75,10 @@ def _subsample(n: int, max_points: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=int(max_points), replace=False))
 
 
-def visualise(run_dir: str = "outputs/run", protocols=("honest", "reference"), embed_method: str = "umap",
-              embed_max_points: int | None = 3000, seed: int = 0, **_: object) -> dict[str, list[Path]]:
+@checked
+def visualise(run_dir: str = "outputs/demo", protocols: Sequence[str] = ("honest", "reference"),
+              embed_method: str = "umap", embed_max_points: int | None = 3000, seed: int = 0,
+              results_glob: str | None = None) -> dict[str, list[Path]]:
     """Redraw every figure of a finished run from its files alone (no model, no data set).
 
     Writes PNG (300 dpi) + PDF into ``run_dir/figures/``:
@@ -103,6 +97,27 @@ def visualise(run_dir: str = "outputs/run", protocols=("honest", "reference"), e
     rows drawn with ``seed`` (the same rows in every panel; ``None``: all rows, ``0``: no
     embeddings). The same files and seed give the same figures. Returns the written paths by
     figure name (PNG first, then PDF; the embedding's ``.npz`` third).
+
+    With ``results_glob``, the finished runs it matches are also gathered into the
+    reproduction tables (:func:`collect_results`) beside the runs, in ``<run_dir>/../tables/``
+    (``outputs/tables`` for the default layout); their files come back as
+    ``table_<stem>: [png, pdf, csv, md, tex]``. It is a parameter here, not a notebook-only
+    variable, so notebook 04 and ``--executor python`` do the same.
+
+    Parameters
+    ----------
+    run_dir : str
+        The finished run to draw: the folder holding 01_close_set/, 02_pseudo_labels/, 03_detect/.
+    protocols : list[str]
+        Protocols to draw ("honest", "reference"); one without a scores file is skipped.
+    embed_method : str
+        Embedding of the features: "umap" or "tsne" (as in the paper).
+    embed_max_points : int or None
+        Embed at most this many samples, drawn with seed (None: all rows, 0: no embeddings).
+    seed : int
+        Seed of the embedding and of its subsample.
+    results_glob : str or None
+        Runs to gather into the paper's table, e.g. "outputs/ferplus_open-*_seed*"; None: no table.
     """
     from ferlib import plots
 
@@ -140,7 +155,7 @@ def visualise(run_dir: str = "outputs/run", protocols=("honest", "reference"), e
     has_outputs = (pseudo_dir / "pseudo_labels.csv").is_file() and (pseudo_dir / "outputs.npz").is_file()
     if not has_outputs:
         print(f"{pseudo_dir}: no pseudo_labels.csv + outputs.npz; close-set embeddings skipped")
-    run_seed = _run_seed(run, seed)
+    seed_of_run = run_seed(run, seed)
     cache: dict[tuple, np.ndarray] = {}  # identical features (e.g. both protocols' test rows) embed once
 
     def embed(features: np.ndarray, labels, is_open) -> np.ndarray:
@@ -166,6 +181,8 @@ def visualise(run_dir: str = "outputs/run", protocols=("honest", "reference"), e
         proto_metrics = None
         if metrics is not None and {"detector", "protocol", "auroc"} <= set(metrics.columns):
             proto_metrics = metrics[metrics["protocol"].astype(str) == protocol]
+            if "eval_subset" in proto_metrics.columns:  # the full run's rows, not a test-split run's
+                proto_metrics = proto_metrics[proto_metrics["eval_subset"].fillna("all").astype(str) == "all"]
             proto_metrics = proto_metrics.drop_duplicates("detector", keep="last")
         fig = plots.score_histograms(scores, detectors, proto_metrics, protocol)
         if fig.legends:  # the close/open legend sits on top: name the protocol there
@@ -182,7 +199,7 @@ def visualise(run_dir: str = "outputs/run", protocols=("honest", "reference"), e
 
         panels_features: dict[str, np.ndarray] = {}
         if has_outputs:
-            data = load_openset_data(str(run), protocol, seed=run_seed)
+            data = load_openset_data(str(run), protocol, seed=seed_of_run)
             rows = _align_rows(scores, data.table, pseudo_dir / "pseudo_labels.csv")
             if data.class_names and (data.table["is_open"].any()):
                 fig = plots.pseudo_label_spread(data.table.iloc[rows], list(data.class_names))
@@ -216,13 +233,17 @@ def visualise(run_dir: str = "outputs/run", protocols=("honest", "reference"), e
         arrays = {"index": scores["index"].to_numpy()[idx], "label": labels, "is_open": is_open,
                   "titles": np.array(list(coords)), "method": np.array(method), "seed": np.array(seed),
                   **{f"coords_{k}": xy for k, xy in enumerate(coords.values())}}
-        _write_npz(npz, arrays)
+        write_npz(npz, arrays)
         written[name].append(npz)
         print(f"[{protocol}] {method} of {len(idx)} samples x {len(coords)} panel(s): "
               f"{time.perf_counter() - t0:.1f} s")
     update_manifest(run_dir, visualise={"figures": sorted(written), "embed_method": method,
                                         "embed_max_points": embed_max_points, "seed": seed})
     print(f"wrote {len(written)} figures to {figures}")
+    if results_glob:
+        tables_dir = run.parent / "tables"  # beside the runs: outputs/tables by default
+        for stem in collect_results(results_glob, out_dir=str(tables_dir)):
+            written[f"table_{stem}"] = [tables_dir / f"{stem}.{ext}" for ext in ("png", "pdf", "csv", "md", "tex")]
     return written
 
 

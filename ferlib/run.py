@@ -7,15 +7,20 @@
     python -m ferlib.run stage 03 --dataset synthetic --run demo --force
 
 Each stage is a notebook (executed with papermill into ``<run_dir>/notebooks/``) backed by one
-function in ``ferlib.stages`` (``--executor python`` calls that function directly, for headless
-machines without Jupyter). Every notebook gets the same parameters: ``dataset``, ``data_root``,
-``open_class``, ``seed``, ``device``, ``run_dir`` plus any ``-p key=value``.
+function (``--executor python`` calls that function directly, for headless machines without
+Jupyter). The function's signature is the stage's parameter contract: the notebook's parameters
+cell is generated from it (``tools/make_notebooks.py``), and the runner gives each stage only
+the keys it accepts among ``dataset``, ``data_root``, ``open_class``, ``seed``, ``device``,
+``run_dir`` and the ``-p key=value`` options. A ``-p`` key that no selected stage accepts is
+refused, and every selected stage's values are validated (``ferlib.params``), before any work.
 
-Resuming: after a stage succeeds the runner writes ``<run_dir>/stages/<stage>.json`` (hash of
-the parameters, wall seconds, finish time). A later call skips a stage whose record has the same
-parameter hash; it reruns the stage when the parameters changed, with ``--force``, or when an
-earlier stage has re-run since (its inputs changed). A stage killed half-way has no record and
-runs again (it resumes from its own checkpoints).
+Resuming: after a stage succeeds the runner writes ``<run_dir>/stages/<stage>.json`` with the
+values the stage applied (defaults included) and the stage's key: a hash of those values
+(``device``, ``run_dir`` and ``progress`` left out: they do not change results) and of the
+upstream stage's record. A later call skips a stage whose key is unchanged; so changing a
+parameter of stage 03 re-runs 03 and what follows, never 01, and re-running 01 (``--force``)
+makes 02-04 stale. A stage killed half-way has no record and runs again (it resumes from its
+own checkpoints).
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ import re
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from ferlib.io import read_json, write_json
 from ferlib.manifest import (
@@ -47,6 +53,7 @@ from ferlib.manifest import (
     set_manifest,
     update_manifest,
 )
+from ferlib.params import UNHASHED_PARAMS, ParameterError, accepted, applied_arguments, validate_arguments
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,18 @@ class Stage:
             return f"{self.func.__module__}:{self.func.__qualname__}"
         return str(self.func)
 
+    def accepts(self, key: str) -> bool:
+        """Whether the stage function has a parameter ``key`` (its signature is the contract)."""
+        return accepted(self.function(), key)
+
+    def given(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The keys of ``params`` this stage accepts: what the executor passes it."""
+        return {k: v for k, v in params.items() if self.accepts(k)}
+
+    def applied(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Every parameter's value when the stage runs with ``params`` (defaults filled in)."""
+        return applied_arguments(self.function(), params)
+
 
 #: The pipeline, in order. Names are also the executed notebooks' and records' file names.
 STAGES: tuple[Stage, ...] = (
@@ -95,7 +114,8 @@ STAGES: tuple[Stage, ...] = (
           func="ferlib.report:visualise"),
 )
 
-#: Parameters every notebook receives (``-p`` may not override them).
+#: Parameters set by the runner's options (``-p`` may not set them); a stage receives those
+#: its function accepts.
 CORE_PARAMS = ("dataset", "data_root", "open_class", "seed", "device", "run_dir")
 EXECUTORS = ("papermill", "python")
 DEFAULT_OPEN_CLASS = "surprise"
@@ -191,16 +211,48 @@ def parse_params(items: Iterable[str] | Mapping[str, Any] | None) -> dict[str, A
     return extra
 
 
-#: Parameters that say where a run lives or runs, not what it computes: changing them does not
-#: make finished stages stale (train on a GPU box, then render the notebooks on a laptop).
-UNHASHED_PARAMS = frozenset({"run_dir", "device"})
+def _digest(payload: Any) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str)  # tuples and lists hash alike
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def params_hash(params: Mapping[str, Any]) -> str:
-    """Stable hash of the parameters that decide a stage's result (``UNHASHED_PARAMS`` left out)."""
-    payload = {k: v for k, v in params.items() if k not in UNHASHED_PARAMS}
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    """Stable hash of the parameters that decide a stage's result (``UNHASHED_PARAMS`` left out:
+    where a run lives or runs, and progress bars, change no result)."""
+    return _digest({k: v for k, v in params.items() if k not in UNHASHED_PARAMS})
+
+
+def stage_key(stage: Stage | str, applied: Mapping[str, Any], upstream: Mapping[str, Any] | None) -> str:
+    """The key of one execution's result: the stage, the values it applied (hashed as in
+    :func:`params_hash`) and the upstream stage's record (its key and when it finished, so a
+    re-run upstream, even with the same parameters, makes this stage stale)."""
+    name = stage.name if isinstance(stage, Stage) else stage
+    token = None if upstream is None else {"stage": upstream.get("stage"), "key": upstream.get("key"),
+                                           "finished_ns": upstream.get("finished_ns")}
+    return _digest({"stage": name, "params": params_hash(applied), "upstream": token})
+
+
+def check_parameters(stages: Sequence[Stage], params: Mapping[str, Any], extra_keys: Iterable[str],
+                     repo_root: str | os.PathLike = REPO_ROOT) -> None:
+    """Refuse, before any work, a ``-p`` key that none of ``stages`` accepts and any value a
+    stage would reject (:func:`ferlib.params.validate_arguments`).
+
+    Values are checked in ``repo_root``, the working directory the stages run in (relative
+    paths such as ``pretrained`` are resolved there). Raises :class:`RunnerError`.
+    """
+    unknown = [key for key in extra_keys if not any(stage.accepts(key) for stage in stages)]
+    if unknown:
+        lines = [f"  {stage.name}: {', '.join(stage.applied({}))}" for stage in stages]
+        raise RunnerError(
+            f"-p {', '.join(unknown)}: no selected stage has such a parameter "
+            "(misspelt?); the selected stages accept:\n"
+            + "\n".join(lines))
+    with _chdir(Path(repo_root)):
+        for stage in stages:
+            try:
+                validate_arguments(stage.function(), stage.applied(params), where=f"stage {stage.name}")
+            except ParameterError as exc:
+                raise RunnerError(str(exc)) from None
 
 
 def select_stages(stage_table: Sequence[Stage], tokens: Iterable[str] | None) -> list[Stage]:
@@ -339,6 +391,20 @@ def _read_metrics(path: Path) -> list[dict]:
         return [{k: convert(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
+def _run_params(dataset: str, data_root: str | os.PathLike | None, open_class: str | None, seed: int,
+                device: str, run_dir: Path, extra_params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of one run: the runner's options (``CORE_PARAMS``) and the ``-p`` keys."""
+    return {
+        "dataset": dataset,
+        "data_root": str(Path(data_root).resolve()) if data_root is not None else None,
+        "open_class": open_class,
+        "seed": seed,
+        "device": device,
+        "run_dir": str(run_dir),
+        **extra_params,
+    }
+
+
 def run_pipeline(
     dataset: str,
     *,
@@ -368,21 +434,14 @@ def run_pipeline(
     open_class = normalise_open_class(open_class)
     seed = int(seed)
     extra_params = parse_params(extra)
-    selected = {s.name for s in select_stages(stage_table, stages)}
+    selected = select_stages(stage_table, stages)
     run = run or default_run_name(dataset, open_class, seed)
     outputs_dir = Path(outputs) if outputs is not None else repo_root / "outputs"
     run_dir = outputs_dir.resolve() / run
 
-    params: dict[str, Any] = {
-        "dataset": dataset,
-        "data_root": str(Path(data_root).resolve()) if data_root is not None else None,
-        "open_class": open_class,
-        "seed": seed,
-        "device": device,
-        "run_dir": str(run_dir),
-        **extra_params,
-    }
-    phash = params_hash(params)
+    params = _run_params(dataset, data_root, open_class, seed, device, run_dir, extra_params)
+    check_parameters(selected, params, extra_params, repo_root)  # before any file is written
+    selected_names = {s.name for s in selected}
     say(f"run {run} -> {run_dir}")
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -392,36 +451,37 @@ def run_pipeline(
         manifest.setdefault("run", run)
         manifest.setdefault("created", _now_iso())
         manifest["updated"] = _now_iso()
-        manifest["params"] = params
-        manifest["params_hash"] = phash
+        manifest["params"] = params  # what the run was asked for; each stage's section: what it applied
+        manifest.pop("params_hash", None)  # per stage now (stages.<name>.key)
         return manifest
 
     modify_manifest(run_dir, start_manifest)
 
     result = PipelineResult(run=run, run_dir=run_dir)
     resolved_kernel: str | None = None
-    upstream_ns = 0  # finish time of the latest earlier stage: a stage older than it is stale
+    upstream: dict | None = None  # the record of the stage before this one in the table
     failure: StageFailed | None = None
     environment_recorded = False
     for stage in stage_table:
         record = read_stage_record(run_dir, stage)
-        if stage.name not in selected:
-            if record:
-                upstream_ns = max(upstream_ns, int(record.get("finished_ns", 0)))
+        if stage.name not in selected_names:
+            upstream = record
             continue
+        applied = stage.applied(params)
+        key = stage_key(stage, applied, upstream)
         if force:
             reason = "--force"
         elif record is None:
             reason = "not finished"
-        elif record.get("params_hash") != phash:
-            reason = "parameters changed"
-        elif int(record.get("finished_ns", 0)) < upstream_ns:
-            reason = "an earlier stage re-ran"
-        else:
+        elif record.get("key") == key:
             say(f"skip {stage.name} (finished)")
             result.skipped.append(stage.name)
-            upstream_ns = max(upstream_ns, int(record.get("finished_ns", 0)))
+            upstream = record
             continue
+        elif record.get("params_hash") != params_hash(applied):
+            reason = "parameters changed"
+        else:
+            reason = "an earlier stage re-ran"
 
         if executor == "papermill" and resolved_kernel is None:
             resolved_kernel = resolve_kernel(kernel)
@@ -435,15 +495,15 @@ def run_pipeline(
         say(f"run {stage.name} ({reason}; {executor}"
             + (f" -> {target})" if target is not None else f": {stage.func_name})"))
         started = _now_iso()
-        modify_manifest(run_dir, lambda m, name=stage.name: {
+        modify_manifest(run_dir, lambda m, name=stage.name, started=started: {
             **m, "stages": {**m.get("stages", {}), name: {
                 "status": "running", "started": started, "executor": executor}}})
         t0 = time.perf_counter()
         try:
             if executor == "papermill":
-                _execute_papermill(stage, dict(params), run_dir, repo_root, resolved_kernel)
+                _execute_papermill(stage, stage.given(params), run_dir, repo_root, resolved_kernel)
             else:
-                _execute_python(stage, dict(params), repo_root)
+                _execute_python(stage, stage.given(params), repo_root)
         except RunnerError:
             update_manifest(run_dir, stages={stage.name: {"status": "failed"}})
             raise
@@ -456,23 +516,29 @@ def run_pipeline(
                 "status": "failed", "wall_s": round(wall, 3), "error": str(failure)}})
             break
         wall = time.perf_counter() - t0
-        finished_ns = time.time_ns()
         record = {
             "stage": stage.name,
-            "params_hash": phash,
-            "params": params,
+            "key": key,
+            "params_hash": params_hash(applied),
+            "params": applied,
+            "upstream": None if upstream is None else {
+                "stage": upstream.get("stage"), "key": upstream.get("key"),
+                "finished_ns": upstream.get("finished_ns")},
             "executor": executor,
             "notebook": str(target) if target is not None else None,
             "started": started,
             "finished": _now_iso(),
-            "finished_ns": finished_ns,
+            "finished_ns": time.time_ns(),
             "wall_s": round(wall, 3),
         }
         write_json(stage_record_path(run_dir, stage), record)
-        update_manifest(run_dir, stages={stage.name: {
-            "status": "finished", "wall_s": record["wall_s"], "finished": record["finished"],
-            "notebook": record["notebook"], "params_hash": phash}})
-        upstream_ns = finished_ns
+        # replaced, not merged: a key the stage no longer applies must not linger in the manifest
+        modify_manifest(run_dir, lambda m, name=stage.name, rec=record: {
+            **m, "stages": {**m.get("stages", {}), name: {
+                "status": "finished", "executor": executor, "started": rec["started"],
+                "finished": rec["finished"], "wall_s": rec["wall_s"], "notebook": rec["notebook"],
+                "key": rec["key"], "params": rec["params"]}}})
+        upstream = record
         result.ran.append(stage.name)
         say(f"done {stage.name} in {wall:.1f} s")
 
@@ -511,7 +577,15 @@ def run_sweep(
         raise RunnerError("run_sweep names its runs itself: pass open_classes and seeds")
     classes = expand_open_classes(open_classes)
     seed_list = [int(s) for s in seeds]
-    parse_params(pipeline_kwargs.get("extra"))  # bad -p fails before any run starts
+    # a bad -p key or value fails before any run starts (the runs differ only in class and seed)
+    extra_params = parse_params(pipeline_kwargs.get("extra"))
+    repo_root = Path(pipeline_kwargs.get("repo_root", REPO_ROOT)).resolve()
+    check_parameters(
+        select_stages(pipeline_kwargs.get("stage_table", STAGES), pipeline_kwargs.get("stages")),
+        _run_params(dataset, pipeline_kwargs.get("data_root"), classes[0] if classes else None,
+                    seed_list[0] if seed_list else 0, pipeline_kwargs.get("device", "cpu"),
+                    repo_root / "outputs" / "sweep-check", extra_params),
+        extra_params, repo_root)
     result = SweepResult()
     total = len(classes) * len(seed_list)
     index = 0
@@ -557,7 +631,8 @@ def _add_common(parser: argparse.ArgumentParser, *, choose_stages: bool = True) 
                              "stage functions directly (no Jupyter needed)")
     parser.add_argument("--force", action="store_true", help="rerun finished stages")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra notebook parameter (value parsed as a Python literal)")
+                        help="a parameter of the selected stages' functions (value parsed as a "
+                             "Python literal); a key no selected stage has is refused")
 
 
 def build_parser(stage_table: Sequence[Stage] = STAGES) -> argparse.ArgumentParser:

@@ -8,139 +8,147 @@ alone and every intermediate file can be opened in JupyterLab.
     run_dir/
       01_close_set/   best.pt, last.pt, history.csv, results.json
       02_pseudo_labels/  pseudo_labels.csv, outputs.npz, spread.csv
-      03_detect/     scores_<protocol>.csv, <protocol>/cycle/..., detector_features_<protocol>.npy
-      metrics.csv    one row per (protocol, detector)
+      03_detect/     scores_<protocol>[_test].csv, detector_features_<protocol>[_test].npy,
+                     <eval_subset>/<protocol|any_protocol>/<detector>-<key>/ (trained detectors)
+      metrics.csv    one row per (eval_subset, protocol, detector)
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ferlib.data import load_dataset
-from ferlib.data.cache import ImageCache, build_cache
-from ferlib.data.splits import LabelMap, OpenSetSplit, carve_validation, openset_split
-from ferlib.emotions import BASIC7, Emotion, parse_emotion
-from ferlib.io import read_json, write_csv, write_json
-from ferlib.manifest import update_manifest
-from ferlib.metrics import accuracy, confusion, metrics_table
-from ferlib.models import ModelConfig, build_model
-from ferlib.openset.data import TABLE_COLUMNS, OpenSetData, apply_protocol
-from ferlib.openset.detect import make_detector
+from ferlib.data.prepare import Splits, load_splits
+from ferlib.data.prepare import close_rows as _close_rows
+from ferlib.data.prepare import parse_open_class as _open
+from ferlib.io import read_json, write_csv, write_json, write_npy, write_npz
+from ferlib.losses import make_objective
+from ferlib.manifest import modify_manifest, update_manifest
+from ferlib.metrics import accuracy, confusion, metrics_table, pseudo_label_spread_table
+from ferlib.models import ModelConfig, build_model, validate_head
+from ferlib.openset.data import PROTOCOLS, TABLE_COLUMNS, OpenSetData, apply_protocol
+from ferlib.openset.keys import FingerprintCache
+from ferlib.openset.registry import detector_class, validate_detectors
+from ferlib.openset.scoring import DetectorResult, run_detectors
+from ferlib.params import checked
 from ferlib.train import TensorData, TrainConfig, fit, load_history, predict
 
-DEFAULT_ROOTS = {"synthetic": "data/synthetic", "ferplus": "data/ferplus", "rafdb": "data/raf-basic",
-                 "affectnet": "data/AffectNet", "folders": "data/folders"}
+#: every registered detector (ferlib.openset.registry): what stage 03 runs by default
 DEFAULT_DETECTORS = ("msp", "max_logit", "energy", "entropy", "mahalanobis", "knn", "tknn", "cycle", "contrast")
-TRAINED_DETECTORS = ("cycle", "contrast")  # these train networks on the evaluation images
+#: the detector whose learnt features notebook 04 embeds beside the close-set model's
+#: (written as ``03_detect/detector_features_<protocol>.npy``)
+EMBEDDED_DETECTOR = "cycle"
 
 
 # ----------------------------------------------------------------------------- data
-@dataclass
-class Splits:
-    """Decoded splits of one data set and the open-set protocol over them."""
-
-    train: ImageCache
-    valid: ImageCache | None
-    test: ImageCache
-    split: OpenSetSplit
-    fingerprint: str
-
-    @property
-    def label_map(self) -> LabelMap:
-        return self.split.label_map
+# Loading, decoding and choosing the rows of each role live in ferlib.data.prepare; the
+# stages only wrap those rows as tensors for the training loop (which the data package
+# must not import).
 
 
-def _open(open_class) -> Emotion | None:
-    if open_class is None or str(open_class).lower() in ("none", "", "null"):
-        return None
-    return parse_emotion(open_class)
-
-
-def load_splits(dataset: str, data_root: str | None, open_class, input_size: int,
-                cache_dir: str | None = "outputs/cache", synthetic_seed: int = 0,
-                num_classes: int = 7) -> Splits:
-    """Load train/valid/test, decode each once into the uint8 cache, apply the protocol.
-
-    The synthetic default writes itself under ``data_root`` on first use, then goes
-    through the same class-folder loader as a user's data.
-    """
-    root = Path(data_root or DEFAULT_ROOTS.get(dataset, f"data/{dataset}"))
-    name = dataset
-    if dataset == "synthetic":
-        from ferlib.data.synthetic import SyntheticConfig, write_synthetic
-
-        if not (root / "synthetic.json").exists():  # an existing set (any size) is used as it is
-            write_synthetic(root, SyntheticConfig(seed=synthetic_seed))
-        name = "folders"
-    options = {"num_classes": num_classes} if name in ("ferplus", "affectnet") else {}
-    caches: dict[str, ImageCache | None] = {}
-    for split in ("train", "valid", "test"):
-        try:
-            ds = load_dataset(name, root, split, **options)
-        except Exception:
-            if split == "valid":  # not every data set has one (RAF-DB); carve it from train
-                caches[split] = None
-                continue
-            raise
-        caches[split] = build_cache(ds, input_size, cache_dir=Path(cache_dir) if cache_dir else None)
-    train, test = caches["train"], caches["test"]
-    classes = tuple(e for e in BASIC7 if e in set(train.labels.tolist()) | set(test.labels.tolist()))
-    if num_classes == 8:
-        classes = tuple(sorted(set(train.labels.tolist()) | set(test.labels.tolist())))
-        classes = tuple(Emotion(c) for c in classes)
-    split = openset_split(train.labels.numpy(), test.labels.numpy(), classes, _open(open_class))
-    fp = "-".join(c.fingerprint for c in caches.values() if c is not None)
-    return Splits(train, caches["valid"], test, split, fp)
-
-
-def _close_rows(cache: ImageCache, label_map: LabelMap) -> tuple[np.ndarray, np.ndarray]:
-    targets = label_map.encode(cache.labels.numpy())
-    rows = np.flatnonzero(targets >= 0)
-    return rows, targets[rows]
-
-
-def _validation(s: Splits, val_fraction: float, seed: int) -> tuple[TensorData, TensorData, str]:
-    """Training and validation data: the data set's own validation split when it has one,
-    else a stratified split carved from training data. Never the test split."""
-    train_rows, train_targets = s.split.train_index, s.split.train_targets
-    if s.valid is not None:
-        rows, targets = _close_rows(s.valid, s.label_map)
-        val = TensorData(s.valid.images[torch.as_tensor(rows)], targets)
-        source = "valid split"
-    else:
-        keep, held = carve_validation(train_targets, val_fraction, seed)
-        val = TensorData(s.train.images[torch.as_tensor(train_rows[held])], train_targets[held])
-        train_rows, train_targets = train_rows[keep], train_targets[keep]
-        source = f"{val_fraction:.0%} carved from train"
-    return TensorData(s.train.images[torch.as_tensor(train_rows)], train_targets), val, source
+def _validation(s: Splits) -> tuple[TensorData, TensorData, str]:
+    """Training and validation tensors of the rows :func:`load_splits` chose: the data
+    set's own validation split, or rows carved from training data. Never the test split."""
+    train_rows, train_targets = s.training()
+    val_rows, val_targets = s.validation()
+    return (TensorData(s.train.images[torch.as_tensor(train_rows)], train_targets),
+            TensorData(s.valid.images[torch.as_tensor(val_rows)], val_targets),
+            s.validation_source)
 
 
 # ----------------------------------------------------------------------------- stage 01
-def train_close_set(dataset: str = "synthetic", data_root: str | None = None, open_class=None, seed: int = 0,
-                    device: str = "cpu", run_dir: str = "outputs/run", arch: str = "resnet18",
+@checked
+def train_close_set(dataset: str = "synthetic", data_root: str | None = None,
+                    open_class: str | None = "surprise",
+                    seed: int = 0, class_map: dict[str, str] | None = None, data_options: dict | None = None,
+                    device: str = "cpu", run_dir: str = "outputs/demo", arch: str = "resnet18",
                     input_size: int = 48, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
                     weight_decay: float = 1e-4, lr_gamma: float = 0.9, pretrained: str | None = None,
                     val_fraction: float = 0.1, cache_dir: str | None = "outputs/cache", stem: str = "auto",
-                    amp: bool = False, progress: bool = True, **_: object) -> dict:
-    """Train the close-set model (open class held out) and test it on the close test rows."""
+                    head: str = "linear", head_params: dict | None = None, objective: str = "ce",
+                    objective_params: dict | None = None,
+                    amp: bool = False, progress: bool = True) -> dict:
+    """Train the close-set model (open class held out) and test it on the close test rows.
+
+    Parameters
+    ----------
+    dataset : str
+        Data set name: synthetic, ferplus, rafdb, affectnet, folders or subjects.
+    data_root : str or None
+        Folder holding the data set; None: data/<dataset> (synthetic: generated there on first use).
+    open_class : str or None
+        Expression held out as the open class (e.g. "surprise"); None for a close-set model.
+    seed : int
+        Seed of the validation split, the initialisation, the batch order and the protocols.
+    class_map : dict[str, str] or None
+        The data set's label names -> emotion or "drop", e.g. {'0_neutral': 'neutral', 'contempt': 'drop'}.
+        Keys: class folder names (folders, synthetic, subjects), folder ids "0".."10" (affectnet), vote
+        columns (ferplus), ids "1".."7" (rafdb); unnamed labels keep their meaning; None: no remapping.
+    data_options : dict or None
+        Further options of the data set's loader, e.g. {'folds': 10, 'fold': 0} for subjects; an unknown
+        key fails at once, naming the options the loader takes.
+    device : str
+        Torch device ("cpu", "cuda", "cuda:1"); it changes no result, so it is in no result key.
+    run_dir : str
+        Folder of this run: every file of every stage goes under it.
+    arch : str
+        Trunk architecture: resnet18 or resnet50.
+    input_size : int
+        Image side in pixels (32..256); below 160 px a small-input stem is used (see stem).
+    epochs : int
+        Training epochs (>= 1); the best epoch on the validation split is kept.
+    batch_size : int
+        Training batch size (>= 2).
+    lr : float
+        Adam learning rate, in (0, 1].
+    weight_decay : float
+        Adam weight decay (>= 0).
+    lr_gamma : float
+        Learning-rate decay per epoch (lr * lr_gamma ** epoch), in (0, 1].
+    pretrained : str or None
+        Path to a state dict to start from (e.g. resnet18_msceleb.pth); None: from scratch.
+    val_fraction : float
+        Share of the training data carved out as validation split when the data set has none.
+    cache_dir : str or None
+        Folder of the decoded uint8 image cache (shared by runs); None: decode into memory only.
+    stem : str
+        "auto" (small-input stem below 160 px), "small" or "imagenet".
+    head : str
+        Classifier head on the trunk: linear (pooling + linear, with CAM), uncertainty (mean and
+        log-variance heads, RUL) or branches (parallel branches, logits averaged); stages 02-03 reuse it.
+    head_params : dict or None
+        The head's parameters, e.g. {'hidden': 128} for uncertainty, {'branches': 4, 'width': 256} for
+        branches; None: the head's defaults.
+    objective : str
+        Training loss by name: ce (cross-entropy) or cam_flip (cross-entropy + attention flip consistency).
+    objective_params : dict or None
+        The objective's parameters, e.g. {'lam': 5.0} for cam_flip; None: its defaults.
+    amp : bool
+        bfloat16 autocast on CUDA (ignored on CPU, where it is slower).
+    progress : bool
+        Show progress bars (they change no result).
+    """
     t0 = time.perf_counter()
     out = Path(run_dir) / "01_close_set"
-    s = load_splits(dataset, data_root, open_class, input_size, cache_dir)
-    train, val, val_source = _validation(s, val_fraction, seed)
+    loss = make_objective(objective, **(objective_params or {}))  # names checked before any decoding
+    head_params = validate_head(head, head_params)
+    s = load_splits(dataset, data_root, open_class, input_size, cache_dir, class_map=class_map,
+                    data_options=data_options, val_fraction=val_fraction, seed=seed)
+    train, val, val_source = _validation(s)
     names = s.label_map.names
     print(f"{dataset}: {len(train)} train, {len(val)} validation ({val_source}), classes {names}, "
           f"open class {s.split.open_class.label if s.split.open_class is not None else 'none'}")
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(arch, len(names), input_size, stem=stem, pretrained=pretrained))
+    model = build_model(ModelConfig(arch, len(names), input_size, stem=stem, pretrained=pretrained,
+                                    head=head, head_params=head_params))
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_gamma=lr_gamma,
                       seed=seed, device=device, amp=amp, progress=progress)
-    result = fit(model, train, val, cfg, out_dir=out, desc="close-set")
+    result = fit(model, train, val, cfg, loss, out_dir=out, desc="close-set")
     rows, targets = _close_rows(s.test, s.label_map)
     pred = predict(model, s.test.images[torch.as_tensor(rows)], device=device, progress=progress, amp=amp)
     y_pred = pred.logits.argmax(1).numpy()
@@ -148,9 +156,13 @@ def train_close_set(dataset: str = "synthetic", data_root: str | None = None, op
                "best_epoch": result.best_epoch, "class_names": names, "validation": val_source,
                "confusion": confusion(targets, y_pred, len(names)).tolist(),
                "train_seconds": float(result.history["seconds"].sum()), "wall_seconds": time.perf_counter() - t0,
-               "data_fingerprint": s.fingerprint, "n_train": len(train), "n_val": len(val)}
+               "data_fingerprint": s.fingerprint, "n_train": len(train), "n_val": len(val),
+               # the network as built, so stage 02 rebuilds the same one (_close_model)
+               "arch": arch, "input_size": input_size, "stem": stem, "head": head, "head_params": head_params,
+               "objective": objective, "objective_params": {k: v for k, v in loss.config().items() if k != "name"}}
     write_json(out / "results.json", results)
-    update_manifest(run_dir, data={"dataset": dataset, "fingerprint": s.fingerprint},
+    update_manifest(run_dir, data={"dataset": dataset, "fingerprint": s.fingerprint, "validation": val_source,
+                                   "dropped": s.dropped},
                     close_set={k: results[k] for k in ("test_acc", "best_epoch", "wall_seconds")})
     print(f"close-set test accuracy {results['test_acc']:.4f} on {len(rows)} images "
           f"(best epoch {result.best_epoch}, {results['wall_seconds'] / 60:.1f} min)")
@@ -164,29 +176,81 @@ def load_close_set(run_dir: str) -> tuple[dict, pd.DataFrame]:
 
 
 def _close_model(run_dir: str, arch: str, input_size: int, num_classes: int, device: str, stem: str = "auto"):
-    path = Path(run_dir) / "01_close_set" / "best.pt"
+    """Stage 01's best model, rebuilt with the head that stage 01 recorded in results.json
+    (so stages 02-03 take no head parameters of their own). A stage 01 result from before
+    heads were recorded used the linear head. Architecture settings that disagree with
+    stage 01's are refused with both values named, not left to a state-dict size error."""
+    folder = Path(run_dir) / "01_close_set"
+    path = folder / "best.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no close-set model; run stage 01 first")
-    model = build_model(ModelConfig(arch, num_classes, input_size, stem=stem), verbose=False)
+    built = read_json(folder / "results.json") if (folder / "results.json").exists() else {}
+    asked = {"arch": arch, "input_size": input_size, "stem": stem}
+    differ = {k: (built[k], v) for k, v in asked.items() if k in built and built[k] != v}
+    if differ:
+        detail = ", ".join(f"{k}={old!r} there, {new!r} here" for k, (old, new) in differ.items())
+        raise ValueError(f"{folder / 'results.json'}: stage 01 built its model with other settings ({detail}); "
+                         "pass the same values or re-run stage 01")
+    cfg = ModelConfig(arch, num_classes, input_size, stem=stem, head=built.get("head", "linear"),
+                      head_params=built.get("head_params") or {})
+    model = build_model(cfg, verbose=False)
     model.load_state_dict(torch.load(path, map_location="cpu"))
     return model.to(device)
 
 
 # ----------------------------------------------------------------------------- stage 02
-def predict_pseudo_labels(dataset: str = "synthetic", data_root: str | None = None, open_class=None,
-                          seed: int = 0, device: str = "cpu", run_dir: str = "outputs/run",
+@checked
+def predict_pseudo_labels(dataset: str = "synthetic", data_root: str | None = None,
+                          open_class: str | None = "surprise",
+                          seed: int = 0, class_map: dict[str, str] | None = None, data_options: dict | None = None,
+                          device: str = "cpu", run_dir: str = "outputs/demo",
                           arch: str = "resnet18", input_size: int = 48, cache_dir: str | None = "outputs/cache",
-                          stem: str = "auto", amp: bool = False, progress: bool = True, **_: object) -> pd.DataFrame:
+                          stem: str = "auto", amp: bool = False, progress: bool = True) -> pd.DataFrame:
     """Pseudo labels for the evaluation set, aligned by sample index.
 
     The evaluation set is the test split followed by the open class's training images
     (METHODS.md). Prediction walks the images in row order (no loader, no shuffle), so row
     ``i`` of the table holds the prediction for image ``i``.
+
+    Parameters
+    ----------
+    dataset : str
+        Data set name: synthetic, ferplus, rafdb, affectnet, folders or subjects.
+    data_root : str or None
+        Folder holding the data set; None: data/<dataset> (synthetic: generated there on first use).
+    open_class : str or None
+        Expression held out as the open class (e.g. "surprise"); None for a close-set model.
+    seed : int
+        Seed of the validation split, the initialisation, the batch order and the protocols.
+    class_map : dict[str, str] or None
+        The data set's label names -> emotion or "drop", e.g. {'0_neutral': 'neutral', 'contempt': 'drop'}.
+        Keys: class folder names (folders, synthetic, subjects), folder ids "0".."10" (affectnet), vote
+        columns (ferplus), ids "1".."7" (rafdb); unnamed labels keep their meaning; None: no remapping.
+    data_options : dict or None
+        Further options of the data set's loader, e.g. {'folds': 10, 'fold': 0} for subjects; an unknown
+        key fails at once, naming the options the loader takes.
+    device : str
+        Torch device ("cpu", "cuda", "cuda:1"); it changes no result, so it is in no result key.
+    run_dir : str
+        Folder of this run: every file of every stage goes under it.
+    arch : str
+        Trunk architecture of stage 01's model: resnet18 or resnet50.
+    input_size : int
+        Image side in pixels, as in stage 01.
+    cache_dir : str or None
+        Folder of the decoded uint8 image cache (shared by runs); None: decode into memory only.
+    stem : str
+        The stem of stage 01's model: "auto", "small" or "imagenet".
+    amp : bool
+        bfloat16 autocast on CUDA (ignored on CPU, where it is slower).
+    progress : bool
+        Show progress bars (they change no result).
     """
     if _open(open_class) is None:
         raise ValueError("stage 02 needs an open class (open_class is none)")
     out = Path(run_dir) / "02_pseudo_labels"
-    s = load_splits(dataset, data_root, open_class, input_size, cache_dir)
+    s = load_splits(dataset, data_root, open_class, input_size, cache_dir, class_map=class_map,
+                    data_options=data_options, seed=seed)
     names = s.label_map.names
     model = _close_model(run_dir, arch, input_size, len(names), device, stem)
     test_rows, train_rows = s.split.eval_test_index, s.split.eval_train_index
@@ -208,10 +272,14 @@ def predict_pseudo_labels(dataset: str = "synthetic", data_root: str | None = No
     for k in range(logits.shape[1]):
         table[f"logit_{k}"] = logits[:, k]
     write_csv(out / "pseudo_labels.csv", table)
-    np.savez(out / "outputs.tmp.npz", eval_logits=logits, eval_features=pred.features.numpy(),
-             all_train_logits=all_train.logits.numpy(), all_train_features=all_train.features.numpy(),
-             train_index=s.split.train_index, train_targets=s.split.train_targets, class_names=np.array(names))
-    (out / "outputs.tmp.npz").replace(out / "outputs.npz")
+    write_npz(out / "outputs.npz", {
+        "eval_logits": logits, "eval_features": pred.features.numpy(), "all_train_logits": all_train.logits.numpy(),
+        "all_train_features": all_train.features.numpy(), "train_index": s.split.train_index,
+        "train_targets": s.split.train_targets, "class_names": np.array(names)})
+    # how the open samples' pseudo labels spread over the close classes (docs/RESULTS.md cites it)
+    spread = pseudo_label_spread_table(table, names)
+    write_csv(out / "spread.csv", spread.assign(n_open=spread.attrs["n_open"],
+                                                tv_from_uniform=spread.attrs["tv_from_uniform"]))
     close = ~table["is_open"].to_numpy()
     summary = {"n_eval": len(table), "n_open": int(table["is_open"].sum()),
                "close_acc": accuracy(table["target"].to_numpy()[close], table["pseudo"].to_numpy()[close])}
@@ -223,80 +291,206 @@ def predict_pseudo_labels(dataset: str = "synthetic", data_root: str | None = No
 
 
 def load_openset_data(run_dir: str, protocol: str = "honest", images: torch.Tensor | None = None,
-                      seed: int = 0, train_images: torch.Tensor | None = None) -> OpenSetData:
-    """Stage 02's files as :class:`OpenSetData`, under ``protocol``."""
+                      seed: int = 0, train_images: torch.Tensor | None = None,
+                      eval_subset: str = "all") -> OpenSetData:
+    """Stage 02's files as :class:`OpenSetData`, under ``protocol``, restricted to
+    ``eval_subset`` (``"all"`` or ``"test"``: the test split's rows only).
+
+    ``images`` are the evaluation images in stage 02's row order (all rows, before the
+    subset), ``train_images`` the close training images; both only for detectors that train.
+    """
+    check_eval_subset(eval_subset)
     out = Path(run_dir) / "02_pseudo_labels"
+    for name in ("pseudo_labels.csv", "outputs.npz"):
+        if not (out / name).is_file():
+            raise FileNotFoundError(f"{out / name}: no pseudo labels; run stage 02 (predict_pseudo_labels) first")
     table = pd.read_csv(out / "pseudo_labels.csv")
     z = np.load(out / "outputs.npz")
     data = OpenSetData(table=table[TABLE_COLUMNS].copy(), logits=z["eval_logits"], features=z["eval_features"],
                        train_features=z["all_train_features"][z["train_index"]], train_targets=z["train_targets"],
                        images=images, train_images=train_images,
                        class_names=tuple(str(n) for n in z["class_names"]))
-    return apply_protocol(data, protocol, z["all_train_logits"], z["all_train_features"], seed=seed)
+    data = apply_protocol(data, protocol, z["all_train_logits"], z["all_train_features"], seed=seed)
+    if eval_subset == "test":
+        data = data.subset(data.table["origin"].to_numpy() == "test")
+    return data
 
 
 def _eval_images(s: Splits) -> torch.Tensor:
+    """The evaluation images in stage 02's row order: the test split, then the open class's
+    training images."""
     return torch.cat([s.test.images[torch.as_tensor(s.split.eval_test_index)],
                       s.train.images[torch.as_tensor(s.split.eval_train_index)]])
 
 
+#: evaluation sets stage 03 can score: every stage 02 row, or the test split's rows only
+EVAL_SUBSETS = ("all", "test")
+
+
+def check_eval_subset(eval_subset: str) -> None:
+    if eval_subset not in EVAL_SUBSETS:
+        raise ValueError(f"eval_subset must be one of {EVAL_SUBSETS}, got {eval_subset!r}")
+
+
+def _subset_suffix(eval_subset: str) -> str:
+    """File-name suffix of a restricted run, so that it writes beside the full run's files."""
+    return "" if eval_subset == "all" else f"_{eval_subset}"
+
+
+def _as_protocols(protocols) -> list[str]:
+    protocols = [protocols] if isinstance(protocols, str) else list(protocols)
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    if bad or not protocols:
+        raise ValueError(f"protocols must be a non-empty list of {list(PROTOCOLS)}, got {protocols!r}")
+    return protocols
+
+
+def _detector_inputs(detectors, dataset: str, data_root: str | None, open_class, input_size: int,
+                     cache_dir: str | None, class_map: dict[str, str] | None = None,
+                     data_options: dict | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The evaluation and close training images, decoded only when a selected detector's
+    class attributes ask for them (post-hoc detectors need no data set at all)."""
+    classes = [detector_class(name) for name in detectors]
+    if not any(c.needs_images or c.needs_train_images for c in classes):
+        return None, None
+    s = load_splits(dataset, data_root, open_class, input_size, cache_dir, class_map=class_map,
+                    data_options=data_options)
+    images = _eval_images(s) if any(c.needs_images for c in classes) else None
+    train_images = (s.train.images[torch.as_tensor(s.split.train_index)]
+                    if any(c.needs_train_images for c in classes) else None)
+    return images, train_images
+
+
+def _merge_metrics(path: Path, new: pd.DataFrame) -> pd.DataFrame:
+    """``metrics.csv`` with the rows of ``new``'s (eval_subset, protocol) pairs replaced and
+    every other row kept, so a test-split run never erases the full run's rows (nor one
+    protocol's run the other's)."""
+    if path.is_file():
+        old = pd.read_csv(path)
+        if "eval_subset" not in old.columns:  # written before the column existed: full runs
+            old["eval_subset"] = "all"
+        old["eval_subset"] = old["eval_subset"].fillna("all").astype(str)
+        replaced = set(zip(new["eval_subset"].astype(str), new["protocol"].astype(str)))
+        keep = [(e, p) not in replaced for e, p in zip(old["eval_subset"], old["protocol"].astype(str))]
+        new = pd.concat([old[keep], new], ignore_index=True)
+    write_csv(path, new)
+    return new
+
+
 # ----------------------------------------------------------------------------- stage 03
-def detect_open_set(dataset: str = "synthetic", data_root: str | None = None, open_class=None, seed: int = 0,
-                    device: str = "cpu", run_dir: str = "outputs/run", input_size: int = 48,
-                    cache_dir: str | None = "outputs/cache", protocols=("honest", "reference"),
-                    detectors=DEFAULT_DETECTORS, eval_subset: str = "all", cycle: dict | None = None,
-                    contrast: dict | None = None, stem: str = "auto", amp: bool = False, progress: bool = True,
-                    **_: object) -> pd.DataFrame:
+@checked
+def detect_open_set(dataset: str = "synthetic", data_root: str | None = None,
+                    open_class: str | None = "surprise",
+                    seed: int = 0, class_map: dict[str, str] | None = None, data_options: dict | None = None,
+                    device: str = "cpu", run_dir: str = "outputs/demo", input_size: int = 48,
+                    cache_dir: str | None = "outputs/cache", protocols: Sequence[str] = ("honest", "reference"),
+                    detectors: Sequence[str] = DEFAULT_DETECTORS, eval_subset: str = "all",
+                    detector_params: dict[str, dict] | None = None, stem: str = "auto", amp: bool = False,
+                    progress: bool = True) -> pd.DataFrame:
     """Score every evaluation sample with every detector under every protocol.
 
-    ``eval_subset="test"`` restricts the evaluation set to the test split (open samples
-    then a minority), one of the ablations of the issue. ``cycle`` overrides
-    :class:`CycleConfig` fields (cycles, epochs_per_cycle, select_ratio, lam...), ``contrast``
-    those of :class:`~ferlib.openset.contrast.ContrastConfig`.
+    Detectors come from one registry (:mod:`ferlib.openset.registry`) and see only the
+    label-free view of the evaluation set. A detector that trains networks checkpoints
+    under ``03_detect/<eval_subset>/<protocol | any_protocol>/<name>-<key>/``, ``key`` a hash
+    of everything that determines its result (:mod:`ferlib.openset.keys`), so a re-run
+    with other parameters or new pseudo labels trains afresh and a re-run on another
+    device resumes. Writes ``03_detect/scores_<protocol>.csv`` (``_test`` appended when
+    ``eval_subset="test"``, beside the full run's files), the cycle detector's features
+    ``03_detect/detector_features_<protocol>[_test].npy``, and replaces this call's
+    (eval_subset, protocol) rows of ``metrics.csv``.
+
+    Parameters
+    ----------
+    dataset : str
+        Data set name (as in stage 01); only read when a selected detector needs images.
+    data_root : str | None
+        Folder of the data set; None = the default folder of ``dataset``.
+    open_class : str | None
+        The class held out of training (as in stages 01-02).
+    seed : int
+        Seed of the detectors' networks and of the reference protocol's permutation.
+    class_map : dict[str, str] | None
+        The data set's label names -> emotion or "drop", as in stage 01; only read when a
+        selected detector needs images.
+    data_options : dict | None
+        Further options of the data set's loader, as in stage 01.
+    device : str
+        Torch device of the detectors that train networks ("cpu", "cuda"); not part of
+        any result key, so a run moved to another device resumes.
+    run_dir : str
+        The run folder holding stage 02's ``02_pseudo_labels/``.
+    input_size : int
+        Image side in pixels (as in stage 01).
+    cache_dir : str | None
+        Folder of the decoded-image cache; None = no cache.
+    protocols : list[str]
+        Evaluation protocols: "honest" (index-aligned pseudo labels) and/or "reference"
+        (the released code's shuffled pseudo labels).
+    detectors : list[str]
+        Detector names from the registry: msp, max_logit, energy, entropy, mahalanobis,
+        knn, tknn, cycle, contrast.
+    eval_subset : str
+        "all" (every evaluation row) or "test" (the test split's rows only: open samples
+        then a minority); a "test" run writes beside the full run.
+    detector_params : dict[str, dict] | None
+        Parameters per detector, e.g. {'tknn': {'k': 10}, 'cycle': {'lam': 0, 'cycles': 2}};
+        unknown detectors or keys fail before any work.
+    stem : str
+        Network stem of the detectors' networks ("auto", "small", "imagenet").
+    amp : bool
+        bfloat16 autocast on CUDA for the detectors' networks.
+    progress : bool
+        Progress bars and per-epoch lines.
     """
-    if eval_subset not in ("all", "test"):
-        raise ValueError(f"eval_subset must be 'all' or 'test', got {eval_subset!r}")
+    check_eval_subset(eval_subset)
+    protocols = _as_protocols(protocols)
+    validate_detectors(detectors, detector_params)  # names and keys, before any work
     out = Path(run_dir) / "03_detect"
-    images = train_images = None
-    if any(d in TRAINED_DETECTORS for d in detectors):
-        s = load_splits(dataset, data_root, open_class, input_size, cache_dir)
-        images = _eval_images(s)
-        train_images = s.train.images[torch.as_tensor(s.split.train_index)]
-    frames = []
+    images, train_images = _detector_inputs(detectors, dataset, data_root, open_class, input_size, cache_dir,
+                                            class_map, data_options)
+    shared = {"input_size": input_size, "stem": stem, "seed": seed, "device": device, "amp": amp,
+              "progress": progress}
+    suffix = _subset_suffix(eval_subset)
+    reuse: dict[str, DetectorResult] = {}
+    fingerprint = FingerprintCache()
+    frames, folders = [], {}
     for protocol in protocols:
-        data = load_openset_data(run_dir, protocol, images, seed, train_images)
-        if eval_subset == "test":
-            data = data.subset(data.table["origin"].to_numpy() == "test")
+        data = load_openset_data(run_dir, protocol, images, seed, train_images, eval_subset)
+        results = run_detectors(data, detectors, detector_params, shared, out, protocol, eval_subset, reuse,
+                                fingerprint)
         scores = data.table.copy()
-        for name in detectors:
-            t0 = time.perf_counter()
-            if name in TRAINED_DETECTORS:
-                overrides = (cycle if name == "cycle" else contrast) or {}
-                # the contrast detector reads no label, so one fit serves every protocol
-                folder = out / eval_subset / (protocol if name == "cycle" else "any_protocol") / name
-                params = {"input_size": input_size, "stem": stem, "seed": seed, "device": device,
-                          "progress": progress, "amp": amp, **overrides, "out_dir": str(folder)}
-                det = make_detector(name, **params)
-                scores[name] = det.fit_score(data)
-                if name == "cycle":
-                    np.save(out / f"detector_features_{protocol}.npy", det.features_)
-            else:
-                scores[name] = make_detector(name).fit_score(data)
-            print(f"[{protocol}] {name}: {time.perf_counter() - t0:.1f} s")
-        write_csv(out / f"scores_{protocol}.csv", scores)
+        for name, result in results.items():
+            scores[name] = result.scores
+        write_csv(out / f"scores_{protocol}{suffix}.csv", scores)
+        embedded = results.get(EMBEDDED_DETECTOR)
+        features_path = out / f"detector_features_{protocol}{suffix}.npy"
+        if embedded is not None and embedded.embedding is not None:
+            write_npy(features_path, embedded.embedding)
+        else:  # the scores table was rewritten without it: an older run's features no longer belong
+            features_path.unlink(missing_ok=True)
+        folders[protocol] = {n: str(r.folder.relative_to(run_dir)) for n, r in results.items() if r.folder}
         table = metrics_table(scores, list(detectors), protocol)
         close = ~scores["is_open"].to_numpy()
         table["close_acc"] = accuracy(scores["target"].to_numpy()[close], scores["pseudo"].to_numpy()[close])
         table["eval_subset"] = eval_subset
         frames.append(table)
     metrics = pd.concat(frames, ignore_index=True)
-    write_csv(Path(run_dir) / "metrics.csv", metrics)
-    update_manifest(run_dir, detection={"protocols": list(protocols), "eval_subset": eval_subset,
-                                        "cycle": cycle or {}, "contrast": contrast or {}})
+    _merge_metrics(Path(run_dir) / "metrics.csv", metrics)
+    record = {"protocols": protocols, "detectors": list(detectors), "detector_params": detector_params or {},
+              "folders": folders}
+
+    def change(manifest: dict) -> dict:
+        # replace this subset's record whole (a merge would keep parameters this run did not
+        # apply); a record in the old flat shape (one subset, with an "eval_subset" key) goes
+        previous = {k: v for k, v in (manifest.get("detection") or {}).items() if k in EVAL_SUBSETS}
+        return {**manifest, "detection": {**previous, eval_subset: record}}
+
+    modify_manifest(run_dir, change)
     return metrics
 
 
 #: the ablation of the issue: each variant changes one choice of the paper's method
+#: (overrides of the cycle detector's parameters; ``eval_subset`` selects the rows)
 CYCLE_ABLATIONS: dict[str, dict] = {
     "paper": {},
     "lam=0": {"lam": 0.0},
@@ -306,49 +500,84 @@ CYCLE_ABLATIONS: dict[str, dict] = {
 }
 
 
-def ablate_cycle(dataset: str = "synthetic", data_root: str | None = None, open_class=None, seed: int = 0,
+@checked
+def ablate_cycle(dataset: str = "synthetic", data_root: str | None = None, open_class: str | None = None,
+                 seed: int = 0, class_map: dict[str, str] | None = None, data_options: dict | None = None,
                  device: str = "cpu", run_dir: str = "outputs/run", input_size: int = 48,
-                 cache_dir: str | None = "outputs/cache", protocols=("honest",), variants=None,
-                 cycle: dict | None = None, stem: str = "auto", amp: bool = False, progress: bool = True,
-                 **_: object) -> pd.DataFrame:
-    """Run the paper's detector under each variant of :data:`CYCLE_ABLATIONS` (or ``variants``,
-    a dict name -> overrides; ``eval_subset`` is an override too) on a run whose stages 01-02
-    are finished, beside max softmax on the same rows.
+                 cache_dir: str | None = "outputs/cache", protocols: Sequence[str] = ("honest",),
+                 variants: dict[str, dict] | None = None, detector_params: dict[str, dict] | None = None,
+                 stem: str = "auto", amp: bool = False, progress: bool = True) -> pd.DataFrame:
+    """Run the paper's detector under each variant of :data:`CYCLE_ABLATIONS` on a run whose
+    stages 01-02 are finished, beside max softmax on the same rows.
 
-    Each variant's networks checkpoint under ``03_detect/ablation/<variant>/<protocol>/`` (a
-    killed ablation resumes); the table goes to ``run_dir/ablation.csv``: one row per
-    (variant, protocol) with the cycle detector's and max softmax's AUROC and FPR@95.
+    The cycle detector's networks checkpoint in the keyed folders of stage 03
+    (``03_detect/<eval_subset>/<protocol>/cycle-<key>/``): a killed ablation resumes, and a
+    variant whose parameters equal a finished stage 03 run's reuses its result. The table
+    goes to ``run_dir/ablation.csv``: one row per (variant, protocol) with the cycle
+    detector's and max softmax's AUROC and FPR@95.
+
+    Parameters
+    ----------
+    dataset, data_root, open_class, seed, class_map, data_options, device, run_dir, input_size, cache_dir, stem, amp
+        As in :func:`detect_open_set`.
+    progress
+        As in :func:`detect_open_set`.
+    protocols : list[str]
+        Evaluation protocols ("honest", "reference").
+    variants : dict[str, dict] | None
+        Variant name -> overrides of the cycle detector's parameters (``eval_subset`` is an
+        override too); None = :data:`CYCLE_ABLATIONS`.
+    detector_params : dict[str, dict] | None
+        Base parameters per detector as in :func:`detect_open_set`, e.g.
+        {'cycle': {'cycles': 2, 'epochs_per_cycle': 2}}; each variant's overrides go on top.
     """
     from ferlib.metrics import openset_metrics
 
+    protocols = _as_protocols(protocols)
     variants = dict(CYCLE_ABLATIONS if variants is None else variants)
-    s = load_splits(dataset, data_root, open_class, input_size, cache_dir)
-    images = _eval_images(s)
-    out = Path(run_dir) / "03_detect" / "ablation"
+    plans = {}
+    for name, overrides in variants.items():  # every variant checked before any work
+        overrides = dict(overrides)
+        subset = overrides.pop("eval_subset", "all")
+        check_eval_subset(subset)
+        params = {**(detector_params or {}), "cycle": {**(detector_params or {}).get("cycle", {}), **overrides}}
+        try:
+            validate_detectors(["cycle", "msp"], params)
+        except ValueError as exc:
+            raise ValueError(f"ablation variant {name!r}: {exc}") from None
+        plans[name] = (subset, params, overrides)
+    images, _ = _detector_inputs(["cycle"], dataset, data_root, open_class, input_size, cache_dir,
+                                 class_map, data_options)
+    shared = {"input_size": input_size, "stem": stem, "seed": seed, "device": device, "amp": amp,
+              "progress": progress}
+    out = Path(run_dir) / "03_detect"
+    fingerprint = FingerprintCache()
     rows = []
     for protocol in protocols:
-        full = load_openset_data(run_dir, protocol, images, seed)
-        for name, overrides in variants.items():
-            overrides = {**(cycle or {}), **overrides}
-            subset = overrides.pop("eval_subset", "all")
-            data = full.subset(full.table["origin"].to_numpy() == "test") if subset == "test" else full
-            params = {"input_size": input_size, "stem": stem, "seed": seed, "device": device, "progress": progress,
-                      "amp": amp, **overrides, "out_dir": str(out / name / protocol)}
-            t0 = time.perf_counter()
-            score = make_detector("cycle", **params).fit_score(data)
-            seconds = time.perf_counter() - t0
-            is_open = data.table["is_open"].to_numpy()
-            cyc = openset_metrics(score, is_open)
-            msp = openset_metrics(make_detector("msp").fit_score(data), is_open)
+        for name, (subset, params, overrides) in plans.items():
+            data = load_openset_data(run_dir, protocol, images, seed, eval_subset=subset)
+            results = run_detectors(data, ["cycle", "msp"], params, shared, out, protocol, subset,
+                                    fingerprint=fingerprint)
+            is_open = data.is_open
+            cyc = openset_metrics(results["cycle"].scores, is_open)
+            msp = openset_metrics(results["msp"].scores, is_open)
+            seconds = results["cycle"].seconds
             rows.append({"variant": name, "protocol": protocol, "eval_subset": subset, "n": len(data),
                          "open_fraction": float(is_open.mean()), "cycle_auroc": cyc["auroc"],
                          "cycle_fpr95": cyc["fpr95"], "msp_auroc": msp["auroc"], "msp_fpr95": msp["fpr95"],
-                         "seconds": round(seconds, 1), "overrides": repr(overrides)})
+                         "seconds": round(seconds, 1), "overrides": repr(overrides),
+                         "folder": str(results["cycle"].folder.relative_to(run_dir))})
             print(f"[{protocol}] {name}: cycle AUROC {cyc['auroc']:.3f} (msp {msp['auroc']:.3f}), {seconds:.0f} s")
     table = pd.DataFrame(rows)
     write_csv(Path(run_dir) / "ablation.csv", table)
     return table
 
 
-def load_scores(run_dir: str, protocol: str = "honest") -> pd.DataFrame:
-    return pd.read_csv(Path(run_dir) / "03_detect" / f"scores_{protocol}.csv")
+def load_scores(run_dir: str, protocol: str = "honest", eval_subset: str = "all") -> pd.DataFrame:
+    """Stage 03's scores table for ``protocol`` (``eval_subset="test"``: the test-split run's)."""
+    check_eval_subset(eval_subset)
+    path = Path(run_dir) / "03_detect" / f"scores_{protocol}{_subset_suffix(eval_subset)}.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no scores for protocol {protocol!r}, eval_subset {eval_subset!r}; "
+                                "run stage 03 (detect_open_set) first")
+    return pd.read_csv(path)

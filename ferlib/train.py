@@ -7,26 +7,53 @@ none should re-implement: seeding, whole-batch augmentation on tensors (no image
 inside an epoch), Adam with a learning-rate schedule, selection of the best epoch on a
 validation split, a checkpoint every epoch so that a killed run resumes, per-epoch metrics
 as CSV and JSON, tqdm progress, and a ``device`` parameter (CPU by default).
+
+A checkpoint is resumed only when every input that determines the result is the same
+(:func:`training_key`): settings, the content of the training and validation images and
+targets, the objective's parameters and the model's initial weights. What does not change
+the result (device, progress, evaluation batch size) is left out, so a run moved from a GPU
+to a CPU resumes.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from ferlib.progress import progress_bar
 
 from ferlib.data.augment import AugmentConfig, augment_batch, to_float
-from ferlib.io import hash_strings, read_json, torch_save, write_csv, write_json
+from ferlib.digest import json_digest, state_dict_digest, tensor_digest
+from ferlib.io import read_json, torch_save, write_csv, write_json
+from ferlib.losses import CrossEntropy, Objective, objective_config
+from ferlib.progress import progress_bar
+
+__all__ = [
+    "EpochInfo",
+    "FitResult",
+    "Objective",
+    "Prediction",
+    "TensorData",
+    "TrainConfig",
+    "fit",
+    "load_history",
+    "predict",
+    "training_key",
+]
+
+#: fields of TrainConfig that do not change what training computes: left out of the key.
+#: ``epochs`` is left out on purpose: a finished run can be extended by asking for more
+#: epochs, and resumes.
+NOT_IN_KEY = ("epochs", "device", "progress", "eval_batch_size")
+#: bump when the loop's arithmetic changes so old checkpoints are not resumed
+LOOP_VERSION = 2
 
 
 @dataclass
@@ -61,11 +88,9 @@ class TrainConfig:
             return self.lr
         raise ValueError(f"schedule must be exponential, cyclic or constant, got {self.schedule!r}")
 
-    def fingerprint(self) -> str:
-        """Settings that change the trajectory. ``epochs`` is left out on purpose: a
-        finished run can be extended by asking for more epochs, and resumes."""
-        fields = {k: v for k, v in asdict(self).items() if k not in ("epochs", "progress", "eval_batch_size")}
-        return hash_strings([json.dumps(fields, sort_keys=True, default=str)])
+    def key_fields(self) -> dict:
+        """The settings that change the trajectory (all but :data:`NOT_IN_KEY`)."""
+        return {k: v for k, v in asdict(self).items() if k not in NOT_IN_KEY}
 
 
 @dataclass
@@ -85,28 +110,9 @@ class TensorData:
     def __len__(self) -> int:
         return len(self.targets)
 
-    def subset(self, index: np.ndarray | torch.Tensor) -> "TensorData":
+    def subset(self, index: np.ndarray | torch.Tensor) -> TensorData:
         index = torch.as_tensor(np.asarray(index), dtype=torch.long)
         return TensorData(self.images[index], self.targets[index])
-
-
-class Objective(Protocol):
-    """A loss plug-in: ``(model, x, y, index) -> (scalar loss, logits)``.
-
-    ``x`` is the augmented float batch, ``index`` the rows of the training data in the
-    batch (for objectives that keep per-sample state).
-    """
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-
-class CrossEntropy:
-    """Plain cross-entropy on the augmented view (the close-set objective)."""
-
-    def __call__(self, model, x, y, index):
-        logits = model(x)
-        return F.cross_entropy(logits, y), logits
 
 
 @dataclass
@@ -140,6 +146,74 @@ def _batch(images: torch.Tensor, index: torch.Tensor, cfg: TrainConfig) -> torch
     return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
 
 
+def training_key(
+    model: nn.Module, train: TensorData, val: TensorData | None, cfg: TrainConfig, objective: object
+) -> tuple[str, dict]:
+    """``(key, ingredients)``: a hash of everything that determines what :func:`fit` computes.
+
+    Ingredients: the loop's version, the settings (:meth:`TrainConfig.key_fields`: not the
+    device, progress, evaluation batch size or epochs), the content of the training and
+    validation images and targets (so new pseudo labels retrain), the objective's
+    ``config()`` (so a new loss weight retrains), and the model's *initial* state dict and
+    module structure (architecture, head, pretrained weights, init seed and dropout in
+    one go). Call it before training: ``model`` must hold its initial weights.
+    """
+    ingredients = {
+        "loop_version": LOOP_VERSION,
+        "train_config": cfg.key_fields(),
+        "train_data": tensor_digest(train.images, train.targets),
+        "n_train": len(train),
+        "val_data": tensor_digest(val.images, val.targets) if val is not None else None,
+        "n_val": len(val) if val is not None else 0,
+        "objective": objective_config(objective),
+        "initial_model": state_dict_digest(model),
+        "model_structure": json_digest({"repr": repr(model)}),
+    }
+    return json_digest(ingredients), ingredients
+
+
+def _device_type(device: str) -> str:
+    return torch.device(device).type
+
+
+def _restore_aug_generator(aug_gen: torch.Generator, ckpt: dict, cfg: TrainConfig, desc: str) -> None:
+    """Continue the augmentation stream where the checkpoint left it. A generator's state
+    is device-specific (CPU and CUDA states have different formats), so a run resumed on
+    another kind of device reseeds from (seed, epoch) instead and says so: the result is
+    not bit-identical to an uninterrupted run there, as no cross-device run is."""
+    saved_on = ckpt.get("aug_device_type", "cpu")
+    if saved_on == _device_type(cfg.device):
+        aug_gen.set_state(ckpt["aug_generator"])
+        return
+    aug_gen.manual_seed((cfg.seed + 1) * 1_000_003 + ckpt["epoch"] + 1)
+    if cfg.progress:
+        print(
+            f"{desc}: checkpoint written on {saved_on}, resuming on {cfg.device}: "
+            "the augmentation stream is reseeded for the remaining epochs"
+        )
+
+
+def _resume_point(path: Path, key: str, cfg: TrainConfig, desc: str) -> dict | None:
+    """The checkpoint at ``path`` when it was written for ``key``, else None (and a stale
+    ``best.pt`` beside it is removed, so it can never be loaded for this run)."""
+    ckpt = None
+    if path.exists():
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)  # load_state_dict moves it
+        except Exception as exc:  # noqa: BLE001 - a torn or foreign file: start over, say why
+            print(f"{desc}: {path} is not a readable checkpoint ({type(exc).__name__}: {exc}); starting over")
+        if ckpt is not None and (not isinstance(ckpt, dict) or ckpt.get("key") != key):
+            if cfg.progress:
+                print(
+                    f"{desc}: {path} belongs to other inputs (settings, data, targets, objective or "
+                    f"initial weights; see {path.parent / 'key.json'}); starting over"
+                )
+            ckpt = None
+    if ckpt is None and (path.parent / "best.pt").exists():
+        (path.parent / "best.pt").unlink()
+    return ckpt
+
+
 def fit(
     model: nn.Module,
     train: TensorData,
@@ -154,13 +228,18 @@ def fit(
 
     With ``out_dir`` the loop writes ``last.pt`` (model, optimiser, generator state,
     history) after every epoch and ``best.pt`` (weights) when validation accuracy improves;
-    a later call with the same configuration resumes from ``last.pt``. A different
-    configuration starts over, so stale checkpoints never leak into a changed run.
+    a later call with the same inputs resumes from ``last.pt``. Different inputs (see
+    :func:`training_key`, whose ingredients are written to ``key.json`` beside the
+    checkpoint) start over, so stale checkpoints never leak into a changed run.
     Without ``val`` the last epoch is kept.
     """
     objective = objective or CrossEntropy()
     if len(train) < 2:
         raise ValueError(f"need at least 2 training samples, got {len(train)}")
+    check = getattr(objective, "check", None)
+    if callable(check):
+        check(model)  # e.g. cam_flip on a head without CAM: fail before any epoch
+    key, ingredients = training_key(model, train, val, cfg, objective)
     torch.manual_seed(cfg.seed)
     if cfg.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
@@ -169,23 +248,21 @@ def fit(
     gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 1)
     out = Path(out_dir) if out_dir is not None else None
-    key = hash_strings([cfg.fingerprint(), str(len(train)), str(len(val) if val else 0)])
     history: list[dict] = []
     best_acc, best_epoch, start = -1.0, -1, 0
 
-    if out is not None and (out / "last.pt").exists():
-        ckpt = torch.load(out / "last.pt", map_location=cfg.device, weights_only=False)
-        if ckpt.get("key") == key:
+    if out is not None:
+        ckpt = _resume_point(out / "last.pt", key, cfg, desc)
+        if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             gen.set_state(ckpt["generator"])
-            aug_gen.set_state(ckpt["aug_generator"].to(aug_gen.get_state().device))
+            _restore_aug_generator(aug_gen, ckpt, cfg, desc)
             history, best_acc, best_epoch = ckpt["history"], ckpt["best_acc"], ckpt["best_epoch"]
             start = ckpt["epoch"] + 1
             if cfg.progress:
                 print(f"{desc}: resuming from {out / 'last.pt'} after epoch {ckpt['epoch'] + 1}")
-        elif cfg.progress:
-            print(f"{desc}: {out / 'last.pt'} belongs to other settings; starting over")
+        write_json(out / "key.json", {"key": key, **ingredients})
 
     n = len(train)
     n_batches = max(1, n // cfg.batch_size + (1 if n % cfg.batch_size >= 2 else 0))
@@ -194,10 +271,11 @@ def fit(
         model.train()
         perm = torch.randperm(n, generator=gen)
         total_loss, correct, seen = 0.0, 0, 0
-        bar = progress_bar(range(n_batches), desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not cfg.progress)
+        bar = progress_bar(
+            range(n_batches), desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, disable=not cfg.progress
+        )
         for step in bar:
-            index = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            index = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             if len(index) < 2:  # BatchNorm cannot train on a single sample
                 continue
             lr = cfg.lr_at(epoch + step / n_batches)
@@ -218,11 +296,22 @@ def fit(
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(index)
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", refresh=False)  # redraw on tqdm's clock
-        row = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1),
-               "train_acc": correct / max(seen, 1), "lr": cfg.lr_at(epoch)}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": total_loss / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
+            "lr": cfg.lr_at(epoch),
+        }
         if val is not None and len(val):
-            pred = predict(model, val.images, cfg.eval_batch_size, cfg.device, progress=False,
-                           channels_last=cfg.channels_last, amp=cfg.amp)
+            pred = predict(
+                model,
+                val.images,
+                cfg.eval_batch_size,
+                cfg.device,
+                progress=False,
+                channels_last=cfg.channels_last,
+                amp=cfg.amp,
+            )
             row["val_loss"] = F.cross_entropy(pred.logits, val.targets).item()
             row["val_acc"] = (pred.logits.argmax(1) == val.targets).float().mean().item()
             improved = row["val_acc"] > best_acc
@@ -235,10 +324,22 @@ def fit(
             if out is not None:
                 torch_save(out / "best.pt", model.state_dict())
         if out is not None:
-            torch_save(out / "last.pt", {
-                "key": key, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "generator": gen.get_state(), "aug_generator": aug_gen.get_state(), "history": history,
-                "best_acc": best_acc, "best_epoch": best_epoch, "config": asdict(cfg)})
+            torch_save(
+                out / "last.pt",
+                {
+                    "key": key,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(),
+                    "aug_generator": aug_gen.get_state(),
+                    "aug_device_type": _device_type(cfg.device),
+                    "history": history,
+                    "best_acc": best_acc,
+                    "best_epoch": best_epoch,
+                    "config": asdict(cfg),
+                },
+            )
             write_csv(out / "history.csv", pd.DataFrame(history))
             write_json(out / "history.json", history)
         if cfg.progress:
@@ -248,7 +349,7 @@ def fit(
             callback(EpochInfo(epoch + 1, model, row))
 
     if out is not None and (out / "best.pt").exists() and val is not None:
-        model.load_state_dict(torch.load(out / "best.pt", map_location=cfg.device))
+        model.load_state_dict(torch.load(out / "best.pt", map_location="cpu"))
     return FitResult(pd.DataFrame(history), best_epoch, out)
 
 

@@ -126,3 +126,24 @@ def make_affectnet(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+@pytest.fixture
+def make_subjects(tmp_path: Path) -> Callable[..., Path]:
+    """``make_subjects({"anger": ["S005_001_00000011.png", ...], ...})`` -> root.
+
+    Writes ``root/<class folder>/<name>`` (the layout of CK+, JAFFE, KDEF: no split
+    folders), each a distinct small random image in the format of its suffix.
+    """
+
+    def make(layout: dict[str, Sequence[str]], root: Path | None = None) -> Path:
+        root = root or tmp_path / "subjects"
+        seed = 0
+        for folder, names in layout.items():
+            for name in names:
+                write_image(root / folder / name, 8, "L", seed)
+                seed += 1
+        return root
+
+    return make
+

@@ -4,7 +4,6 @@ augmentation (deterministic, torchvision-equivalent erasing, exact flips)."""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -32,7 +32,7 @@ def test_data_error_is_a_value_error_with_location():
     assert str(err) == "x/label.csv, line 3: bad" and err.line == 3
 
 
-@pytest.mark.parametrize("name", ["ferplus", "rafdb", "affectnet", "folders", "synthetic"])
+@pytest.mark.parametrize("name", ["ferplus", "rafdb", "affectnet", "folders", "synthetic", "subjects"])
 def test_missing_root_names_the_root(name, tmp_path):
     missing = tmp_path / "no_such_root"
     with pytest.raises(DataError, match="no_such_root") as info:

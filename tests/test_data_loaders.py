@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,6 +10,7 @@ from PIL import Image
 from ferlib.data import (
     DataError,
     FERDataset,
+    MissingSplitError,
     available_datasets,
     load_affectnet,
     load_dataset,
@@ -81,7 +80,7 @@ def test_folders_class_map_classes_include_classes_absent_from_split(make_folder
 
 def test_registry_dispatches_folders_and_synthetic(make_folders):
     root = make_folders({"train": {"happiness": 1, "sadness": 1}})
-    assert {"ferplus", "rafdb", "affectnet", "folders", "synthetic"} <= set(available_datasets())
+    assert {"ferplus", "rafdb", "affectnet", "folders", "synthetic", "subjects"} <= set(available_datasets())
     a = load_dataset("folders", root, "train")
     b = load_dataset("synthetic", root, "train")
     assert a.name == "folders" and b.name == "synthetic"
@@ -245,8 +244,9 @@ def test_affectnet_folder_ids_and_num_classes(make_affectnet):
     ds8 = load_affectnet(root, "train", num_classes=8)
     assert len(ds8) == 8 and ds8.counts()[E.CONTEMPT] == 1
     test = load_affectnet(root, "test", num_classes=8)
-    valid = load_affectnet(root, "valid", num_classes=8)
-    assert test.relpaths() == valid.relpaths()
     assert all(r.startswith("Validation/") for r in test.relpaths())
+    # Validation/ is the reported test split, so it is never also the validation split
+    with pytest.raises(MissingSplitError, match="no validation split of its own"):
+        load_affectnet(root, "valid", num_classes=8)
     assert sorted(test.labels.tolist()) == [0, 0, 7]
     assert load_dataset("affectnet", root, "test").labels.tolist() == [0, 0]

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = {
     "torch", "torchvision", "numpy", "pandas", "scikit-learn", "matplotlib", "seaborn",
     "umap-learn", "tqdm", "pillow", "papermill", "jupyterlab", "ipykernel", "nbformat",
+    "ipywidgets",  # tqdm draws its notebook bars with it (without: "IProgress not found")
 }
 
 
@@ -71,8 +72,32 @@ def test_pyproject_declares_the_runtime_dependencies(pyproject, runtime):
     assert set(runtime) == RUNTIME
     assert pyproject["project"]["requires-python"] == ">=3.10"
     dev = _requirements(pyproject["project"]["optional-dependencies"]["dev"])
-    assert {"pytest", "pyyaml"} <= set(dev)
+    assert {"pytest", "pyyaml", "ruff"} <= set(dev)
     assert pyproject["tool"]["setuptools"]["packages"]["find"]["include"] == ["ferlib*"]
+
+
+def test_ruff_is_configured_and_runs_before_the_tests(pyproject):
+    ruff = pyproject["tool"]["ruff"]
+    assert ruff["line-length"] == 120 and ruff["target-version"] == "py310"
+    assert {"E", "F", "W", "I", "B", "UP"} <= set(ruff["lint"]["select"])
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    lint = re.search(r"^lint:.*\n((?:\t.*\n)+)", makefile, re.M)
+    assert lint and "ruff check ." in lint.group(1)
+    for target in ("test", "test-fast"):  # lint is a prerequisite: ruff runs before pytest
+        assert re.search(rf"^{target}:.*\blint\b", makefile, re.M), f"make {target} does not run ruff first"
+
+
+def test_demo_parameters_are_stage_parameters():
+    """The Makefile's -p keys reach a stage (the old `-p "contrast={...}"` reached nothing)."""
+    from ferlib.run import STAGES, parse_param
+
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    line = re.search(r"^DEMO_PARAMS\s*=\s*(.*)$", makefile, re.M).group(1)
+    items = re.findall(r"""-p\s+(?:"([^"]*)"|(\S+))""", line)
+    keys = [parse_param(quoted or bare)[0] for quoted, bare in items]
+    assert keys == ["epochs", "detector_params"]
+    for key in keys:
+        assert any(stage.accepts(key) for stage in STAGES), key
 
 
 def test_environment_yml_matches_pyproject(runtime, conda_pip):
@@ -104,8 +129,8 @@ def test_makefile_registers_the_papermill_kernel():
         assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"no make target {target}"
 
 
-@pytest.mark.parametrize("dist", ["torch", "torchvision"])
-def test_installed_torch_satisfies_pyproject(runtime, dist):
+@pytest.mark.parametrize("dist", ["torch", "torchvision", "ipywidgets"])
+def test_installed_packages_satisfy_pyproject(runtime, dist):
     try:
         version = metadata.version(dist)
     except metadata.PackageNotFoundError:

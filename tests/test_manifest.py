@@ -99,8 +99,9 @@ def test_collect_environment_reports_versions_and_device():
     for key in ("python", "platform", "torch", "torchvision", "numpy", "sklearn", "pandas",
                 "ferlib", "cuda_available", "cuda_device", "git_commit", "git_dirty"):
         assert key in env, key
-    import ferlib
     import numpy
+
+    import ferlib
 
     assert env["ferlib"] == ferlib.__version__
     assert env["numpy"] == numpy.__version__

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from ferlib import published, report, stages
+from ferlib import published, report
 from ferlib.manifest import read_manifest
 from ferlib.run import main
 

@@ -31,8 +31,8 @@ def tiny_run(tmp_path_factory):
     stages.train_close_set(**params, epochs=4, batch_size=64)
     stages.predict_pseudo_labels(**params)
     metrics = stages.detect_open_set(**params, detectors=["msp", "energy", "knn", "tknn", "cycle", "contrast"],
-                                     cycle={"cycles": 2, "epochs_per_cycle": 2, "batch_size": 64},
-                                     contrast={"epochs": 4, "batch_size": 64})
+                                     detector_params={"cycle": {"cycles": 2, "epochs_per_cycle": 2, "batch_size": 64},
+                                                      "contrast": {"epochs": 4, "batch_size": 64}})
     return params, metrics
 
 
@@ -41,7 +41,7 @@ def test_close_set_stage_outputs(tiny_run):
     results, history = stages.load_close_set(params["run_dir"])
     assert results["class_names"] == ["neutral", "happiness", "sadness", "anger", "disgust", "fear"]
     assert results["test_acc"] > 1 / 6 + 0.15  # learnt something beyond chance
-    assert len(history) == 4 and results["validation"] == "valid split"
+    assert len(history) == 4 and results["validation"].startswith("the data set's own validation split")
 
 
 def test_pseudo_label_is_the_prediction_for_that_very_image(tiny_run):
@@ -101,7 +101,7 @@ def test_scores_table_and_resume(tiny_run, capsys):
         assert auroc == pytest.approx(metrics.query("protocol == 'honest' and detector == @det")["auroc"].item())
     # a second call finds every checkpoint and retrains nothing: same scores
     again = stages.detect_open_set(**{**params, "progress": True}, detectors=["cycle"], protocols=["honest"],
-                                   cycle={"cycles": 2, "epochs_per_cycle": 2, "batch_size": 64})
+                                   detector_params={"cycle": {"cycles": 2, "epochs_per_cycle": 2, "batch_size": 64}})
     assert "resuming" in capsys.readouterr().out
     assert again.set_index("detector").loc["cycle", "auroc"] == pytest.approx(
         metrics.query("protocol == 'honest' and detector == 'cycle'")["auroc"].item(), abs=1e-6)
@@ -130,7 +130,7 @@ def test_ablation_table(tiny_run):
     params, _ = tiny_run
     table = stages.ablate_cycle(**params, protocols=["honest"],
                                 variants={k: stages.CYCLE_ABLATIONS[k] for k in ("lam=0", "test_split_only")},
-                                cycle={"cycles": 1, "epochs_per_cycle": 1, "batch_size": 64})
+                                detector_params={"cycle": {"cycles": 1, "epochs_per_cycle": 1, "batch_size": 64}})
     assert list(table["variant"]) == ["lam=0", "test_split_only"]
     test_only = table.set_index("variant").loc["test_split_only"]
     assert test_only["n"] == 280 and test_only["eval_subset"] == "test"

@@ -1,4 +1,6 @@
-"""The papermill runner: stage order, skip/resume/force, sweeps, the CLI, one real papermill run.
+"""The papermill runner: stage order, the parameter contract (each stage gets only the keys its
+signature accepts; an unknown or bad ``-p`` fails before any work), per-stage result keys,
+skip/resume/force, sweeps, the CLI, one real papermill run.
 
 Stage tables point at the dummy stage functions below (``--executor python``) or at tiny
 notebooks written into ``tmp_path``, so no test trains anything.
@@ -17,6 +19,7 @@ import pytest
 
 from ferlib import run as runner
 from ferlib.emotions import BASIC7
+from ferlib.manifest import read_manifest
 from ferlib.run import (
     CORE_PARAMS,
     RunnerError,
@@ -32,7 +35,6 @@ from ferlib.run import (
     run_sweep,
     select_stages,
 )
-from ferlib.manifest import read_manifest
 
 # ------------------------------------------------------------------------------ dummy stages
 CALLS: list[tuple[str, dict]] = []
@@ -51,17 +53,21 @@ def _stage(name: str, params: dict) -> None:
     (out / "done.txt").write_text(json.dumps(params, sort_keys=True))
 
 
-def stage_a(**params):
-    _stage("01_a", params)
+# Each dummy stage keeps the contract of the real ones: explicit, typed, defaulted parameters.
+def stage_a(dataset: str = "synthetic", data_root: str | None = None, open_class: str | None = None,
+            seed: int = 0, device: str = "cpu", run_dir: str = "outputs/run", epochs: int = 3,
+            lr: float = 0.01, arch: str = "resnet18", tags: list | None = None) -> None:
+    _stage("01_a", locals())
 
 
-def stage_b(**params):
-    _stage("02_b", params)
+def stage_b(dataset: str = "synthetic", open_class: str | None = None, seed: int = 0, device: str = "cpu",
+            run_dir: str = "outputs/run", k: int = 5, progress: bool = True) -> None:
+    _stage("02_b", locals())
 
 
-def stage_c(**params):
-    _stage("03_c", params)
-    with open(Path(params["run_dir"]) / "metrics.csv", "w", newline="") as handle:
+def stage_c(run_dir: str = "outputs/run", seed: int = 0, names: list[str] | None = None) -> None:
+    _stage("03_c", locals())
+    with open(Path(run_dir) / "metrics.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["detector", "protocol", "auroc", "fpr95", "aupr_in", "aupr_out", "close_acc"])
         writer.writerow(["msp", "basic", 0.75, 0.5, 0.8, "nan", 0.9])
@@ -107,35 +113,43 @@ def tmp_files(root: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------ pipeline
-def test_pipeline_runs_stages_in_order_with_the_same_parameters(tmp_path):
+def test_pipeline_gives_each_stage_only_the_keys_its_signature_accepts(tmp_path):
     result = pipeline(tmp_path, data_root=tmp_path / "data", open_class="happy", seed=3,
-                      extra=["epochs=2", "lr=1e-3", "arch=resnet18", "tags=[1, 2]"])
+                      extra=["epochs=2", "lr=1e-3", "arch=resnet18", "tags=[1, 2]", "k=7"])
     assert result.run == "synthetic_open-happiness_seed3"
     run_dir = tmp_path / "outputs" / result.run
     assert result.run_dir == run_dir
     assert result.ran == ["01_a", "02_b", "03_c"] and result.skipped == []
 
     assert [name for name, _ in CALLS] == ["01_a", "02_b", "03_c"]
-    params = CALLS[0][1]
-    assert all(p == params for _, p in CALLS)
-    assert params == {
-        "dataset": "synthetic", "data_root": str((tmp_path / "data").resolve()),
-        "open_class": "happiness", "seed": 3, "device": "cpu", "run_dir": str(run_dir),
-        "epochs": 2, "lr": 1e-3, "arch": "resnet18", "tags": [1, 2],
+    core = {"dataset": "synthetic", "data_root": str((tmp_path / "data").resolve()),
+            "open_class": "happiness", "seed": 3, "device": "cpu", "run_dir": str(run_dir)}
+    applied = {
+        "01_a": {**core, "epochs": 2, "lr": 1e-3, "arch": "resnet18", "tags": [1, 2]},
+        "02_b": {k: core[k] for k in ("dataset", "open_class", "seed", "device", "run_dir")} | {
+            "k": 7, "progress": True},
+        "03_c": {"run_dir": str(run_dir), "seed": 3, "names": None},  # defaults are applied values too
     }
-    assert set(CORE_PARAMS) <= set(params)
+    assert dict(CALLS) == applied
+    assert set(CORE_PARAMS) <= set(applied["01_a"])
 
     for stage in TABLE:
         record = read_stage_record(run_dir, stage)
         assert record["stage"] == stage.name
-        assert record["params_hash"] == params_hash(params)
-        assert record["wall_s"] >= 0 and record["finished"]
+        assert record["params"] == applied[stage.name]
+        assert record["params_hash"] == params_hash(applied[stage.name])
+        assert record["wall_s"] >= 0 and record["finished"] and record["key"]
+    assert read_stage_record(run_dir, "01_a")["upstream"] is None
+    assert read_stage_record(run_dir, "02_b")["upstream"]["key"] == read_stage_record(run_dir, "01_a")["key"]
 
     manifest = read_manifest(run_dir)
-    assert manifest["params"] == params
+    assert manifest["params"] == {**core, "epochs": 2, "lr": 1e-3, "arch": "resnet18", "tags": [1, 2], "k": 7}
     assert manifest["environment"] == {"python": "3.x", "fake": True}
     assert set(manifest["stages"]) == {"01_a", "02_b", "03_c"}
-    assert all(s["status"] == "finished" and s["wall_s"] >= 0 for s in manifest["stages"].values())
+    for name, section in manifest["stages"].items():
+        assert section["status"] == "finished" and section["wall_s"] >= 0
+        assert section["params"] == applied[name]  # what the stage applied, per stage
+        assert section["key"] == read_stage_record(run_dir, name)["key"]
     assert manifest["metrics"] == [
         {"detector": "msp", "protocol": "basic", "auroc": 0.75, "fpr95": 0.5, "aupr_in": 0.8,
          "aupr_out": None, "close_acc": 0.9},
@@ -143,6 +157,53 @@ def test_pipeline_runs_stages_in_order_with_the_same_parameters(tmp_path):
          "aupr_out": 0.7, "close_acc": 0.9},
     ]
     assert tmp_files(tmp_path) == []
+
+
+def test_unknown_parameter_is_refused_before_any_work(tmp_path):
+    """A misspelt -p key used to be swallowed by ``**_`` and recorded as applied."""
+    with pytest.raises(RunnerError) as info:
+        pipeline(tmp_path, run="typo", extra={"epohcs": 3})
+    message = str(info.value)
+    assert "epohcs" in message and "no selected stage" in message
+    # the selected stages' parameters are listed, so the right spelling is one look away
+    assert "01_a: dataset, data_root, open_class, seed, device, run_dir, epochs, lr, arch, tags" in message
+    assert "03_c: run_dir, seed, names" in message
+    assert CALLS == [] and not (tmp_path / "outputs").exists()
+
+    # a key of a stage that is not selected is refused too: it would change nothing
+    with pytest.raises(RunnerError, match="-p epochs: no selected stage") as info:
+        pipeline(tmp_path, run="typo", stages=["02", "03"], extra={"epochs": 3})
+    assert "01_a" not in str(info.value) and "02_b: " in str(info.value)
+    assert CALLS == [] and not (tmp_path / "outputs").exists()
+
+    with pytest.raises(RunnerError, match="epohcs"):  # a sweep refuses it before its first run
+        run_sweep("synthetic", open_classes=["fear", "anger"], seeds=[0], outputs=tmp_path / "outputs",
+                  executor="python", stage_table=TABLE, repo_root=tmp_path, say=lambda _: None,
+                  extra=["epohcs=3"])
+    assert CALLS == [] and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"epochs": 0}, ["stage 01_a", "epochs=0", ">= 1"]),
+    ({"lr": 5.0}, ["lr=5.0", "(0.0, 1.0]"]),
+    ({"epochs": "ten"}, ["epochs='ten'", "expected int"]),
+    ({"arch": "resnet19"}, ["arch='resnet19'", "resnet18", "resnet50"]),
+    ({"k": 2.5}, ["stage 02_b", "k=2.5", "expected int"]),
+])
+def test_bad_values_are_refused_before_any_work(tmp_path, extra, words):
+    with pytest.raises(RunnerError) as info:
+        pipeline(tmp_path, run="bad", extra=extra)
+    for word in words:
+        assert word in str(info.value)
+    assert CALLS == [] and not (tmp_path / "outputs").exists()
+
+
+def test_bad_dataset_and_open_class_are_refused_before_any_work(tmp_path):
+    with pytest.raises(RunnerError, match=r"dataset='ferplsu': unknown data set; choose from .*ferplus"):
+        pipeline(tmp_path, dataset="ferplsu")
+    with pytest.raises(ValueError, match="unknown emotion"):
+        pipeline(tmp_path, open_class="bored")
+    assert CALLS == [] and not (tmp_path / "outputs").exists()
 
 
 def test_second_call_skips_finished_stages(tmp_path, monkeypatch):
@@ -165,17 +226,48 @@ def test_changed_parameters_rerun_and_run_dir_is_not_a_parameter(tmp_path):
     lines: list[str] = []
     pipeline(tmp_path, lines, run="x", extra={"epochs": 5})
     assert called() == ["01_a", "02_b", "03_c"]
-    assert any("parameters changed" in line for line in lines)
-    assert read_manifest(tmp_path / "outputs" / "x")["params"]["epochs"] == 5
-    # dropping -p again is a change too, and the manifest's params lose the key
+    assert any("01_a (parameters changed" in line for line in lines)
+    assert any("02_b (an earlier stage re-ran" in line for line in lines)
+    run_dir = tmp_path / "outputs" / "x"
+    assert read_manifest(run_dir)["params"]["epochs"] == 5
+    assert read_manifest(run_dir)["stages"]["01_a"]["params"]["epochs"] == 5
+    # dropping -p again is a change too (back to the default), and the run's params lose the key
     pipeline(tmp_path, run="x")
     assert called() == ["01_a", "02_b", "03_c"]
-    assert "epochs" not in read_manifest(tmp_path / "outputs" / "x")["params"]
+    assert "epochs" not in read_manifest(run_dir)["params"]
+    assert read_manifest(run_dir)["stages"]["01_a"]["params"]["epochs"] == 3
+    # asking for the default explicitly changes nothing
+    pipeline(tmp_path, run="x", extra={"epochs": 3})
+    assert called() == []
 
     base = {"dataset": "d", "seed": 0}
     assert params_hash({**base, "run_dir": "a"}) == params_hash({**base, "run_dir": "b"})
     assert params_hash({**base, "device": "cpu"}) == params_hash({**base, "device": "cuda:0"})
+    assert params_hash({**base, "progress": True}) == params_hash({**base, "progress": False})
     assert params_hash(base) != params_hash({**base, "seed": 1})
+
+
+def test_a_stage_key_covers_its_own_parameters_and_the_upstream_stage(tmp_path):
+    """Changing a parameter of a later stage re-runs that stage and what follows, never the
+    stages before it (the old runner hashed every parameter into every stage)."""
+    pipeline(tmp_path, run="y")
+    called()
+    lines: list[str] = []
+    pipeline(tmp_path, lines, run="y", extra={"names": ["msp"]})  # a parameter of 03_c only
+    assert called() == ["03_c"]
+    assert "skip 01_a (finished)" in lines and "skip 02_b (finished)" in lines
+    pipeline(tmp_path, run="y", extra={"names": ["msp"], "k": 9})  # of 02_b: 02 and 03 re-run
+    assert called() == ["02_b", "03_c"]
+    # what does not change results changes no key: another device, no progress bars
+    pipeline(tmp_path, run="y", extra={"names": ["msp"], "k": 9, "progress": False}, device="cuda:0")
+    assert called() == []
+    # re-running 01 (same parameters) makes 02 and 03 stale
+    pipeline(tmp_path, run="y", stages=["01"], force=True)
+    assert called() == ["01_a"]
+    lines.clear()
+    pipeline(tmp_path, lines, run="y", extra={"names": ["msp"], "k": 9})
+    assert called() == ["02_b", "03_c"]
+    assert any("02_b (an earlier stage re-ran" in line for line in lines)
 
 
 def test_force_reruns_and_later_stages_follow(tmp_path):
@@ -306,13 +398,17 @@ def test_cli_pipeline_stage_and_sweep(tmp_path, capsys):
     assert called() == ["01_a", "02_b", "03_c"]
     assert read_manifest(out / "cli")["params"]["epochs"] == 1
 
-    assert main(["stage", "02", *common, "--run", "cli", "-p", "epochs=1"],
-                stage_table=TABLE, repo_root=tmp_path) == 0
+    assert main(["stage", "02", *common, "--run", "cli"], stage_table=TABLE, repo_root=tmp_path) == 0
     assert called() == []
     assert "skip 02_b (finished)" in capsys.readouterr().out
-    assert main(["stage", "02", *common, "--run", "cli", "-p", "epochs=1", "--force"],
-                stage_table=TABLE, repo_root=tmp_path) == 0
+    assert main(["stage", "02", *common, "--run", "cli", "--force"], stage_table=TABLE, repo_root=tmp_path) == 0
     assert called() == ["02_b"]
+    # stage 02 has no epochs: the CLI says so, lists what it has, and runs nothing
+    assert main(["stage", "02", *common, "--run", "cli", "-p", "epochs=1", "--force"],
+                stage_table=TABLE, repo_root=tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "-p epochs: no selected stage" in err and "02_b: dataset, open_class, seed" in err
+    assert called() == []
 
     FAIL_RUNS.add(("anger", 0))
     code = main(["sweep", *common, "--open", "anger", "disgust", "--seeds", "0"],
@@ -361,6 +457,12 @@ def _write_notebook(path: Path, cells: list[tuple[str, list[str]]]) -> None:
     nbformat.write(nb, str(path))
 
 
+def tiny(dataset: str = "default", seed: int = 0, run_dir: str = "nowhere",
+         message: str = "default message") -> None:
+    """The function behind the tiny notebook: its signature is the notebook's contract."""
+    CALLS.append(("tiny", locals()))
+
+
 def test_papermill_executes_notebooks_into_the_run_dir(tmp_path):
     kernel = _kernel_or_skip()
     _write_notebook(tmp_path / "notebooks" / "tiny.ipynb", [
@@ -371,7 +473,7 @@ def test_papermill_executes_notebooks_into_the_run_dir(tmp_path):
         ("print('message is', message)", []),
     ])
     table = (
-        Stage("01_tiny", notebook="notebooks/tiny.ipynb", func=stage_a),
+        Stage("01_tiny", notebook="notebooks/tiny.ipynb", func=tiny),
     )
     run_pipeline("synthetic", seed=7, run="nb", outputs=tmp_path / "outputs",
                  extra=["message='hello from papermill'"], executor="papermill",
@@ -383,6 +485,11 @@ def test_papermill_executes_notebooks_into_the_run_dir(tmp_path):
     assert executed.exists()
     text = executed.read_text()
     assert "injected-parameters" in text and "hello from papermill" in text
+    injected = [c for c in json.loads(text)["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    source = "".join(injected[0]["source"])
+    # only what the stage's signature accepts: no open_class, device or data_root
+    assert "message = " in source and "seed = 7" in source and "run_dir = " in source
+    assert "open_class" not in source and "device" not in source and "data_root" not in source
     assert "message is hello from papermill" in text
     message, seed, cwd = (run_dir / "tiny.txt").read_text().split("|")
     assert (message, seed) == ("hello from papermill", "7")
@@ -417,6 +524,7 @@ def test_papermill_failure_names_the_executed_notebook(tmp_path, monkeypatch):
     assert seen["source"] == str(tmp_path / "notebooks" / "01_a.ipynb")
     assert seen["kernel_name"] == "ferkit" and seen["cwd"] == str(tmp_path.resolve())
     assert seen["parameters"]["seed"] == 4 and seen["parameters"]["run_dir"] == str(run_dir)
+    assert set(seen["parameters"]) == set(CORE_PARAMS)  # given keys only: the notebook holds the defaults
     assert seen["progress_bar"] is False and seen["log_output"] is True
     assert read_manifest(run_dir)["stages"]["01_a"]["status"] == "failed"
 

@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from ferlib.data.augment import AugmentConfig
+from ferlib.digest import tensor_digest
+from ferlib.io import read_json
+from ferlib.losses import CamFlipConsistency, CrossEntropy
 from ferlib.models import ModelConfig, build_model
-from ferlib.train import TensorData, TrainConfig, fit, load_history, predict
+from ferlib.train import TensorData, TrainConfig, fit, load_history, predict, training_key
 
 
 def _toy(n=96, seed=0):
@@ -89,3 +93,217 @@ def test_bad_tensor_data():
         TensorData(torch.zeros(4, 3, 8, 8), torch.zeros(4))
     with pytest.raises(ValueError, match="targets"):
         TensorData(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(3))
+
+
+# ----------------------------------------------------------------------------- result keys
+# The checkpoint is reused only when every input that determines the result is the same.
+# Each test below compares against a fresh run in another folder: "started over" means the
+# weights equal a run that never saw the old checkpoint.
+
+
+def _same_weights(a, b) -> bool:
+    return all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def _fresh(train, val, cfg, objective=None, model=None, out=None):
+    model = model or _model()
+    fit(model, train, val, cfg, objective, out_dir=out)
+    return model
+
+
+def test_changed_loss_weight_starts_over(tmp_path, capsys):
+    """lam is in the key: a run with lam=2 in a folder trained with lam=0.5 does not resume
+    the lam=0.5 checkpoint (before, only TrainConfig and sample counts were keyed)."""
+    train, val = _toy(64), _toy(32, seed=1)
+    cfg = TrainConfig(epochs=1, **{**CFG, "progress": True})
+    fit(_model(), train, val, cfg, CamFlipConsistency(0.5), out_dir=tmp_path / "run")
+    capsys.readouterr()
+    second = _fresh(train, val, cfg, CamFlipConsistency(2.0), out=tmp_path / "run")
+    assert "starting over" in capsys.readouterr().out
+    assert _same_weights(second, _fresh(train, val, cfg, CamFlipConsistency(2.0), out=tmp_path / "fresh"))
+    assert read_json(tmp_path / "run" / "key.json")["objective"] == {"name": "cam_flip", "lam": 2.0}
+
+
+def test_changed_targets_start_over(tmp_path):
+    """Same images, other targets (new pseudo labels): retrain, and the stale best.pt of
+    the old targets is not what the model ends up holding."""
+    train, val = _toy(64), _toy(32, seed=1)
+    cfg = TrainConfig(epochs=1, **CFG)
+    fit(_model(), train, val, cfg, out_dir=tmp_path / "run")
+    relabelled = TensorData(train.images, 1 - train.targets)
+    second = _fresh(relabelled, val, cfg, out=tmp_path / "run")
+    assert _same_weights(second, _fresh(relabelled, val, cfg, out=tmp_path / "fresh"))
+    assert not _same_weights(second, _fresh(train, val, cfg, out=tmp_path / "old"))
+
+
+def test_changed_pretrained_weights_start_over(tmp_path):
+    """The initial state dict is in the key: other pretrained weights retrain."""
+    files = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        donor = build_model(ModelConfig(num_classes=2, input_size=32), verbose=False)
+        files.append(tmp_path / f"weights{seed}.pth")
+        torch.save(donor.state_dict(), files[-1])
+
+    def pretrained(path):
+        torch.manual_seed(0)
+        return build_model(ModelConfig(num_classes=2, input_size=32, pretrained=str(path)), verbose=False)
+
+    train = _toy(64)
+    cfg = TrainConfig(epochs=1, **CFG)
+    fit(pretrained(files[0]), train, None, cfg, out_dir=tmp_path / "run")
+    second = _fresh(train, None, cfg, model=pretrained(files[1]), out=tmp_path / "run")
+    assert _same_weights(second, _fresh(train, None, cfg, model=pretrained(files[1])))
+
+
+def test_changed_device_resumes(tmp_path, capsys):
+    """device is not in the key: a run moved to another device name resumes, and two
+    epochs then one more equal three epochs in one go."""
+    train, val = _toy(64), _toy(32, seed=1)
+    fit(_model(), train, val, TrainConfig(epochs=2, device="cpu", **CFG), out_dir=tmp_path / "run")
+    resumed = _model()
+    fit(
+        resumed,
+        train,
+        val,
+        TrainConfig(epochs=3, device="cpu:0", **{**CFG, "progress": True}),
+        out_dir=tmp_path / "run",
+    )
+    assert "resuming" in capsys.readouterr().out
+    assert list(load_history(tmp_path / "run")["epoch"]) == [1, 2, 3]
+    assert _same_weights(resumed, _fresh(train, val, TrainConfig(epochs=3, **CFG), out=tmp_path / "fresh"))
+
+
+def test_unreadable_checkpoint_starts_over(tmp_path, capsys):
+    """A torn or foreign last.pt is never loaded: the run starts over and says why."""
+    (tmp_path / "last.pt").write_bytes(b"torn")
+    torch.save({"fc.weight": torch.zeros(2, 512)}, tmp_path / "best.pt")
+    train, val = _toy(64), _toy(32, seed=1)
+    cfg = TrainConfig(epochs=1, **CFG)
+    model = _fresh(train, val, cfg, out=tmp_path)
+    assert "not a readable checkpoint" in capsys.readouterr().out
+    assert _same_weights(model, _fresh(train, val, cfg, out=tmp_path / "fresh"))
+
+
+def test_key_ingredients_written_beside_the_checkpoint(tmp_path):
+    train, val = _toy(64), _toy(32, seed=1)
+    fit(_model(), train, val, TrainConfig(epochs=1, **CFG), out_dir=tmp_path)
+    key = read_json(tmp_path / "key.json")
+    assert key["key"] == torch.load(tmp_path / "last.pt", weights_only=False)["key"]
+    assert {"train_config", "train_data", "val_data", "objective", "initial_model"} <= set(key)
+    assert key["objective"] == {"name": "ce"}
+    for excluded in ("device", "progress", "eval_batch_size", "epochs"):
+        assert excluded not in key["train_config"]
+
+
+def test_training_key_covers_each_input():
+    train, val = _toy(32), _toy(16, seed=1)
+    cfg = TrainConfig(epochs=1, **CFG)
+    base, _ = training_key(_model(), train, val, cfg, CrossEntropy())
+    images = train.images.clone()
+    images[0, 0, 0, 0] ^= 1  # one bit of one pixel
+    variants = {
+        "image byte": training_key(_model(), TensorData(images, train.targets), val, cfg, CrossEntropy()),
+        "val targets": training_key(_model(), train, TensorData(val.images, 1 - val.targets), cfg, CrossEntropy()),
+        "no val": training_key(_model(), train, None, cfg, CrossEntropy()),
+        "objective": training_key(_model(), train, val, cfg, CamFlipConsistency(1.0)),
+        "lr": training_key(_model(), train, val, TrainConfig(epochs=1, **{**CFG, "lr": 0.5}), CrossEntropy()),
+        "init seed": training_key(
+            build_model(ModelConfig(num_classes=2, input_size=32), verbose=False), train, val, cfg, CrossEntropy()
+        ),
+        "head": training_key(
+            build_model(ModelConfig(num_classes=2, input_size=32, head="uncertainty"), verbose=False),
+            train,
+            val,
+            cfg,
+            CrossEntropy(),
+        ),
+        "dropout": training_key(_model_with(dropout=0.5), train, val, cfg, CrossEntropy()),
+    }
+    for name, (key, _) in variants.items():
+        assert key != base, f"{name} does not change the training key"
+    same = {
+        "device": TrainConfig(epochs=1, device="cpu:0", **CFG),
+        "epochs": TrainConfig(epochs=7, **CFG),
+        "progress": TrainConfig(epochs=1, **{**CFG, "progress": True}),
+        "eval batch": TrainConfig(epochs=1, eval_batch_size=3, **CFG),
+    }
+    for name, other in same.items():
+        assert training_key(_model(), train, val, other, CrossEntropy())[0] == base, f"{name} changes the key"
+
+
+def _model_with(**kw):
+    torch.manual_seed(0)
+    return build_model(ModelConfig(num_classes=2, input_size=32, **kw), verbose=False)
+
+
+@pytest.mark.parametrize("head,params", [("uncertainty", {"hidden": 8}), ("branches", {"branches": 2, "width": 16})])
+def test_every_head_trains_in_the_one_loop(head, params):
+    """Heads plug into fit by name; predict reads logits and features as for the linear head."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(num_classes=2, input_size=32, head=head, head_params=params), verbose=False)
+    train = _toy(64)
+    result = fit(model, train, None, TrainConfig(epochs=1, **CFG), CamFlipConsistency(1.0))
+    assert np.isfinite(result.history["train_loss"]).all()
+    pred = predict(model, train.images[:8], progress=False)
+    assert pred.logits.shape == (8, 2) and pred.features.shape == (8, 512)
+
+
+def test_objective_checks_the_model_before_training():
+    """cam_flip needs class-activation maps: a model without them fails at once, by name."""
+
+    class NoCam(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3 * 32 * 32, 2)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    with pytest.raises(ValueError, match="cam_flip.*class-activation"):
+        fit(NoCam(), _toy(8), None, TrainConfig(epochs=1, **CFG), CamFlipConsistency(1.0))
+
+
+def test_tensor_digest_is_content_based():
+    a = torch.arange(24, dtype=torch.uint8).reshape(2, 3, 2, 2)
+    assert tensor_digest(a) == tensor_digest(a.clone())
+    assert tensor_digest(a) == tensor_digest(a.to(memory_format=torch.channels_last))  # layout is not content
+    assert tensor_digest(a) != tensor_digest(a.reshape(3, 2, 2, 2))  # shape is
+    assert tensor_digest(a) != tensor_digest(a.long())  # dtype is
+    assert tensor_digest(a, None) != tensor_digest(a)
+
+
+def test_resume_on_another_kind_of_device_reseeds_augmentation(tmp_path, capsys):
+    """A CUDA generator state cannot be set on a CPU generator: a checkpoint written on
+    another device type resumes with a reseeded augmentation stream instead of failing."""
+    train = _toy(64)
+    cfg = TrainConfig(epochs=1, **{**CFG, "augment": AugmentConfig()})
+    fit(_model(), train, None, cfg, out_dir=tmp_path)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+    ckpt.update(aug_device_type="cuda", aug_generator=torch.zeros(16, dtype=torch.uint8))  # a CUDA-sized state
+    torch.save(ckpt, tmp_path / "last.pt")
+    fit(
+        _model(),
+        train,
+        None,
+        TrainConfig(epochs=2, **{**CFG, "augment": AugmentConfig(), "progress": True}),
+        out_dir=tmp_path,
+    )
+    out = capsys.readouterr().out
+    assert "resuming" in out and "reseeded" in out
+    assert list(load_history(tmp_path)["epoch"]) == [1, 2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_run_started_on_gpu_resumes_on_cpu(tmp_path, capsys):
+    """The device is not part of the key: epochs trained on a GPU are kept when the run moves
+    to a CPU (and the augmentation stream is reseeded there, which the log says)."""
+    train, val = _toy(64), _toy(32, seed=1)
+    fit(_model(), train, val, TrainConfig(epochs=1, device="cuda", **CFG), out_dir=tmp_path)
+    first = load_history(tmp_path).iloc[0].to_dict()
+    capsys.readouterr()
+    fit(_model(), train, val, TrainConfig(epochs=2, device="cpu", **{**CFG, "progress": True}), out_dir=tmp_path)
+    assert "resuming" in capsys.readouterr().out
+    hist = load_history(tmp_path)
+    assert list(hist["epoch"]) == [1, 2]
+    assert hist.iloc[0].to_dict() == first  # epoch 1 is the GPU's, not retrained

@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ferlib import plots, report, stages  # noqa: E402
+from ferlib import plots, report  # noqa: E402
 from ferlib.metrics import metrics_table  # noqa: E402
 from ferlib.openset.data import TABLE_COLUMNS  # noqa: E402
 
@@ -170,9 +170,10 @@ def test_visualise_redraws_every_figure(tmp_path):
 def test_visualise_umap_default_is_seeded(tmp_path):
     run = make_run(tmp_path / "run")
     (run / "01_close_set" / "history.csv").unlink()  # stage 01 figures need the history
-    written = report.visualise(run_dir=str(run), protocols=("honest", "missing"), embed_max_points=60)
+    (run / "03_detect" / "scores_reference.csv").unlink()  # a protocol without scores is skipped
+    written = report.visualise(run_dir=str(run), protocols=("honest", "reference"), embed_max_points=60)
     assert "learning_curves" not in written and "roc_curves_honest" in written
-    assert "roc_curves_missing" not in written
+    assert "roc_curves_reference" not in written
     png, _, npz = written["embedding_umap_honest"]
     with Image.open(png) as im:
         assert im.size == (round(plots.DOUBLE_COLUMN * plots.DPI), round(3.3 * plots.DPI))
@@ -190,7 +191,10 @@ def test_visualise_umap_default_is_seeded(tmp_path):
 
 def test_visualise_needs_scores(tmp_path):
     run = make_run(tmp_path / "run")
+    (run / "03_detect" / "scores_reference.csv").unlink()
     with pytest.raises(FileNotFoundError, match="run stage 03 first"):
+        report.visualise(run_dir=str(run), protocols=("reference",))
+    with pytest.raises(ValueError, match="unknown protocol 'nope'"):  # checked up front
         report.visualise(run_dir=str(run), protocols=("nope",))
     with pytest.raises(ValueError, match="embed_method"):
         report.visualise(run_dir=str(run), embed_method="pca")

@@ -9,10 +9,11 @@ know which data set it is looking at.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,13 +22,11 @@ from torch.utils.data import Dataset
 from ferlib.emotions import Emotion
 from ferlib.io import hash_strings
 
+from .decode import decode_rgb
 from .errors import DataError
 
 #: Split names every loader accepts (a loader may refuse one its data set lacks).
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
-
-#: File suffixes treated as images by folder-based loaders (compared lower-case).
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
 
 
 @dataclass(eq=False)
@@ -38,6 +37,9 @@ class FERDataset(Dataset):
     :meth:`__getitem__` (handy for notebooks) or, for training, once and for all by
     :func:`ferlib.data.cache.build_cache`. Treat instances as immutable: the fingerprint is
     computed once and cached.
+
+    ``groups`` (optional): the subject of each sample, for data sets with several images
+    per person; a validation split carved from such a set must hold out whole subjects.
 
     ``eq=False`` because element-wise numpy comparison makes dataclass equality
     meaningless (and ambiguous) for array fields; identity equality is what we want.
@@ -50,6 +52,7 @@ class FERDataset(Dataset):
     labels: np.ndarray
     classes: tuple[Emotion, ...]
     votes: np.ndarray | None = None
+    groups: np.ndarray | None = None
     _fingerprint: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -72,6 +75,10 @@ class FERDataset(Dataset):
             self.votes = np.asarray(self.votes, dtype=np.int64)
             if self.votes.shape != (len(self.labels), 10):
                 raise ValueError(f"votes must have shape (N, 10), got {self.votes.shape}")
+        if self.groups is not None:
+            self.groups = np.asarray(self.groups, dtype=str).reshape(-1)
+            if len(self.groups) != len(self.labels):
+                raise ValueError(f"{len(self.groups)} groups but {len(self.labels)} labels")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -83,8 +90,6 @@ class FERDataset(Dataset):
         than by position in a (possibly shuffled) loader: the open-set reference code's
         misalignment bug is impossible when every output carries its index.
         """
-        from .cache import decode_rgb  # local: cache imports this module
-
         i = int(i)
         if i < 0:
             i += len(self)
@@ -120,20 +125,25 @@ class FERDataset(Dataset):
     def _fingerprint_items(self) -> Iterable[str]:
         yield self.name
         yield self.split
-        for rel, path, label in zip(self.relpaths(), self.paths, self.labels.tolist()):
+        groups = [None] * len(self) if self.groups is None else self.groups.tolist()
+        for rel, path, label, group in zip(self.relpaths(), self.paths, self.labels.tolist(),
+                                           groups):
             try:
                 size = path.stat().st_size
             except OSError as exc:
                 raise DataError(path, f"image vanished or unreadable ({exc})") from exc
-            yield f"{rel}\t{size}\t{label}"
+            # the subject takes part only when known, so sets without one keep their keys
+            yield f"{rel}\t{size}\t{label}" + ("" if group is None else f"\t{group}")
 
     def counts(self) -> dict[Emotion, int]:
         """Samples per class, every class of :attr:`classes` present (zero included)."""
         bins = np.bincount(self.labels, minlength=len(Emotion))
         return {c: int(bins[int(c)]) for c in self.classes}
 
-    def subset(self, indices: Sequence[int] | np.ndarray) -> "FERDataset":
-        """A new data set with the given rows (same name, split, root and classes)."""
+    def subset(self, indices: Sequence[int] | np.ndarray,
+               classes: Iterable[Emotion] | None = None) -> FERDataset:
+        """A new data set with the given rows (same name, split and root; same classes
+        unless ``classes`` is given)."""
         idx = np.asarray(indices)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
@@ -144,9 +154,28 @@ class FERDataset(Dataset):
             root=self.root,
             paths=[self.paths[i] for i in idx.tolist()],
             labels=self.labels[idx],
-            classes=self.classes,
+            classes=self.classes if classes is None else tuple(classes),
             votes=None if self.votes is None else self.votes[idx],
+            groups=None if self.groups is None else self.groups[idx],
         )
+
+    def keep_classes(self, classes: Iterable[Emotion]) -> tuple[FERDataset, dict[Emotion, int]]:
+        """Only the rows whose label is in ``classes``, and how many rows of each other
+        class were left out.
+
+        Run before decoding, so that a class the experiment does not use (contempt in a
+        seven-class run, say) costs neither decoding time nor a failure later on.
+        """
+        keep = {Emotion(int(c)) for c in classes}
+        dropped = {c: n for c, n in self.counts().items() if c not in keep and n > 0}
+        if not dropped and set(self.classes) <= keep:
+            return self, {}
+        mask = np.isin(self.labels, [int(c) for c in keep])
+        if not mask.any():
+            found = sorted(c.label for c, n in self.counts().items() if n)
+            raise DataError(self.root, f"{self.name}/{self.split}: no sample of the experiment's "
+                                       f"classes {sorted(c.label for c in keep)}; found {found}")
+        return self.subset(mask, classes=[c for c in self.classes if c in keep]), dropped
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{c.short}={n}" for c, n in self.counts().items())
@@ -200,12 +229,16 @@ _LOADERS: dict[str, str | Callable[..., FERDataset]] = {
     "affectnet": "ferlib.data.affectnet:load_affectnet",
     "folders": "ferlib.data.folders:load_folders",
     "synthetic": "ferlib.data.folders:load_synthetic",
+    "subjects": "ferlib.data.subjects:load_subjects",
 }
 
 
 def register_loader(name: str, loader: Callable[..., FERDataset] | str) -> None:
     """Add (or replace) a loader: a callable ``loader(root, split, **options)`` or a
-    ``"module:function"`` string imported on first use."""
+    ``"module:function"`` string imported on first use.
+
+    Declare every option as a keyword parameter: :func:`load_dataset` refuses an option
+    the loader's signature does not name (a misspelt option must not be ignored)."""
     _LOADERS[name] = loader
 
 
@@ -227,11 +260,40 @@ def _resolve_loader(name: str, root: Any) -> Callable[..., FERDataset]:
     return getattr(importlib.import_module(module_name), func_name)
 
 
+def loader_options(name: str) -> tuple[str, ...]:
+    """The options (keyword parameters besides ``root`` and ``split``) loader ``name`` takes."""
+    loader = _resolve_loader(name, name)
+    params = inspect.signature(loader).parameters.values()
+    return tuple(p.name for p in params if p.name not in ("root", "split")
+                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def check_options(name: str, options: Mapping[str, Any], where: Any = None) -> None:
+    """Fail at once, naming the accepted options, when ``options`` holds one that loader
+    ``name`` does not take: a misspelt key (``fold`` for ``folds``) must never be ignored.
+
+    A registered loader with a ``**kwargs`` catch-all cannot be checked here; its options
+    pass through to it (the kit's own loaders declare every option)."""
+    loader = _resolve_loader(name, where if where is not None else name)
+    if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(loader).parameters.values()):
+        return
+    accepted = loader_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise DataError(
+            where if where is not None else name,
+            f"data set {name!r} takes no option {', '.join(map(repr, unknown))}; its options "
+            f"are: {', '.join(accepted) or '(none)'}",
+        )
+
+
 def load_dataset(name: str, root: str | os.PathLike, split: str, **options: Any) -> FERDataset:
     """Load split ``split`` of data set ``name`` found at ``root``.
 
     One entry point for notebooks and the run driver, whose parameters are plain strings.
-    ``options`` go to the loader (e.g. ``num_classes=8`` for FERPlus, ``class_map=...``
-    for folders).
+    ``options`` go to the loader (e.g. ``num_classes=8`` for FERPlus, ``class_map=...``,
+    ``folds=5`` for subjects); one the loader does not take raises :class:`DataError`
+    naming the loader's options (see :func:`check_options`).
     """
+    check_options(name, options, root)
     return _resolve_loader(name, root)(root, split, **options)

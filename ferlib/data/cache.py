@@ -29,6 +29,7 @@ from ferlib.emotions import Emotion
 from ferlib.io import hash_strings, torch_save
 
 from .base import FERDataset
+from .decode import decode_image
 from .errors import DataError
 
 #: Bump when the on-disk cache format changes: old files are then rebuilt, not misread.
@@ -44,30 +45,6 @@ DECODE_ERRORS: tuple[type[BaseException], ...] = (
 class UnreadableImageWarning(UserWarning):
     """A few images could not be decoded and were skipped (a category, so it can be
     filtered or turned into an error with :mod:`warnings` filters)."""
-
-
-def decode_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode one image at its stored size as ``uint8 (H, W, 3)`` RGB."""
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))  # a writable copy: torch warns on read-only arrays
-
-
-def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Decode one image resized to ``size x size``: ``(S, S)`` if grayscale, else ``(S, S, 3)``.
-
-    Grayscale stays one channel here (replicated to three when written into the cache):
-    FERPlus is grayscale and converting each image to RGB first triples the work. Resizing
-    uses PIL's bilinear filter, whose support widens with the scale factor (antialiased,
-    like torchvision's ``antialias=True``). Non-square images are stretched: the supported
-    data sets all ship square face crops.
-    """
-    with Image.open(path) as im:
-        im.load()
-        if im.mode not in ("L", "RGB"):
-            im = im.convert("L" if im.mode in ("1", "LA", "I", "I;16", "F") else "RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
-        return np.asarray(im)
 
 
 @dataclass(eq=False)
@@ -103,7 +80,7 @@ class ImageCache:
     def image_size(self) -> int:
         return int(self.images.shape[-1])
 
-    def subset(self, idx: Sequence[int] | np.ndarray | torch.Tensor) -> "ImageCache":
+    def subset(self, idx: Sequence[int] | np.ndarray | torch.Tensor) -> ImageCache:
         """Rows ``idx`` (positions in this cache, or a boolean mask) as a new cache.
 
         The fingerprint changes with the selection, so a model trained on a subset never
@@ -140,7 +117,7 @@ class ImageCache:
         }
 
     @classmethod
-    def _from_state(cls, state: dict) -> "ImageCache":
+    def _from_state(cls, state: dict) -> ImageCache:
         return cls(
             images=state["images"],
             labels=state["labels"],

@@ -18,3 +18,12 @@ class DataError(ValueError):
         self.problem = problem
         where = f"{self.path}" + (f", line {line}" if line is not None else "")
         super().__init__(f"{where}: {problem}")
+
+
+class MissingSplitError(DataError):
+    """The data set has no such split at all (its folder or label file is absent).
+
+    A separate type because it is the one problem a caller may recover from: a data set
+    without its own validation split gets one carved from training data. Every other
+    :class:`DataError` (a corrupt label file, a missing image) must reach the user.
+    """

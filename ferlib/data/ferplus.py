@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,8 @@ import numpy as np
 from ferlib.emotions import Emotion
 
 from .base import FERDataset, check_num_classes, check_root, check_split, list_files
-from .errors import DataError
+from .classmap import ClassTarget, resolve_class_map
+from .errors import DataError, MissingSplitError
 
 #: Split name -> folder under the FERPlus root.
 SPLIT_DIRS: dict[str, str] = {
@@ -66,6 +67,7 @@ def load_ferplus(
     split: str,
     num_classes: int = 7,
     exclude: Collection[str] = DEFECTIVE,
+    class_map: Mapping[str, ClassTarget] | None = None,
 ) -> FERDataset:
     """Load one FERPlus split with majority-vote labels.
 
@@ -77,6 +79,11 @@ def load_ferplus(
       across splits). Defaults to the known defective image; pass ``()`` to keep it.
     - ``votes`` on the result holds the raw ten vote counts of every kept row, for
       soft-label or agreement-based work.
+    - ``class_map`` overrides what a winning vote column means, keyed by the column names
+      of :data:`VOTE_ORDER` (``{"contempt": "drop"}``, ``{"contempt": "disgust"}``); the
+      majority vote itself is still taken over the ten raw columns.
+    - A split whose folder is absent raises :class:`MissingSplitError`; a folder without
+      its ``label.csv`` is a broken split and raises :class:`DataError`.
 
     Every row is validated: a malformed line, an image missing from the folder or an
     impossible vote (negative, or no vote at all) raises :class:`DataError` naming the
@@ -86,9 +93,15 @@ def load_ferplus(
     check_split(split, root_path)
     classes = check_num_classes(num_classes, root_path)
     keep_emotions = {int(c) for c in classes}
+    column_emotion = list(VOTE_TO_EMOTION)
+    for column, emotion in resolve_class_map(class_map, root_path, known=VOTE_ORDER).items():
+        column_emotion[VOTE_ORDER.index(column)] = emotion
 
     split_dir = root_path / SPLIT_DIRS[split]
     label_file = split_dir / "label.csv"
+    if not split_dir.is_dir():
+        raise MissingSplitError(label_file, f"FERPlus label file not found: no folder "
+                                            f"{SPLIT_DIRS[split]} (split {split!r} absent)")
     if not label_file.is_file():
         raise DataError(label_file, "FERPlus label file not found")
     on_disk = list_files(split_dir)
@@ -129,7 +142,7 @@ def load_ferplus(
             rel = f"{SPLIT_DIRS[split]}/{name}"
             if rel in excluded or name in excluded:
                 continue
-            top = VOTE_TO_EMOTION[votes.index(max(votes))]  # first max, as majority_vote
+            top = column_emotion[votes.index(max(votes))]  # first max, as majority_vote
             if top is None or int(top) not in keep_emotions:
                 continue  # unknown / not-a-face winner, or contempt with 7 classes
             paths.append(on_disk[name])

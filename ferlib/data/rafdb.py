@@ -13,14 +13,16 @@ is encoded.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from ferlib.emotions import BASIC7, Emotion
+from ferlib.emotions import Emotion
 
 from .base import FERDataset, check_root, check_split, list_files
-from .errors import DataError
+from .classmap import ClassTarget, resolve_class_map
+from .errors import DataError, MissingSplitError
 
 #: RAF-DB label on disk (1-based) -> canonical emotion.
 RAFDB_TO_EMOTION: dict[int, Emotion] = {
@@ -35,25 +37,38 @@ RAFDB_TO_EMOTION: dict[int, Emotion] = {
 
 LABEL_FILE = "EmoLabel/list_patition_label.txt"
 
+#: Labels a class map may name: RAF-DB's ids as written in the label file.
+LABELS: tuple[str, ...] = tuple(str(i) for i in RAFDB_TO_EMOTION)
 
-def load_rafdb(root: str | os.PathLike, split: str, aligned: bool = True) -> FERDataset:
+
+def load_rafdb(
+    root: str | os.PathLike,
+    split: str,
+    aligned: bool = True,
+    class_map: Mapping[str, ClassTarget] | None = None,
+) -> FERDataset:
     """Load the RAF-DB ``train`` or ``test`` split (selected by image-name prefix).
 
-    RAF-DB has no validation split: ``split="valid"`` raises :class:`DataError`; carve
-    one from training data with :func:`ferlib.data.splits.carve_validation` (selecting on
-    the test split is the reference code's defect we avoid).
+    RAF-DB has no validation split: ``split="valid"`` raises :class:`MissingSplitError`;
+    :func:`ferlib.data.prepare.load_splits` then carves one from training data (selecting
+    on the test split is the reference code's defect we avoid).
 
     ``aligned=True`` reads ``Image/aligned/<stem>_aligned.jpg`` (what the literature
-    uses); ``aligned=False`` reads ``Image/original/<name>``.
+    uses); ``aligned=False`` reads ``Image/original/<name>``. ``class_map`` overrides the
+    meaning of RAF-DB's label ids ``"1"``..``"7"`` (``{"7": "drop"}``; see
+    :mod:`ferlib.data.classmap`).
     """
     root_path = check_root(root)
     if split == "valid":
-        raise DataError(
+        raise MissingSplitError(
             root_path,
             "RAF-DB has no 'valid' split (only 'train' and 'test'); "
             "carve a validation set from 'train' with ferlib.data.splits.carve_validation",
         )
     check_split(split, root_path, allowed=("train", "test"))
+    label_emotion: dict[int, Emotion | None] = dict(RAFDB_TO_EMOTION)
+    for key, emotion in resolve_class_map(class_map, root_path, known=LABELS).items():
+        label_emotion[int(key)] = emotion
 
     label_file = root_path / LABEL_FILE
     if not label_file.is_file():
@@ -90,7 +105,7 @@ def load_rafdb(root: str | os.PathLike, split: str, aligned: bool = True) -> FER
                     label_file, f"image name {name!r} starts with neither 'train_' nor 'test_'",
                     line_no,
                 )
-            if not name.startswith(prefix):
+            if not name.startswith(prefix) or label_emotion[value] is None:
                 continue
             file_name = f"{Path(name).stem}_aligned{Path(name).suffix}" if aligned else name
             if file_name not in on_disk:
@@ -98,7 +113,7 @@ def load_rafdb(root: str | os.PathLike, split: str, aligned: bool = True) -> FER
                     label_file, f"labelled image {file_name!r} not found in {image_dir}", line_no
                 )
             paths.append(on_disk[file_name])
-            labels.append(int(RAFDB_TO_EMOTION[value]))
+            labels.append(int(label_emotion[value]))
 
     if not paths:
         raise DataError(label_file, f"no images for split {split!r}")
@@ -108,5 +123,5 @@ def load_rafdb(root: str | os.PathLike, split: str, aligned: bool = True) -> FER
         root=root_path,
         paths=paths,
         labels=np.asarray(labels, dtype=np.int64),
-        classes=BASIC7,
+        classes=tuple(sorted({e for e in label_emotion.values() if e is not None})),
     )

@@ -179,18 +179,27 @@ def openset_split(
     )
 
 
-def carve_validation(targets, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def carve_validation(
+    targets, fraction: float, seed: int, groups=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Stratified, deterministic hold-out: positions ``(train, val)`` into ``targets``.
 
     Each class contributes ``round(fraction * n_class)`` samples to validation, at least
     one when the class has two or more samples and ``fraction > 0`` (so every class can be
     checked), and never all of them (so every class is still trained). Model selection
     then happens on training data, never on the reported test split.
+
+    ``groups`` (one subject id per sample): hold out whole subjects instead, see
+    :func:`carve_groups`; consecutive frames of one person on both sides would make
+    validation accuracy meaningless.
+
     Both outputs are sorted ascending; together they are a partition of ``range(len)``.
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"fraction must be in [0, 1), got {fraction}")
     y = _as_int_array(targets)
+    if groups is not None:
+        return carve_groups(groups, fraction, seed, n=len(y))
     val_parts = []
     for cls in np.unique(y):
         # One generator per class: a class's hold-out depends only on (seed, class,
@@ -207,3 +216,31 @@ def carve_validation(targets, fraction: float, seed: int) -> tuple[np.ndarray, n
     mask = np.ones(len(y), dtype=bool)
     mask[val] = False
     return np.flatnonzero(mask).astype(np.int64), val.astype(np.int64)
+
+
+def carve_groups(groups, fraction: float, seed: int, n: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Subject-grouped hold-out: positions ``(train, val)``, no group on both sides.
+
+    Groups are taken in a seeded random order until at least ``round(fraction * n)``
+    samples are held out; at least one group when ``fraction > 0`` and there are two or
+    more, never every group (something must be trained on). Class balance then follows the
+    subjects drawn, which is the price of keeping a person on one side only.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    g = np.asarray(groups, dtype=str).reshape(-1)
+    if n is not None and len(g) != n:
+        raise ValueError(f"{len(g)} groups for {n} samples")
+    names = np.unique(g)
+    order = np.random.default_rng([seed, 2**31 - 1]).permutation(len(names))
+    want = int(round(fraction * len(g)))
+    chosen: list[str] = []
+    held = 0
+    for k in order.tolist():
+        if held >= want and (chosen or fraction == 0) or len(chosen) == len(names) - 1:
+            break
+        chosen.append(names[k])
+        held += int((g == names[k]).sum())
+    is_val = np.isin(g, chosen)
+    return np.flatnonzero(~is_val).astype(np.int64), np.flatnonzero(is_val).astype(np.int64)

@@ -208,7 +208,7 @@ class SyntheticConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "SyntheticConfig":
+    def from_dict(cls, data: Mapping) -> SyntheticConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

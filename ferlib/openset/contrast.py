@@ -33,22 +33,34 @@ from ferlib.data.augment import AugmentConfig
 from ferlib.io import write_json
 from ferlib.losses import CamFlipConsistency
 from ferlib.models import ModelConfig, build_model
+from ferlib.openset.base import Detector, NetworkConfig
 from ferlib.openset.data import OpenSetData
-from ferlib.openset.detect import Detector, NetworkConfig
 from ferlib.train import TensorData, TrainConfig, fit, predict
 
 
 @dataclass
 class ContrastConfig(NetworkConfig):
+    """Settings of the cross-fitted discriminator (network settings in :class:`NetworkConfig`)."""
+
     epochs: int = 6
     lam: float = 1.0  # CAM flip-consistency weight (0 = plain cross-entropy)
     folds: int = 2
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.folds < 2:
+            raise ValueError(f"folds must be at least 2 (cross-fitting), got {self.folds}")
 
 
 class ContrastDetector(Detector):
     """Cross-fitted evaluation-vs-training discriminator (see module docstring)."""
 
     name = "contrast"
+    needs_images = True
+    needs_train_images = True
+    trains_networks = True
+    config_cls = ContrastConfig
 
     def __init__(self, cfg: ContrastConfig | None = None):
         self.cfg = cfg or ContrastConfig()
@@ -56,7 +68,7 @@ class ContrastDetector(Detector):
     def __repr__(self) -> str:
         return f"ContrastDetector({self.cfg})"
 
-    def fit(self, data: OpenSetData) -> "ContrastDetector":
+    def fit(self, data: OpenSetData) -> ContrastDetector:
         c = self.cfg
         if data.images is None or data.train_images is None:
             raise ValueError("the contrast detector needs OpenSetData.images and OpenSetData.train_images")

@@ -40,8 +40,8 @@ from ferlib.data.augment import AugmentConfig
 from ferlib.io import write_json
 from ferlib.losses import CamFlipConsistency
 from ferlib.models import ModelConfig, build_model
+from ferlib.openset.base import Detector, NetworkConfig
 from ferlib.openset.data import OpenSetData
-from ferlib.openset.detect import Detector, NetworkConfig
 from ferlib.train import TensorData, TrainConfig, fit, predict
 
 
@@ -91,6 +91,10 @@ class CycleDetector(Detector):
     """
 
     name = "cycle"
+    needs_images = True
+    reads_pseudo_labels = True
+    trains_networks = True
+    config_cls = CycleConfig
 
     def __init__(self, cfg: CycleConfig | None = None):
         self.cfg = cfg or CycleConfig()
@@ -118,7 +122,7 @@ class CycleDetector(Detector):
         loss = F.cross_entropy(pred.logits, torch.tensor(np.asarray(targets), dtype=torch.long), reduction="none")
         return loss.numpy(), pred.features.numpy()
 
-    def fit(self, data: OpenSetData) -> "CycleDetector":
+    def fit(self, data: OpenSetData) -> CycleDetector:
         c = self.cfg
         if data.images is None:
             raise ValueError("the cycle detector trains on the evaluation images; OpenSetData.images is None")
@@ -144,19 +148,25 @@ class CycleDetector(Detector):
                 if j == 0:
                     self.features_ = feats
             if c.cycle_training:
-                mean_loss = [np.mean(l, axis=0) for l in losses]
+                mean_loss = [np.mean(per_net, axis=0) for per_net in losses]
                 # cross update: each network's clean set comes from its peer's judgement
                 selected = [small_loss_selection(mean_loss[1 - j], targets, c.select_ratio, c.class_balanced)
                             for j in range(n_nets)]
+                # row positions only: the detector sees no label (is_open is not in its view)
                 self.selected_.append({"cycle": cycle + 1, "sizes": [len(s) for s in selected],
-                                       "open_fraction": [float(data.is_open[s].mean()) for s in selected]})
-        self.snapshot_losses_ = np.stack([l for per_net in losses for l in per_net])
+                                       "rows": [s.tolist() for s in selected]})
+        self.snapshot_losses_ = np.stack([snap for per_net in losses for snap in per_net])
         self.scores_ = self.snapshot_losses_.mean(axis=0)
         self.n_scored_ = n
         if out is not None:
-            write_json(out / "detector.json", {"config": asdict(c), "selection": self.selected_,
-                                                 "n_snapshots": len(self.snapshot_losses_)})
+            write_json(out / "detector.json", {
+                "config": asdict(c), "n_snapshots": len(self.snapshot_losses_),
+                "selection": [{k: v for k, v in s.items() if k != "rows"} for s in self.selected_]})
         return self
+
+    def embedding_features(self) -> np.ndarray | None:
+        """Pooled features of the first network's last snapshot (None before :meth:`fit`)."""
+        return getattr(self, "features_", None)
 
     def score(self, data: OpenSetData) -> np.ndarray:
         """The transductive score of the samples fitted on (mean snapshot loss)."""

@@ -24,6 +24,9 @@ PROTOCOLS = ("honest", "reference")
 #: columns of the pseudo-label table, one row per evaluation sample
 TABLE_COLUMNS = ["index", "path", "label", "target", "pseudo", "is_open", "origin", "source_index"]
 
+#: the only table columns a detector sees (:meth:`OpenSetData.detector_view`)
+VIEW_COLUMNS = ["index", "pseudo"]
+
 
 @dataclass
 class OpenSetData:
@@ -63,13 +66,16 @@ class OpenSetData:
 
     @property
     def is_open(self) -> np.ndarray:
+        if "is_open" not in self.table.columns:
+            raise KeyError("is_open is not in this table: a detector's view of the evaluation set carries "
+                           "no label (OpenSetData.detector_view)")
         return self.table["is_open"].to_numpy(dtype=bool)
 
     @property
     def num_classes(self) -> int:
         return self.logits.shape[1]
 
-    def subset(self, mask: np.ndarray) -> "OpenSetData":
+    def subset(self, mask: np.ndarray) -> OpenSetData:
         """Rows where ``mask`` is true (e.g. ``origin == 'test'``), re-indexed from 0."""
         mask = np.asarray(mask)
         rows = np.flatnonzero(mask) if mask.dtype == bool else mask
@@ -77,6 +83,20 @@ class OpenSetData:
         table["index"] = np.arange(len(table))
         return replace(self, table=table, logits=self.logits[rows], features=self.features[rows],
                        images=None if self.images is None else self.images[torch.as_tensor(rows)])
+
+
+    def detector_view(self) -> OpenSetData:
+        """The evaluation set as a detector may see it: the table keeps only ``index`` and
+        ``pseudo``; images, close-set outputs and training data are shared, not copied.
+
+        Why. ``label``, ``target`` and ``is_open`` are the answer; ``origin`` and
+        ``source_index`` give it away too (every evaluation row from the training split is
+        open), and ``path`` often names the class folder. A detector that reads any of them
+        would score well for the wrong reason, so stage 03 hands detectors this view,
+        after the protocol and the subset were applied to the full data. Row order is kept
+        (scores are matched back by position).
+        """
+        return replace(self, table=self.table[VIEW_COLUMNS].copy())
 
 
 def apply_protocol(

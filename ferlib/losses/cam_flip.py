@@ -1,17 +1,13 @@
-"""Objectives that plug into :func:`ferlib.train.fit`.
-
-Each is a small callable ``(model, x, y, index) -> (loss, logits)``; the training loop
-stays the same for every method.
-"""
+"""``cam_flip``: cross-entropy plus attention-map flip consistency (EAC, ECCV 2022)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
-from ferlib.train import CrossEntropy
-
-__all__ = ["CrossEntropy", "CamFlipConsistency", "flip_cam"]
+from ferlib.losses.base import BaseObjective
 
 
 def flip_cam(cam: torch.Tensor) -> torch.Tensor:
@@ -20,18 +16,35 @@ def flip_cam(cam: torch.Tensor) -> torch.Tensor:
     return torch.flip(cam, dims=[-1])
 
 
-class CamFlipConsistency:
-    """Cross-entropy plus attention-map flip consistency (EAC, ECCV 2022; METHODS.md part 1).
+class CamFlipConsistency(BaseObjective):
+    """Cross-entropy plus attention-map flip consistency (METHODS.md part 1).
 
     view 1 = the augmented image, view 2 = its mirror (the same erased image mirrored).
-    Loss = CE(f(view1), y) + lambda * MSE(M(view1), flip(M(view2))), the MSE over every
+    Loss = CE(f(view1), y) + lam * MSE(M(view1), flip(M(view2))), the MSE over every
     class map and position, with the classifier weights detached inside the maps.
     Both views go through the network in one batch: one forward pass instead of two.
     ``lam=0`` reduces to cross-entropy (the ablation switch).
+
+    Parameters
+    ----------
+    lam : float
+        Weight of the consistency term (>= 0; the reference uses 5).
     """
 
+    name = "cam_flip"
+
     def __init__(self, lam: float = 5.0):
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+            raise ValueError(f"objective 'cam_flip': lam must be a finite number >= 0, got {lam!r}")
         self.lam = float(lam)
+
+    def check(self, model) -> None:
+        if self.lam != 0 and not getattr(model, "supports_cam", False):
+            head = getattr(getattr(model, "cfg", None), "head", type(model).__name__)
+            raise ValueError(
+                f"objective 'cam_flip' compares class-activation maps, but head {head!r} "
+                "has none; use a head with CAM (e.g. 'linear') or lam=0"
+            )
 
     def __call__(self, model, x, y, index):
         if self.lam == 0:

@@ -1,0 +1,26 @@
+"""Objectives that plug into :func:`ferlib.train.fit`, by name.
+
+Where things live: :mod:`~ferlib.losses.base` (the ``Objective`` interface and
+``BaseObjective``), one file per objective (:mod:`~ferlib.losses.ce`,
+:mod:`~ferlib.losses.cam_flip`), :mod:`~ferlib.losses.registry` (names -> classes,
+``make_objective``, ``validate_objective``). This package imports nothing of the training
+loop: ``ferlib.train`` imports it, never the other way round.
+"""
+
+from ferlib.losses.base import BaseObjective, Objective, objective_config
+from ferlib.losses.cam_flip import CamFlipConsistency, flip_cam
+from ferlib.losses.ce import CrossEntropy
+from ferlib.losses.registry import OBJECTIVES, available_objectives, make_objective, validate_objective
+
+__all__ = [
+    "OBJECTIVES",
+    "BaseObjective",
+    "CamFlipConsistency",
+    "CrossEntropy",
+    "Objective",
+    "available_objectives",
+    "flip_cam",
+    "make_objective",
+    "objective_config",
+    "validate_objective",
+]

@@ -1,0 +1,64 @@
+"""The network: a trunk and a head, built from a :class:`ModelConfig`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ferlib.models.base import ForwardOutput, ModelConfig
+from ferlib.models.registry import make_head
+from ferlib.models.trunk import build_trunk
+from ferlib.models.weights import load_pretrained, upgrade_legacy_state_dict
+
+
+class FERNet(nn.Module):
+    """``trunk`` (feature map) + ``head`` (logits, pooled features, extras).
+
+    ``forward`` returns the logits only, so plain losses and ``nn.Module`` tooling work;
+    :meth:`forward_all` returns the whole :class:`ForwardOutput`.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.trunk = build_trunk(cfg)
+        self.head = make_head(cfg.head, self.trunk.out_channels, cfg.num_classes, cfg.dropout, cfg.head_params)
+        self.num_features = self.trunk.out_channels
+        self.register_load_state_dict_pre_hook(upgrade_legacy_state_dict)
+
+    @property
+    def supports_cam(self) -> bool:
+        """Whether :meth:`cam` is available (objectives that compare attention maps check it)."""
+        return self.head.supports_cam
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+    def forward_all(self, x: torch.Tensor) -> ForwardOutput:
+        fmap = self.trunk(x)
+        out = self.head(fmap)
+        return ForwardOutput(out.logits, out.features, fmap, out.extras)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_all(x).logits
+
+    def cam(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """Class activation maps (B, K, h, w) of the head (see the head's ``cam``)."""
+        return self.head.cam(feature_map)
+
+
+def build_model(cfg: ModelConfig, verbose: bool = True) -> FERNet:
+    """Build a :class:`FERNet`; load weights when ``cfg.pretrained`` names a file.
+
+    Without weights the model starts from scratch, and says so: results from scratch are
+    not comparable with the papers' face-pretrained numbers.
+    """
+    model = FERNet(cfg)
+    if cfg.pretrained:
+        load_pretrained(model, cfg.pretrained, verbose=verbose)
+    elif verbose:
+        print(
+            f"{cfg.arch}: no pretrained weights given; training from scratch "
+            "(the papers start from face-recognition weights)"
+        )
+    return model

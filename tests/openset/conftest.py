@@ -1,0 +1,96 @@
+"""Fixtures of the open-set tests: tiny evaluation sets built in memory, no data set on disk."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ferlib.openset.data import TABLE_COLUMNS, OpenSetData
+
+
+def features_data(n_close: int = 300, n_open: int = 100, k: int = 4, dim: int = 16, seed: int = 0,
+                  images: torch.Tensor | None = None) -> OpenSetData:
+    """Close samples: confident logits, features near their class mean. Open samples:
+    flat logits, features far from every class mean."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n_close)
+    means = rng.normal(0, 4, (k, dim))
+    close_f = means[y] + rng.normal(0, 1, (n_close, dim))
+    open_f = rng.normal(0, 1, (n_open, dim)) * 4 + 12
+    close_l = np.eye(k)[y] * 6 + rng.normal(0, 1, (n_close, k))
+    open_l = rng.normal(0, 1, (n_open, k))
+    logits = np.concatenate([close_l, open_l])
+    n = n_close + n_open
+    table = pd.DataFrame({"index": np.arange(n), "path": [f"img{i}.png" for i in range(n)],
+                          "label": np.r_[y, np.full(n_open, 9)], "target": np.r_[y, -np.ones(n_open, int)],
+                          "pseudo": logits.argmax(1), "is_open": np.r_[np.zeros(n_close, bool), np.ones(n_open, bool)],
+                          "origin": ["test"] * n_close + ["train"] * n_open,
+                          "source_index": np.r_[np.arange(n_close), np.arange(n_open)]})[TABLE_COLUMNS]
+    ty = rng.integers(0, k, 500)
+    return OpenSetData(table=table, logits=logits, features=np.concatenate([close_f, open_f]),
+                       train_features=means[ty] + rng.normal(0, 1, (500, dim)), train_targets=ty, images=images)
+
+
+def noisy_images(n: int = 160, noise: float = 0.25, seed: int = 0, size: int = 32) -> OpenSetData:
+    """Three classes coded by a bright square's height in the image; a quarter of the labels
+    flipped to another class (symmetric noise): the noisy rows play the open samples.
+
+    The square is centred left-right, so the class survives the horizontal flip that the
+    training loop's augmentation and the CAM flip-consistency loss apply (a square coded by
+    its left-right position turns class 0 into class 2 under a flip, which made the
+    detector's AUROC swing with the seed)."""
+    g = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = g.integers(0, 40, (n, 3, size, size)).astype(np.uint8)
+    lo = (size - 10) // 2
+    for i, c in enumerate(y):
+        x[i, :, 1 + 10 * c:11 + 10 * c, lo:lo + 10] = 230
+    noisy = g.random(n) < noise
+    pseudo = np.where(noisy, (y + g.integers(1, 3, n)) % 3, y)
+    table = pd.DataFrame({"index": np.arange(n), "path": [""] * n, "label": y, "target": y, "pseudo": pseudo,
+                          "is_open": noisy, "origin": "test", "source_index": np.arange(n)})[TABLE_COLUMNS]
+    logits = np.eye(3)[pseudo] * 3.0
+    return OpenSetData(table=table, logits=logits, features=np.zeros((n, 4)), train_features=np.zeros((3, 4)),
+                       train_targets=np.arange(3), images=torch.from_numpy(x))
+
+
+def tiny_image_data(n_close: int = 24, n_open: int = 16, seed: int = 0, size: int = 32) -> OpenSetData:
+    """A tiny evaluation set for every detector at once: features and logits as
+    :func:`features_data`, random uint8 images, and close training images."""
+    g = np.random.default_rng(seed)
+    n = n_close + n_open
+    data = features_data(n_close=n_close, n_open=n_open, dim=8, seed=seed,
+                         images=torch.from_numpy(g.integers(0, 255, (n, 3, size, size), dtype=np.uint8)))
+    data.train_images = torch.from_numpy(g.integers(0, 255, (40, 3, size, size), dtype=np.uint8))
+    return data
+
+
+#: tiny settings of the two trained detectors (a few seconds each on one CPU core)
+TINY_PARAMS = {
+    "cycle": {"cycles": 1, "epochs_per_cycle": 1, "batch_size": 16, "arch": "resnet18", "stem": "imagenet"},
+    "contrast": {"epochs": 1, "batch_size": 16, "stem": "imagenet"},
+}
+
+
+@pytest.fixture
+def make_features_data() -> Callable[..., OpenSetData]:
+    return features_data
+
+
+@pytest.fixture
+def make_noisy_images() -> Callable[..., OpenSetData]:
+    return noisy_images
+
+
+@pytest.fixture
+def make_tiny_image_data() -> Callable[..., OpenSetData]:
+    return tiny_image_data
+
+
+@pytest.fixture
+def tiny_params() -> dict[str, dict]:
+    return {k: dict(v) for k, v in TINY_PARAMS.items()}

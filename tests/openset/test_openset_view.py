@@ -1,0 +1,53 @@
+"""Detectors see no label: shuffling the answer columns changes no detector's score."""
+
+import numpy as np
+import pytest
+
+from ferlib.openset import available_detectors, run_detectors
+from ferlib.openset.base import Detector
+
+ANSWER_COLUMNS = ["label", "target", "is_open", "origin", "source_index", "path"]
+
+
+def _shuffled(data, seed=0):
+    """The same evaluation set with the answer columns permuted across rows."""
+    rng = np.random.default_rng(seed)
+    table = data.table.copy()
+    for column in ANSWER_COLUMNS:
+        table[column] = table[column].to_numpy()[rng.permutation(len(table))]
+    from dataclasses import replace
+
+    return replace(data, table=table)
+
+
+@pytest.mark.parametrize("name", available_detectors())
+def test_shuffling_label_columns_changes_no_score(name, make_tiny_image_data, tiny_params):
+    """Every registered detector (the trained ones with tiny settings, in memory) through
+    the path stage 03 uses; the shuffled columns must really differ."""
+    data = make_tiny_image_data()
+    shuffled = _shuffled(data)
+    assert not np.array_equal(shuffled.table["is_open"], data.table["is_open"])
+    shared = {"input_size": 32, "progress": False, "seed": 0}
+    params = {name: tiny_params.get(name, {})}
+    a = run_detectors(data, [name], params, shared, log=False)[name].scores
+    b = run_detectors(shuffled, [name], params, shared, log=False)[name].scores
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class Cheat(Detector):
+    """Reads the answer: the label-free view must stop it with a clear error."""
+
+    name = "cheat"
+
+    def score(self, data):
+        return data.is_open.astype(float)
+
+
+def test_a_detector_reading_the_answer_is_stopped(make_features_data, monkeypatch):
+    from ferlib.openset import registry
+
+    monkeypatch.setitem(registry.DETECTORS, "cheat", f"{__name__}:Cheat")
+    data = make_features_data(n_close=20, n_open=10)
+    assert np.array_equal(registry.make_detector("cheat").score(data), data.is_open)  # on the full table it cheats
+    with pytest.raises(KeyError, match="no label"):
+        run_detectors(data, ["cheat"], log=False)
