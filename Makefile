@@ -3,7 +3,7 @@
 #   make venv         create (or reuse) .venv, install ferkit + dev tools, register kernel "ferkit"
 #   make demo         run the whole pipeline on the synthetic data set (outputs/demo/)
 #   make test         ruff check, then the full test suite     make test-fast   the same, skipping slow tests
-#   make lint         ruff check only          make notebooks   regenerate notebooks/ from the stage functions
+#   make lint         ruff check + format check         make notebooks   regenerate notebooks/ from the stage functions
 #   make lab          JupyterLab on the notebooks/
 #   make clean-outputs  delete run artifacts under outputs/ (keeps outputs/README.md)
 #
@@ -33,7 +33,7 @@ help:
 	@echo "make demo          pipeline on synthetic data -> outputs/demo/"
 	@echo "make test          ruff check, then the test suite ($(PY) -m pytest -q)"
 	@echo "make test-fast     ruff check, then the tests not marked slow"
-	@echo "make lint          ruff check"
+	@echo "make lint          ruff check + ruff format --check"
 	@echo "make notebooks     regenerate notebooks/*.ipynb from the stage functions' signatures"
 	@echo "make lab           start JupyterLab"
 	@echo "make clean-outputs remove run artifacts under outputs/"
@@ -61,6 +61,7 @@ demo: venv
 # ruff first: a lint finding fails in seconds, before the slow tests start
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: lint
 	$(PY) -m pytest -q

@@ -137,8 +137,7 @@ def load_bench_data(args: argparse.Namespace) -> BenchData:
         dataset = dataset.subset(np.sort(rng.choice(n_all, args.max_images, replace=False)))
     classes = np.array(sorted(int(c) for c in dataset.classes))
     targets = np.searchsorted(classes, dataset.labels).astype(np.int64)
-    source = (f"{kind} {args.split} at {dataset.root}: {len(dataset)} of {n_all} images"
-              f"{note}")
+    source = f"{kind} {args.split} at {dataset.root}: {len(dataset)} of {n_all} images{note}"
     split_dir = dataset.root / args.split if kind == "synthetic" else None
     return BenchData(dataset, kind, source, targets, len(classes), split_dir)
 
@@ -182,8 +181,7 @@ def plain_dataset(data: BenchData, size: int, train: bool) -> tuple[Dataset, str
             folder.samples = folder.imgs = samples
             folder.targets = [t for _, t in samples]
             return folder, "imagefolder"
-        warnings.warn("ImageFolder does not see the loader's files; using a file list",
-                      stacklevel=2)
+        warnings.warn("ImageFolder does not see the loader's files; using a file list", stacklevel=2)
     return PilFileList(paths, data.targets.tolist(), transform), "pil-dataloader"
 
 
@@ -244,8 +242,7 @@ def measure(step: Callable[[], int], args: argparse.Namespace) -> tuple[float, i
 
 def fresh_model(args: argparse.Namespace, size: int, num_classes: int, cfg: TrainConfig):
     torch.manual_seed(args.seed)  # same initial weights for every path
-    mcfg = ModelConfig(arch=args.arch, num_classes=num_classes, input_size=size,
-                       stem=args.stem)
+    mcfg = ModelConfig(arch=args.arch, num_classes=num_classes, input_size=size, stem=args.stem)
     model = _to_device(build_model(mcfg, verbose=False), cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return model, opt
@@ -274,8 +271,9 @@ def infer_step(model, x, cfg: TrainConfig) -> int:
     return len(x)
 
 
-def run_kit(mode: str, images: torch.Tensor, targets: torch.Tensor, size: int,
-            num_classes: int, cfg: TrainConfig, args) -> tuple:
+def run_kit(
+    mode: str, images: torch.Tensor, targets: torch.Tensor, size: int, num_classes: int, cfg: TrainConfig, args
+) -> tuple:
     model, opt = fresh_model(args, size, num_classes, cfg)
     n, bs = len(images), cfg.batch_size
     if mode == "train":
@@ -287,7 +285,7 @@ def run_kit(mode: str, images: torch.Tensor, targets: torch.Tensor, size: int,
         def step() -> int:
             if state["pos"] + bs > n:  # next epoch
                 state["perm"], state["pos"] = torch.randperm(n, generator=gen), 0
-            index = state["perm"][state["pos"]:state["pos"] + bs]
+            index = state["perm"][state["pos"] : state["pos"] + bs]
             state["pos"] += bs
             x = _batch(images, index, cfg)
             x = augment_batch(x, cfg.augment, aug_gen)
@@ -311,8 +309,12 @@ def run_plain(mode: str, data: BenchData, size: int, cfg: TrainConfig, args) -> 
     dataset, name = plain_dataset(data, size, train=mode == "train")
     workers = args.workers
     loader = DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=mode == "train", drop_last=True,
-        num_workers=workers, persistent_workers=workers > 0,
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=mode == "train",
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
         pin_memory=cfg.device.startswith("cuda"),
         prefetch_factor=args.prefetch_factor if workers > 0 else None,
         generator=torch.Generator().manual_seed(args.seed),
@@ -375,8 +377,11 @@ def environment(args: argparse.Namespace, data: BenchData) -> dict:
         "nice": os.nice(0) if hasattr(os, "nice") else None,
         "load_avg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "device": args.device,
-        "device_name": (torch.cuda.get_device_name(torch.device(args.device))
-                        if args.device.startswith("cuda") else platform.processor() or "cpu"),
+        "device_name": (
+            torch.cuda.get_device_name(torch.device(args.device))
+            if args.device.startswith("cuda")
+            else platform.processor() or "cpu"
+        ),
         "data": data.kind,
         "data_source": data.source,
         "images": len(data.dataset),
@@ -395,9 +400,11 @@ def environment(args: argparse.Namespace, data: BenchData) -> dict:
 
 
 def markdown_table(results: list[Result], builds: list[dict]) -> str:
-    rows = ["| size | stem | path | train img/s | infer img/s | train / model-only "
-            "| infer / model-only | timed batches (train, infer) |",
-            "|---:|---|---|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| size | stem | path | train img/s | infer img/s | train / model-only "
+        "| infer / model-only | timed batches (train, infer) |",
+        "|---:|---|---|---:|---:|---:|---:|---:|",
+    ]
     keys = []
     for r in results:
         if (r.size, r.path) not in keys:
@@ -415,14 +422,20 @@ def markdown_table(results: list[Result], builds: list[dict]) -> str:
         stem = (tr or inf).stem
         base_tr, base_inf = by.get((size, "model-only", "train")), by.get((size, "model-only", "infer"))
         counts = ", ".join(str(r.batches) if r else "-" for r in (tr, inf))
-        rows.append(f"| {size} | {stem} | {path} | {fmt(tr)} | {fmt(inf)} | "
-                    f"{ratio(tr, base_tr)} | {ratio(inf, base_inf)} | {counts} |")
+        rows.append(
+            f"| {size} | {stem} | {path} | {fmt(tr)} | {fmt(inf)} | "
+            f"{ratio(tr, base_tr)} | {ratio(inf, base_inf)} | {counts} |"
+        )
     if builds:
-        rows += ["", "| size | kit: build_cache (decode once) | images | seconds | img/s |",
-                 "|---:|---|---:|---:|---:|"]
+        rows += [
+            "",
+            "| size | kit: build_cache (decode once) | images | seconds | img/s |",
+            "|---:|---|---:|---:|---:|",
+        ]
         for b in builds:
-            rows.append(f"| {b['size']} | {b['note']} | {b['images']} | {b['seconds']:.2f} "
-                        f"| {b['images_per_s']:,.1f} |")
+            rows.append(
+                f"| {b['size']} | {b['note']} | {b['images']} | {b['seconds']:.2f} | {b['images_per_s']:,.1f} |"
+            )
     return "\n".join(rows)
 
 
@@ -433,43 +446,69 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="train_throughput.py",
         description="ResNet training/inference images per second: the kit's decode-once "
-                    "cache + batch augmentation vs a plain PIL/torchvision DataLoader vs "
-                    "the model alone.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "cache + batch augmentation vs a plain PIL/torchvision DataLoader vs "
+        "the model alone.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--sizes", type=int, nargs="+", default=[48, 112], help="input sizes, px")
-    p.add_argument("--paths", nargs="+", choices=PATHS, default=["kit", "imagefolder", "model-only"],
-                   help="paths to time; 'imagefolder' and 'pil-dataloader' both name the "
-                        "plain torchvision path (its row is named after the data used)")
+    p.add_argument(
+        "--paths",
+        nargs="+",
+        choices=PATHS,
+        default=["kit", "imagefolder", "model-only"],
+        help="paths to time; 'imagefolder' and 'pil-dataloader' both name the "
+        "plain torchvision path (its row is named after the data used)",
+    )
     p.add_argument("--modes", nargs="+", choices=("train", "infer"), default=["train", "infer"])
     p.add_argument("--seconds", type=float, default=20.0, help="timed duration per figure")
-    p.add_argument("--batches", type=int, default=None,
-                   help="time exactly this many batches instead of --seconds")
+    p.add_argument("--batches", type=int, default=None, help="time exactly this many batches instead of --seconds")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches before each figure")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (plain path)")
-    p.add_argument("--prefetch-factor", type=int, default=2,
-                   help="DataLoader batches prefetched per worker (plain path)")
+    p.add_argument(
+        "--prefetch-factor", type=int, default=2, help="DataLoader batches prefetched per worker (plain path)"
+    )
     p.add_argument("--arch", choices=("resnet18", "resnet50"), default="resnet18")
-    p.add_argument("--stem", choices=("auto", "small", "imagenet"), default="auto",
-                   help="ModelConfig.stem; auto = small below 160 px, else imagenet")
+    p.add_argument(
+        "--stem",
+        choices=("auto", "small", "imagenet"),
+        default="auto",
+        help="ModelConfig.stem; auto = small below 160 px, else imagenet",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads (None: torch's choice)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="channels-last model and batches on every path (TrainConfig default)")
-    p.add_argument("--amp", action="store_true",
-                   help="bfloat16 autocast on CUDA on every path (ignored on CPU, as in the kit)")
-    p.add_argument("--data", choices=("auto", "ferplus", "synthetic"), default="auto",
-                   help="auto: FERPlus if found, else the synthetic set")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (None: torch's choice)")
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="channels-last model and batches on every path (TrainConfig default)",
+    )
+    p.add_argument(
+        "--amp", action="store_true", help="bfloat16 autocast on CUDA on every path (ignored on CPU, as in the kit)"
+    )
+    p.add_argument(
+        "--data",
+        choices=("auto", "ferplus", "synthetic"),
+        default="auto",
+        help="auto: FERPlus if found, else the synthetic set",
+    )
     p.add_argument("--data-root", type=Path, default=DEFAULT_FERPLUS, help="FERPlus root")
-    p.add_argument("--synthetic-root", type=Path, default=DEFAULT_SYNTHETIC,
-                   help="where the synthetic set is written when FERPlus is not used")
+    p.add_argument(
+        "--synthetic-root",
+        type=Path,
+        default=DEFAULT_SYNTHETIC,
+        help="where the synthetic set is written when FERPlus is not used",
+    )
     p.add_argument("--split", default="train", choices=("train", "valid", "test"))
-    p.add_argument("--max-images", type=int, default=8192,
-                   help="random subset of the split used by every path (0 = all)")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="let build_cache save/reuse its cache here (None: decode afresh, "
-                        "so the decode-once time is measured)")
+    p.add_argument(
+        "--max-images", type=int, default=8192, help="random subset of the split used by every path (0 = all)"
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="let build_cache save/reuse its cache here (None: decode afresh, so the decode-once time is measured)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also save the figures here")
     args = p.parse_args(argv)
@@ -495,22 +534,30 @@ def main(argv: list[str] | None = None) -> int:
 
     data = load_bench_data(args)
     if len(data.dataset) < args.batch_size:
-        raise SystemExit(f"need at least --batch-size {args.batch_size} images, "
-                         f"the data has {len(data.dataset)}")
-    cfg = TrainConfig(batch_size=args.batch_size, device=args.device,
-                      channels_last=args.channels_last, amp=args.amp, seed=args.seed,
-                      progress=False)
+        raise SystemExit(f"need at least --batch-size {args.batch_size} images, the data has {len(data.dataset)}")
+    cfg = TrainConfig(
+        batch_size=args.batch_size,
+        device=args.device,
+        channels_last=args.channels_last,
+        amp=args.amp,
+        seed=args.seed,
+        progress=False,
+    )
     env = environment(args, data)
     print(f"data:    {data.source}")
     print(f"torch {env['torch']}, torchvision {env['torchvision']}, python {env['python']}")
-    print(f"device:  {args.device} ({env['device_name']}); torch threads "
-          f"{env['torch_threads']} (interop {env['torch_interop_threads']}); "
-          f"CPUs {env['cpus_usable']}/{env['cpu_count']}; nice {env['nice']}; "
-          f"load average {', '.join(f'{x:.2f}' for x in env['load_avg_start'] or [])}")
-    print(f"model:   {args.arch}, stem {args.stem}; batch {args.batch_size}; channels_last "
-          f"{args.channels_last}; amp {args.amp and args.device.startswith('cuda')}; "
-          f"DataLoader workers {args.workers}")
-    timing = (f"{args.batches} batches" if args.batches else f"{args.seconds:g} s")
+    print(
+        f"device:  {args.device} ({env['device_name']}); torch threads "
+        f"{env['torch_threads']} (interop {env['torch_interop_threads']}); "
+        f"CPUs {env['cpus_usable']}/{env['cpu_count']}; nice {env['nice']}; "
+        f"load average {', '.join(f'{x:.2f}' for x in env['load_avg_start'] or [])}"
+    )
+    print(
+        f"model:   {args.arch}, stem {args.stem}; batch {args.batch_size}; channels_last "
+        f"{args.channels_last}; amp {args.amp and args.device.startswith('cuda')}; "
+        f"DataLoader workers {args.workers}"
+    )
+    timing = f"{args.batches} batches" if args.batches else f"{args.seconds:g} s"
     print(f"timing:  {args.warmup} warm-up batches, then {timing} per figure\n", flush=True)
 
     results: list[Result] = []
@@ -520,18 +567,29 @@ def main(argv: list[str] | None = None) -> int:
         stem = f"{args.stem}->{ModelConfig(input_size=size, stem=args.stem).resolved_stem()}"
         images = targets = None
         if "kit" in args.paths:
-            saved = (args.cache_dir is not None and
-                     (args.cache_dir / f"{data.dataset.fingerprint()}_{size}.pt").is_file())
+            saved = (
+                args.cache_dir is not None and (args.cache_dir / f"{data.dataset.fingerprint()}_{size}.pt").is_file()
+            )
             t0 = time.perf_counter()
             cache = build_cache(data.dataset, size, cache_dir=args.cache_dir, progress=False)
             seconds = time.perf_counter() - t0
             images, targets = cache.images, torch.from_numpy(data.targets[cache.source_index])
             note = "loaded from --cache-dir" if saved else "decoded"
-            builds.append({"size": size, "images": len(cache), "seconds": seconds,
-                           "images_per_s": len(cache) / seconds, "note": note})
-            print(f"{size:>4} px  build_cache: {len(cache)} images {note} in {seconds:.2f} s "
-                  f"({len(cache) / seconds:,.0f} img/s, once per data set and size; "
-                  f"{images.numel() / 2**20:.0f} MiB uint8)", flush=True)
+            builds.append(
+                {
+                    "size": size,
+                    "images": len(cache),
+                    "seconds": seconds,
+                    "images_per_s": len(cache) / seconds,
+                    "note": note,
+                }
+            )
+            print(
+                f"{size:>4} px  build_cache: {len(cache)} images {note} in {seconds:.2f} s "
+                f"({len(cache) / seconds:,.0f} img/s, once per data set and size; "
+                f"{images.numel() / 2**20:.0f} MiB uint8)",
+                flush=True,
+            )
             del cache
         for path in args.paths:
             for mode in args.modes:
@@ -543,34 +601,41 @@ def main(argv: list[str] | None = None) -> int:
                     out, name = run_model_only(mode, size, data.num_classes, cfg, args), "model-only"
                 r = Result(size, stem, name, mode, *out)
                 results.append(r)
-                print(f"{size:>4} px  {stem:<16} {name:<15} {mode:<5} "
-                      f"{r.images_per_s:>9,.1f} img/s  ({r.batches} batches, {r.images} images, "
-                      f"{r.seconds:.1f} s)", flush=True)
+                print(
+                    f"{size:>4} px  {stem:<16} {name:<15} {mode:<5} "
+                    f"{r.images_per_s:>9,.1f} img/s  ({r.batches} batches, {r.images} images, "
+                    f"{r.seconds:.1f} s)",
+                    flush=True,
+                )
                 ahead = args.workers * args.prefetch_factor
                 if name in PLAIN and args.workers and r.batches < 4 * ahead:
                     notes.append(
                         f"{size} px {name} {mode}: only {r.batches} batches timed while up to "
                         f"{ahead} were prefetched during warm-up, so this figure flatters the "
-                        "loader; give it more --seconds")
+                        "loader; give it more --seconds"
+                    )
                 gc.collect()
         del images, targets
         gc.collect()
 
     env["load_avg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     print("\n## Throughput (images/second, higher is better)\n")
-    print(f"{args.arch}, {data.kind} ({len(data.dataset)} images), device {args.device}, "
-          f"torch {env['torch']}, {env['torch_threads']} threads, batch {args.batch_size}, "
-          f"{args.workers} DataLoader workers, channels_last {args.channels_last}\n")
+    print(
+        f"{args.arch}, {data.kind} ({len(data.dataset)} images), device {args.device}, "
+        f"torch {env['torch']}, {env['torch_threads']} threads, batch {args.batch_size}, "
+        f"{args.workers} DataLoader workers, channels_last {args.channels_last}\n"
+    )
     print(markdown_table(results, builds))
     if env["load_avg_start"] is not None:
-        print(f"\nload average at start {env['load_avg_start'][0]:.2f}, at end "
-              f"{env['load_avg_end'][0]:.2f} (other work on the machine lowers every figure)")
+        print(
+            f"\nload average at start {env['load_avg_start'][0]:.2f}, at end "
+            f"{env['load_avg_end'][0]:.2f} (other work on the machine lowers every figure)"
+        )
     for note in notes:
         print(f"note: {note}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"environment": env, "results": [asdict(r) for r in results],
-                   "cache_builds": builds, "notes": notes}
+        payload = {"environment": env, "results": [asdict(r) for r in results], "cache_builds": builds, "notes": notes}
         args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
         print(f"\nsaved {args.json}")
     return 0

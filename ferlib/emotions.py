@@ -37,15 +37,28 @@ class Emotion(IntEnum):
 BASIC7: tuple[Emotion, ...] = tuple(e for e in Emotion if e is not Emotion.CONTEMPT)
 
 _ALIASES: dict[str, Emotion] = {
-    "neutral": Emotion.NEUTRAL, "neu": Emotion.NEUTRAL,
-    "happiness": Emotion.HAPPINESS, "happy": Emotion.HAPPINESS, "hap": Emotion.HAPPINESS,
+    "neutral": Emotion.NEUTRAL,
+    "neu": Emotion.NEUTRAL,
+    "happiness": Emotion.HAPPINESS,
+    "happy": Emotion.HAPPINESS,
+    "hap": Emotion.HAPPINESS,
     "joy": Emotion.HAPPINESS,
-    "surprise": Emotion.SURPRISE, "surprised": Emotion.SURPRISE, "sur": Emotion.SURPRISE,
-    "sadness": Emotion.SADNESS, "sad": Emotion.SADNESS,
-    "anger": Emotion.ANGER, "angry": Emotion.ANGER, "ang": Emotion.ANGER,
-    "disgust": Emotion.DISGUST, "disgusted": Emotion.DISGUST, "dis": Emotion.DISGUST,
-    "fear": Emotion.FEAR, "fearful": Emotion.FEAR, "fea": Emotion.FEAR,
-    "contempt": Emotion.CONTEMPT, "con": Emotion.CONTEMPT,
+    "surprise": Emotion.SURPRISE,
+    "surprised": Emotion.SURPRISE,
+    "sur": Emotion.SURPRISE,
+    "sadness": Emotion.SADNESS,
+    "sad": Emotion.SADNESS,
+    "anger": Emotion.ANGER,
+    "angry": Emotion.ANGER,
+    "ang": Emotion.ANGER,
+    "disgust": Emotion.DISGUST,
+    "disgusted": Emotion.DISGUST,
+    "dis": Emotion.DISGUST,
+    "fear": Emotion.FEAR,
+    "fearful": Emotion.FEAR,
+    "fea": Emotion.FEAR,
+    "contempt": Emotion.CONTEMPT,
+    "con": Emotion.CONTEMPT,
 }
 
 

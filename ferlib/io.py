@@ -54,6 +54,7 @@ def _json_default(obj: Any) -> Any:
         return obj.tolist()
     if hasattr(obj, "__dataclass_fields__"):
         from dataclasses import asdict
+
         return asdict(obj)
     return str(obj)
 

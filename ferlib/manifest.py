@@ -93,6 +93,7 @@ def update_manifest(run_dir: str | os.PathLike, **sections: Any) -> dict:
 def set_manifest(run_dir: str | os.PathLike, **sections: Any) -> dict:
     """Replace whole top-level sections (no merge), e.g. the ``params`` of a rerun whose
     extra parameters changed: a merge would keep the keys that were dropped."""
+
     def change(manifest: dict) -> dict:
         manifest = dict(manifest)
         manifest.update(copy.deepcopy(sections))
@@ -108,7 +109,11 @@ def set_manifest(run_dir: str | os.PathLike, **sections: Any) -> dict:
 def _git(args: list[str], cwd: Path) -> str | None:
     try:
         proc = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30,
+            ["git", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=30,
             stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.SubprocessError):

@@ -36,7 +36,14 @@ __all__ = [
 
 #: Columns of :func:`metrics_table` (``close_acc`` is appended when it can be computed).
 METRIC_COLUMNS: tuple[str, ...] = (
-    "detector", "protocol", "auroc", "fpr95", "aupr_in", "aupr_out", "n_close", "n_open",
+    "detector",
+    "protocol",
+    "auroc",
+    "fpr95",
+    "aupr_in",
+    "aupr_out",
+    "n_close",
+    "n_open",
 )
 
 
@@ -52,9 +59,7 @@ def _as_open_mask(is_open, name: str = "is_open") -> np.ndarray:
             raise ValueError(f"{name} has {int(np.isnan(arr).sum())} NaN values")
         bad = ~np.isin(arr, (0, 1))
         if bad.any():
-            raise ValueError(
-                f"{name} must be boolean or 0/1; found values {np.unique(arr[bad])[:5].tolist()}"
-            )
+            raise ValueError(f"{name} must be boolean or 0/1; found values {np.unique(arr[bad])[:5].tolist()}")
         return arr.astype(bool)
     # strings / objects, e.g. a CSV column read as text
     text = np.char.lower(np.asarray(arr, dtype=str))
@@ -76,9 +81,7 @@ def _check_scores(scores, is_open) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"scores must be numeric: {exc}") from None
     o = _as_open_mask(is_open)
     if s.shape[0] != o.shape[0]:
-        raise ValueError(
-            f"scores and is_open differ in length: {s.shape[0]} scores, {o.shape[0]} labels"
-        )
+        raise ValueError(f"scores and is_open differ in length: {s.shape[0]} scores, {o.shape[0]} labels")
     n_nan = int(np.isnan(s).sum())
     n_inf = int(np.isinf(s).sum())
     if n_nan or n_inf:
@@ -88,16 +91,12 @@ def _check_scores(scores, is_open) -> tuple[np.ndarray, np.ndarray]:
         if n_inf:
             parts.append(f"{n_inf} infinite")
         raise ValueError(
-            f"scores contain {' and '.join(parts)} value(s) out of {s.shape[0]}; "
-            "a detector produced non-finite scores"
+            f"scores contain {' and '.join(parts)} value(s) out of {s.shape[0]}; a detector produced non-finite scores"
         )
     n_open = int(o.sum())
     n_close = int(o.shape[0] - n_open)
     if n_open == 0 or n_close == 0:
-        raise ValueError(
-            "open-set metrics need both classes; got "
-            f"{n_close} close and {n_open} open samples"
-        )
+        raise ValueError(f"open-set metrics need both classes; got {n_close} close and {n_open} open samples")
     return s, o
 
 
@@ -206,18 +205,14 @@ def close_accuracy(labels, pseudo, is_open, close_classes: Sequence[int] | None 
     lab = np.asarray(labels).reshape(-1)
     ps = np.asarray(pseudo).reshape(-1)
     if not (lab.shape[0] == ps.shape[0] == o.shape[0]):
-        raise ValueError(
-            f"labels, pseudo and is_open differ in length: {lab.shape[0]}, {ps.shape[0]}, "
-            f"{o.shape[0]}"
-        )
+        raise ValueError(f"labels, pseudo and is_open differ in length: {lab.shape[0]}, {ps.shape[0]}, {o.shape[0]}")
     lab, ps = lab[~o].astype(int), ps[~o].astype(int)
     if lab.size == 0:
         raise ValueError("no close samples to compute close-set accuracy on")
     classes = np.unique(lab) if close_classes is None else np.asarray(sorted(close_classes))
     unknown = ~np.isin(lab, classes)
     if unknown.any():
-        raise ValueError(f"close samples carry labels not in close_classes: "
-                         f"{np.unique(lab[unknown]).tolist()}")
+        raise ValueError(f"close samples carry labels not in close_classes: {np.unique(lab[unknown]).tolist()}")
     target = np.searchsorted(classes, lab)
     return accuracy(target, ps)
 
@@ -248,8 +243,7 @@ def metrics_table(
     missing = [d for d in detectors if d not in scores_frame.columns]
     if missing:
         raise ValueError(
-            f"detector column(s) {missing} not in the scores table; columns are "
-            f"{list(scores_frame.columns)}"
+            f"detector column(s) {missing} not in the scores table; columns are {list(scores_frame.columns)}"
         )
     is_open = _as_open_mask(scores_frame["is_open"].to_numpy())
     rows = []
@@ -262,7 +256,9 @@ def metrics_table(
     table = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
     if {"label", "pseudo"} <= set(scores_frame.columns):
         table["close_acc"] = close_accuracy(
-            scores_frame["label"].to_numpy(), scores_frame["pseudo"].to_numpy(), is_open,
+            scores_frame["label"].to_numpy(),
+            scores_frame["pseudo"].to_numpy(),
+            is_open,
             close_classes,
         )
     return table
@@ -293,12 +289,20 @@ def pseudo_label_spread_table(table, class_names: Sequence[str]):
     pseudo = pseudo.astype(int)
     bad = (pseudo < 0) | (pseudo >= k)
     if bad.any():
-        raise ValueError(f"{int(bad.sum())} open sample(s) have pseudo labels outside 0..{k - 1} "
-                         f"(e.g. {np.unique(pseudo[bad])[:5].tolist()}) for {k} class names")
+        raise ValueError(
+            f"{int(bad.sum())} open sample(s) have pseudo labels outside 0..{k - 1} "
+            f"(e.g. {np.unique(pseudo[bad])[:5].tolist()}) for {k} class names"
+        )
     counts = np.bincount(pseudo, minlength=k)
     fractions = counts / counts.sum()
-    out = pd.DataFrame({"target": np.arange(k), "class": [str(c) for c in class_names],
-                        "count": counts.astype(int), "fraction": fractions})
+    out = pd.DataFrame(
+        {
+            "target": np.arange(k),
+            "class": [str(c) for c in class_names],
+            "count": counts.astype(int),
+            "fraction": fractions,
+        }
+    )
     out.attrs["n_open"] = int(counts.sum())
     out.attrs["uniform"] = 1.0 / k
     out.attrs["tv_from_uniform"] = float(0.5 * np.abs(fractions - 1.0 / k).sum())

@@ -47,8 +47,11 @@ class ParameterError(ValueError):
 def signature_parameters(func: Callable[..., Any]) -> dict[str, inspect.Parameter]:
     """The named parameters of ``func`` (``*args`` / ``**kwargs`` left out), in order."""
     sig = inspect.signature(func)
-    return {name: p for name, p in sig.parameters.items()
-            if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
+    return {
+        name: p
+        for name, p in sig.parameters.items()
+        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    }
 
 
 def accepts_any_keyword(func: Callable[..., Any]) -> bool:
@@ -146,8 +149,9 @@ def contract_problems(func: Callable[..., Any]) -> list[str]:
     without a type annotation or a default, or one missing from the docstring's Parameters
     section. Empty when ``func`` keeps the contract (the tests assert that for every stage)."""
     problems = []
-    if accepts_any_keyword(func) or any(p.kind is inspect.Parameter.VAR_POSITIONAL
-                                        for p in inspect.signature(func).parameters.values()):
+    if accepts_any_keyword(func) or any(
+        p.kind is inspect.Parameter.VAR_POSITIONAL for p in inspect.signature(func).parameters.values()
+    ):
         problems.append("has a *args/**kwargs catch-all (misspelt keys would be swallowed)")
     docs = parameter_docs(func)
     for name, p in signature_parameters(func).items():
@@ -230,9 +234,13 @@ def _int_range(low: int | None = None, high: int | None = None) -> Callable[[str
         if not isinstance(value, int) or isinstance(value, bool):
             _fail(name, value, "must be an integer")
         if (low is not None and value < low) or (high is not None and value > high):
-            bounds = f"in {low}..{high}" if low is not None and high is not None else (
-                f">= {low}" if low is not None else f"<= {high}")
+            bounds = (
+                f"in {low}..{high}"
+                if low is not None and high is not None
+                else (f">= {low}" if low is not None else f"<= {high}")
+            )
             _fail(name, value, f"must be an integer {bounds}")
+
     return check
 
 
@@ -246,6 +254,7 @@ def _real(low: float, high: float | None, *, low_open: bool, high_open: bool) ->
             left = "(" if low_open else "["
             right = "inf)" if high is None else (f"{high})" if high_open else f"{high}]")
             _fail(name, value, f"must lie in {left}{low}, {right}")
+
     return check
 
 
@@ -358,8 +367,9 @@ def _check_data(arguments: Mapping[str, Any]) -> None:
 
     where = arguments.get("data_root") or f"data set {arguments['dataset']!r}"
     resolve_class_map(arguments.get("class_map"), where)
-    dataset_options(arguments["dataset"], where, class_map=arguments.get("class_map"),
-                    data_options=arguments.get("data_options"))
+    dataset_options(
+        arguments["dataset"], where, class_map=arguments.get("class_map"), data_options=arguments.get("data_options")
+    )
 
 
 def _check_objective(arguments: Mapping[str, Any]) -> None:
@@ -396,8 +406,7 @@ def validate_arguments(func: Callable[..., Any], arguments: Mapping[str, Any], *
     if not accepts_any_keyword(func):
         unknown = sorted(set(arguments) - set(known))
         if unknown:
-            raise ParameterError(f"{where}: unknown parameter(s) {', '.join(unknown)}; "
-                                 f"it accepts {', '.join(known)}")
+            raise ParameterError(f"{where}: unknown parameter(s) {', '.join(unknown)}; it accepts {', '.join(known)}")
     hints = _type_hints(func)
     try:
         for name, value in arguments.items():
@@ -429,8 +438,9 @@ def checked(func: F) -> F:
         try:
             bound = signature.bind(*args, **kwargs)
         except TypeError as exc:  # e.g. a misspelt keyword: name the function and its parameters
-            raise ParameterError(f"{func.__qualname__}: {exc}; it accepts "
-                                 f"{', '.join(signature_parameters(func))}") from None
+            raise ParameterError(
+                f"{func.__qualname__}: {exc}; it accepts {', '.join(signature_parameters(func))}"
+            ) from None
         bound.apply_defaults()
         validate_arguments(func, bound.arguments)
         return func(*bound.args, **bound.kwargs)

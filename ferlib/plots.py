@@ -34,12 +34,25 @@ from ferlib.io import atomic_write
 from ferlib.metrics import _as_open_mask, openset_metrics, pseudo_label_spread_table
 
 __all__ = [
-    "SINGLE_COLUMN", "DOUBLE_COLUMN", "DPI", "CLOSE_COLOUR", "OPEN_COLOUR", "PALETTE",
-    "style", "save_figure",
-    "score_histograms", "loss_histogram", "roc_curves",
-    "embedding", "embedding_plot", "embedding_comparison",
-    "learning_curves", "confusion_matrix_plot",
-    "pseudo_label_spread_table", "pseudo_label_spread", "per_class_summary",
+    "SINGLE_COLUMN",
+    "DOUBLE_COLUMN",
+    "DPI",
+    "CLOSE_COLOUR",
+    "OPEN_COLOUR",
+    "PALETTE",
+    "style",
+    "save_figure",
+    "score_histograms",
+    "loss_histogram",
+    "roc_curves",
+    "embedding",
+    "embedding_plot",
+    "embedding_comparison",
+    "learning_curves",
+    "confusion_matrix_plot",
+    "pseudo_label_spread_table",
+    "pseudo_label_spread",
+    "per_class_summary",
 ]
 
 SINGLE_COLUMN = 3.4  # inches
@@ -48,17 +61,25 @@ DPI = 300
 
 # Okabe & Ito (2008), colour-blind safe.
 OKABE_ITO = {
-    "blue": "#0072B2", "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73",
-    "vermillion": "#D55E00", "purple": "#CC79A7", "yellow": "#F0E442", "black": "#000000",
+    "blue": "#0072B2",
+    "orange": "#E69F00",
+    "sky": "#56B4E9",
+    "green": "#009E73",
+    "vermillion": "#D55E00",
+    "purple": "#CC79A7",
+    "yellow": "#F0E442",
+    "black": "#000000",
 }
 CLOSE_COLOUR = OKABE_ITO["green"]
 OPEN_COLOUR = OKABE_ITO["vermillion"]
 #: Colours for detectors / series (all eight Okabe-Ito colours).
-PALETTE: tuple[str, ...] = tuple(OKABE_ITO[k] for k in (
-    "blue", "orange", "green", "vermillion", "purple", "sky", "black", "yellow"))
+PALETTE: tuple[str, ...] = tuple(
+    OKABE_ITO[k] for k in ("blue", "orange", "green", "vermillion", "purple", "sky", "black", "yellow")
+)
 #: Colours for close classes in embeddings: green and vermillion are left out (close/open).
-CLASS_PALETTE: tuple[str, ...] = tuple(OKABE_ITO[k] for k in (
-    "blue", "orange", "sky", "purple", "black", "yellow")) + ("#999999",)
+CLASS_PALETTE: tuple[str, ...] = tuple(OKABE_ITO[k] for k in ("blue", "orange", "sky", "purple", "black", "yellow")) + (
+    "#999999",
+)
 LINESTYLES: tuple = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 1)))
 
 _RC = {
@@ -96,12 +117,12 @@ def _styled(func):
     def wrapper(*args, **kwargs):
         with style():
             return func(*args, **kwargs)
+
     return wrapper
 
 
 def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **kwargs):
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False,
-                             layout="constrained", **kwargs)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, layout="constrained", **kwargs)
     return fig, axes
 
 
@@ -109,8 +130,9 @@ def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **kwarg
 # saving
 
 
-def save_figure(fig: Figure, path_without_suffix: str | os.PathLike, *, dpi: int = DPI,
-                close: bool = True) -> list[Path]:
+def save_figure(
+    fig: Figure, path_without_suffix: str | os.PathLike, *, dpi: int = DPI, close: bool = True
+) -> list[Path]:
     """Write ``<path>.png`` (``dpi``) and ``<path>.pdf`` atomically; close the figure.
 
     A trailing ``.png``/``.pdf`` on the path is dropped (``fig.png`` -> ``fig.png``,
@@ -125,8 +147,7 @@ def save_figure(fig: Figure, path_without_suffix: str | os.PathLike, *, dpi: int
     with style():
         atomic_write(png, lambda p: fig.savefig(p, format="png", dpi=dpi))
         # no creation date: the same figure gives the same bytes
-        atomic_write(pdf, lambda p: fig.savefig(p, format="pdf",
-                                                metadata={"CreationDate": None}))
+        atomic_write(pdf, lambda p: fig.savefig(p, format="pdf", metadata={"CreationDate": None}))
     if close:
         plt.close(fig)
     return [png, pdf]
@@ -181,28 +202,29 @@ def _auroc_from(metrics, detector: str, protocol: str | None) -> float | None:
 
 def _hist_pair(ax, s: np.ndarray, is_open: np.ndarray, bins, labels: bool) -> None:
     edges = np.histogram_bin_edges(s, bins=bins)
-    for mask, colour, ls, name in ((~is_open, CLOSE_COLOUR, "-", "close"),
-                                   (is_open, OPEN_COLOUR, "--", "open")):
+    for mask, colour, ls, name in ((~is_open, CLOSE_COLOUR, "-", "close"), (is_open, OPEN_COLOUR, "--", "open")):
         if not mask.any():
             continue
-        ax.hist(s[mask], bins=edges, density=True, color=colour, alpha=0.45, linewidth=0,
-                label=name if labels else None)
-        ax.hist(s[mask], bins=edges, density=True, histtype="step", color=colour,
-                linestyle=ls, linewidth=0.8)
+        ax.hist(
+            s[mask], bins=edges, density=True, color=colour, alpha=0.45, linewidth=0, label=name if labels else None
+        )
+        ax.hist(s[mask], bins=edges, density=True, histtype="step", color=colour, linestyle=ls, linewidth=0.8)
 
 
 def _close_open_handles() -> list:
     """Legend patches showing both cues: fill colour and outline style."""
     from matplotlib.patches import Patch
 
-    return [Patch(facecolor=matplotlib.colors.to_rgba(c, 0.45), edgecolor=c, linestyle=ls,
-                  linewidth=0.8, label=name)
-            for c, ls, name in ((CLOSE_COLOUR, "-", "close"), (OPEN_COLOUR, "--", "open"))]
+    return [
+        Patch(facecolor=matplotlib.colors.to_rgba(c, 0.45), edgecolor=c, linestyle=ls, linewidth=0.8, label=name)
+        for c, ls, name in ((CLOSE_COLOUR, "-", "close"), (OPEN_COLOUR, "--", "open"))
+    ]
 
 
 def _label_name(label, class_names) -> str:
     if class_names is None:
         from ferlib.emotions import Emotion
+
         try:
             return Emotion(int(label)).label
         except ValueError:
@@ -222,8 +244,15 @@ def _label_name(label, class_names) -> str:
 
 
 @_styled
-def score_histograms(scores_frame, detectors, metrics=None, protocol: str | None = None, *,
-                     bins: int | str = 40, ncols: int | None = None) -> Figure:
+def score_histograms(
+    scores_frame,
+    detectors,
+    metrics=None,
+    protocol: str | None = None,
+    *,
+    bins: int | str = 40,
+    ncols: int | None = None,
+) -> Figure:
     """Density histograms of each detector's score, close (green) vs open (red).
 
     One panel per detector, its AUROC written under the panel. ``detectors`` is a list of
@@ -259,9 +288,14 @@ def score_histograms(scores_frame, detectors, metrics=None, protocol: str | None
 
 
 @_styled
-def loss_histogram(scores_frame, column: str, *, bins: int | str = 50,
-                   xlabel: str = "per-sample loss (CE vs pseudo label)",
-                   log_y: bool = False) -> Figure:
+def loss_histogram(
+    scores_frame,
+    column: str,
+    *,
+    bins: int | str = 50,
+    xlabel: str = "per-sample loss (CE vs pseudo label)",
+    log_y: bool = False,
+) -> Figure:
     """Histogram of the paper's per-sample loss (column ``column``), close vs open, with the
     AUROC of the loss as an open-set score."""
     _columns(scores_frame, [column, "is_open"])
@@ -295,8 +329,13 @@ def roc_curves(scores_frame, detectors, *, mark_tpr: float | None = 0.95) -> Fig
         s = scores_frame[col].to_numpy(dtype=float)
         auroc = openset_metrics(s, is_open)["auroc"]
         fpr, tpr, _ = roc_curve((~is_open).astype(int), -s)
-        ax.plot(fpr, tpr, color=PALETTE[k % len(PALETTE)],
-                linestyle=LINESTYLES[k % len(LINESTYLES)], label=f"{name} ({auroc:.3f})")
+        ax.plot(
+            fpr,
+            tpr,
+            color=PALETTE[k % len(PALETTE)],
+            linestyle=LINESTYLES[k % len(LINESTYLES)],
+            label=f"{name} ({auroc:.3f})",
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.005)
     ax.set_aspect("equal")
@@ -310,10 +349,19 @@ def roc_curves(scores_frame, detectors, *, mark_tpr: float | None = 0.95) -> Fig
 # embeddings
 
 
-def embedding(features: np.ndarray, labels=None, is_open=None, class_names=None,
-              method: str = "umap", seed: int = 0, *, pca: int | None = 50,
-              n_neighbors: int = 15, perplexity: float = 30.0,
-              max_iter: int | None = None) -> np.ndarray:
+def embedding(
+    features: np.ndarray,
+    labels=None,
+    is_open=None,
+    class_names=None,
+    method: str = "umap",
+    seed: int = 0,
+    *,
+    pca: int | None = 50,
+    n_neighbors: int = 15,
+    perplexity: float = 30.0,
+    max_iter: int | None = None,
+) -> np.ndarray:
     """A deterministic 2-D embedding (``n x 2`` float array) of ``features`` (``n x d``).
 
     ``method="umap"`` (``umap.UMAP(random_state=seed)``, single-threaded, which is what makes
@@ -339,6 +387,7 @@ def embedding(features: np.ndarray, labels=None, is_open=None, class_names=None,
         raise ValueError(f"features contain {int((~np.isfinite(x)).sum())} non-finite values")
     if pca is not None and x.shape[1] > pca and n > pca:
         from sklearn.decomposition import PCA
+
         x = PCA(n_components=pca, svd_solver="full").fit_transform(x).astype(np.float32)
     method = method.lower()
     if method == "umap":
@@ -349,9 +398,14 @@ def embedding(features: np.ndarray, labels=None, is_open=None, class_names=None,
             warnings.simplefilter("ignore", category=FutureWarning)
             import umap
 
-            reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, n - 1),
-                                random_state=seed, n_jobs=1, init="spectral",
-                                n_epochs=max_iter)
+            reducer = umap.UMAP(
+                n_components=2,
+                n_neighbors=min(n_neighbors, n - 1),
+                random_state=seed,
+                n_jobs=1,
+                init="spectral",
+                n_epochs=max_iter,
+            )
             coords = reducer.fit_transform(x)
     elif method in ("tsne", "t-sne"):
         import inspect
@@ -362,8 +416,9 @@ def embedding(features: np.ndarray, labels=None, is_open=None, class_names=None,
         if max_iter is not None:  # scikit-learn < 1.5 calls it n_iter
             key = "max_iter" if "max_iter" in inspect.signature(TSNE).parameters else "n_iter"
             extra[key] = int(max_iter)
-        coords = TSNE(n_components=2, perplexity=min(perplexity, (n - 1) / 3.0),
-                      init="pca", random_state=seed, **extra).fit_transform(x)
+        coords = TSNE(
+            n_components=2, perplexity=min(perplexity, (n - 1) / 3.0), init="pca", random_state=seed, **extra
+        ).fit_transform(x)
     else:
         raise ValueError(f"unknown embedding method {method!r}; use 'umap' or 'tsne'")
     return np.asarray(coords, dtype=np.float64)
@@ -378,8 +433,9 @@ def _scatter_classes(ax, coords, labels, is_open, class_names, size: float):
     if coords.ndim != 2 or coords.shape[1] != 2:
         raise ValueError(f"coords must be n x 2, got shape {coords.shape}")
     if not (coords.shape[0] == labels.shape[0] == is_open.shape[0]):
-        raise ValueError(f"coords, labels and is_open differ in length: {coords.shape[0]}, "
-                         f"{labels.shape[0]}, {is_open.shape[0]}")
+        raise ValueError(
+            f"coords, labels and is_open differ in length: {coords.shape[0]}, {labels.shape[0]}, {is_open.shape[0]}"
+        )
     close_classes = [c for c in np.unique(labels[~is_open])]
     for k, c in enumerate(close_classes):
         try:
@@ -389,9 +445,17 @@ def _scatter_classes(ax, coords, labels, is_open, class_names, size: float):
         m = (~is_open) & (labels == c)
         # colour by label value, so a class keeps its colour across figures and open classes
         slot = int(c) if np.issubdtype(type(c), np.integer) else k
-        ax.scatter(coords[m, 0], coords[m, 1], s=size,
-                   color=CLASS_PALETTE[slot % len(CLASS_PALETTE)],
-                   marker="o", linewidths=0, alpha=0.7, label=name, rasterized=True)
+        ax.scatter(
+            coords[m, 0],
+            coords[m, 1],
+            s=size,
+            color=CLASS_PALETTE[slot % len(CLASS_PALETTE)],
+            marker="o",
+            linewidths=0,
+            alpha=0.7,
+            label=name,
+            rasterized=True,
+        )
     if is_open.any():
         open_labels = np.unique(labels[is_open])
         name = "open"
@@ -400,8 +464,17 @@ def _scatter_classes(ax, coords, labels, is_open, class_names, size: float):
                 name = f"open ({_label_name(open_labels[0].item(), class_names)})"
             except (KeyError, AttributeError):
                 pass
-        ax.scatter(coords[is_open, 0], coords[is_open, 1], s=size * 1.3, color=OPEN_COLOUR,
-                   marker="x", linewidths=0.5, alpha=0.8, label=name, rasterized=True)
+        ax.scatter(
+            coords[is_open, 0],
+            coords[is_open, 1],
+            s=size * 1.3,
+            color=OPEN_COLOUR,
+            marker="x",
+            linewidths=0.5,
+            alpha=0.8,
+            label=name,
+            rasterized=True,
+        )
     ax.set_xticks([])
     ax.set_yticks([])
     for side in ("top", "right", "left", "bottom"):
@@ -414,8 +487,7 @@ def _point_size(n: int) -> float:
 
 
 @_styled
-def embedding_plot(coords: np.ndarray, labels, is_open, class_names=None,
-                   title: str | None = None) -> Figure:
+def embedding_plot(coords: np.ndarray, labels, is_open, class_names=None, title: str | None = None) -> Figure:
     """Scatter of a 2-D embedding, close samples coloured by true class, open samples as red
     crosses.
 
@@ -425,18 +497,17 @@ def embedding_plot(coords: np.ndarray, labels, is_open, class_names=None,
     """
     fig, axes = _figure(SINGLE_COLUMN, 3.3)
     ax = axes[0, 0]
-    handles, names = _scatter_classes(ax, coords, labels, is_open, class_names,
-                                      _point_size(len(labels)))
+    handles, names = _scatter_classes(ax, coords, labels, is_open, class_names, _point_size(len(labels)))
     if title:
         ax.set_title(title)
-    fig.legend(handles, names, loc="outside lower center", ncols=4, markerscale=2.5,
-               handletextpad=0.2, columnspacing=0.8)
+    fig.legend(
+        handles, names, loc="outside lower center", ncols=4, markerscale=2.5, handletextpad=0.2, columnspacing=0.8
+    )
     return fig
 
 
 @_styled
-def embedding_comparison(panels: Mapping[str, np.ndarray], labels, is_open,
-                         class_names=None) -> Figure:
+def embedding_comparison(panels: Mapping[str, np.ndarray], labels, is_open, class_names=None) -> Figure:
     """Several embeddings of the same samples side by side (the paper's baseline vs ours),
     ``panels`` = {title: coords}; one shared legend. Double column width."""
     if not panels:
@@ -444,11 +515,11 @@ def embedding_comparison(panels: Mapping[str, np.ndarray], labels, is_open,
     fig, axes = _figure(DOUBLE_COLUMN, 3.3 if len(panels) <= 2 else 2.6, 1, len(panels))
     handles = names = None
     for ax, (title, coords) in zip(axes.flat, panels.items()):
-        handles, names = _scatter_classes(ax, coords, labels, is_open, class_names,
-                                          _point_size(len(labels)))
+        handles, names = _scatter_classes(ax, coords, labels, is_open, class_names, _point_size(len(labels)))
         ax.set_title(title)
-    fig.legend(handles, names, loc="outside lower center", ncols=8, markerscale=2.5,
-               handletextpad=0.2, columnspacing=0.8)
+    fig.legend(
+        handles, names, loc="outside lower center", ncols=8, markerscale=2.5, handletextpad=0.2, columnspacing=0.8
+    )
     return fig
 
 
@@ -467,11 +538,15 @@ def learning_curves(history_frame, *, best: str = "auto") -> Figure:
     """
     h = history_frame
     _columns(h, ["epoch"])
-    present = [c for c in ("train_loss", "val_loss", "train_acc", "val_acc")
-               if c in h.columns and np.isfinite(h[c].to_numpy(dtype=float)).any()]
+    present = [
+        c
+        for c in ("train_loss", "val_loss", "train_acc", "val_acc")
+        if c in h.columns and np.isfinite(h[c].to_numpy(dtype=float)).any()
+    ]
     if not present:
-        raise ValueError("history has none of train_loss, val_loss, train_acc, val_acc "
-                         f"with values; columns are {list(h.columns)}")
+        raise ValueError(
+            f"history has none of train_loss, val_loss, train_acc, val_acc with values; columns are {list(h.columns)}"
+        )
     epoch = h["epoch"].to_numpy(dtype=float)
     kinds = [k for k in ("loss", "acc") if f"train_{k}" in present or f"val_{k}" in present]
     fig, axes = _figure(SINGLE_COLUMN, 1.2 + 1.1 * len(kinds), len(kinds), 1, sharex=True)
@@ -482,12 +557,18 @@ def learning_curves(history_frame, *, best: str = "auto") -> Figure:
         for split, (colour, ls) in series.items():
             col = f"{split}_{kind}"
             if col in present:
-                ax.plot(epoch, h[col].to_numpy(dtype=float), color=colour, linestyle=ls,
-                        marker="o", markersize=1.8, label=split)
+                ax.plot(
+                    epoch,
+                    h[col].to_numpy(dtype=float),
+                    color=colour,
+                    linestyle=ls,
+                    marker="o",
+                    markersize=1.8,
+                    label=split,
+                )
         ax.set_ylabel("loss" if kind == "loss" else "accuracy")
     if best == "auto":
-        best = "val_acc" if "val_acc" in present else ("val_loss" if "val_loss" in present
-                                                       else None)
+        best = "val_acc" if "val_acc" in present else ("val_loss" if "val_loss" in present else None)
     if best is not None:
         if best not in present:
             raise ValueError(f"cannot mark the best epoch on {best!r}: no such values")
@@ -497,21 +578,25 @@ def learning_curves(history_frame, *, best: str = "auto") -> Figure:
         for ax in panels.values():
             ax.axvline(epoch[i], color="#777777", linestyle=":", linewidth=0.8)
         target = ax_acc if best.endswith("acc") else ax_loss
-        target.plot([epoch[i]], [h[best].iloc[i]], marker="*", markersize=6,
-                    color=PALETTE[1], linestyle="none",
-                    label=f"best epoch {epoch[i]:g} ({best} {h[best].iloc[i]:.3f})")
+        target.plot(
+            [epoch[i]],
+            [h[best].iloc[i]],
+            marker="*",
+            markersize=6,
+            color=PALETTE[1],
+            linestyle="none",
+            label=f"best epoch {epoch[i]:g} ({best} {h[best].iloc[i]:.3f})",
+        )
     # train/val legend in the first panel that has series; the best-epoch marker's legend in
     # the panel that holds it
     for ax in panels.values():
-        pairs = [(hd, lab) for hd, lab in zip(*ax.get_legend_handles_labels())
-                 if not lab.startswith("best")]
+        pairs = [(hd, lab) for hd, lab in zip(*ax.get_legend_handles_labels()) if not lab.startswith("best")]
         if pairs:
             legend_ax = ax
             break
     best_pairs = []
     for ax in panels.values():
-        best_pairs += [(hd, lab) for hd, lab in zip(*ax.get_legend_handles_labels())
-                       if lab.startswith("best")]
+        best_pairs += [(hd, lab) for hd, lab in zip(*ax.get_legend_handles_labels()) if lab.startswith("best")]
     if best_pairs:
         target = ax_acc if best.endswith("acc") else ax_loss
         if target is legend_ax:
@@ -524,8 +609,9 @@ def learning_curves(history_frame, *, best: str = "auto") -> Figure:
 
 
 @_styled
-def confusion_matrix_plot(cm, class_names: Sequence[str], normalize: bool = True, *,
-                          title: str | None = None) -> Figure:
+def confusion_matrix_plot(
+    cm, class_names: Sequence[str], normalize: bool = True, *, title: str | None = None
+) -> Figure:
     """Confusion matrix (rows = true class, columns = predicted). ``normalize`` divides each
     row by its total (rows without samples stay 0) and annotates fractions, else counts."""
     cm = np.asarray(cm, dtype=float)
@@ -546,10 +632,16 @@ def confusion_matrix_plot(cm, class_names: Sequence[str], normalize: bool = True
         for j in range(k):
             v = values[i, j]
             text = f"{v:.2f}" if normalize else f"{int(round(v))}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7 if k <= 8 else 6,
-                    color="white" if v > 0.6 * vmax else "black")
-    ax.set_xticks(range(k), labels=list(class_names), rotation=45, ha="right",
-                  rotation_mode="anchor")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=7 if k <= 8 else 6,
+                color="white" if v > 0.6 * vmax else "black",
+            )
+    ax.set_xticks(range(k), labels=list(class_names), rotation=45, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(k), labels=list(class_names))
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -574,19 +666,30 @@ def pseudo_label_spread(table, class_names: Sequence[str]) -> Figure:
     fig, axes = _figure(SINGLE_COLUMN, 2.6)
     ax = axes[0, 0]
     x = np.arange(k)
-    bars = ax.bar(x, spread["fraction"], color=OPEN_COLOUR, alpha=0.8, edgecolor="black",
-                  linewidth=0.4, label="open samples", zorder=2)
-    ax.axhline(1.0 / k, color="black", linestyle="--", linewidth=0.8,
-               label=f"uniform (1/{k})", zorder=1)
-    ax.bar_label(bars, labels=[str(c) for c in spread["count"]], fontsize=7, padding=1.5,
-                 bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.4}, zorder=3)
-    ax.set_xticks(x, labels=list(spread["class"]), rotation=30, ha="right",
-                  rotation_mode="anchor")
+    bars = ax.bar(
+        x,
+        spread["fraction"],
+        color=OPEN_COLOUR,
+        alpha=0.8,
+        edgecolor="black",
+        linewidth=0.4,
+        label="open samples",
+        zorder=2,
+    )
+    ax.axhline(1.0 / k, color="black", linestyle="--", linewidth=0.8, label=f"uniform (1/{k})", zorder=1)
+    ax.bar_label(
+        bars,
+        labels=[str(c) for c in spread["count"]],
+        fontsize=7,
+        padding=1.5,
+        bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.4},
+        zorder=3,
+    )
+    ax.set_xticks(x, labels=list(spread["class"]), rotation=30, ha="right", rotation_mode="anchor")
     ax.set_xlabel("pseudo label (close class)")
     ax.set_ylabel("fraction of open samples")
     ax.set_ylim(0, max(float(spread["fraction"].max()), 1.0 / k) * 1.12)
-    ax.set_title(f"n = {spread.attrs['n_open']} open samples, TV from uniform = "
-                 f"{spread.attrs['tv_from_uniform']:.2f}")
+    ax.set_title(f"n = {spread.attrs['n_open']} open samples, TV from uniform = {spread.attrs['tv_from_uniform']:.2f}")
     fig.legend(*ax.get_legend_handles_labels(), loc="outside upper center", ncols=2)
     return fig
 
@@ -600,8 +703,9 @@ _DATASET_TITLE = {"ferplus": "FERPlus", "rafdb": "RAF-DB", "affectnet": "AffectN
 
 
 @_styled
-def per_class_summary(summary, *, detectors: Sequence[str] | Mapping[str, str] | None = None,
-                      paper: Sequence[str] = ("Base", "Ours")) -> Figure:
+def per_class_summary(
+    summary, *, detectors: Sequence[str] | Mapping[str, str] | None = None, paper: Sequence[str] = ("Base", "Ours")
+) -> Figure:
     """The reproduction table (:func:`ferlib.tables.summary_table`) as grouped bars.
 
     One group per open class and the mean; one bar per detector (mean over seeds, std as an
@@ -623,10 +727,18 @@ def per_class_summary(summary, *, detectors: Sequence[str] | Mapping[str, str] |
         mean = summary[f"{det}:mean"].to_numpy(dtype=float)
         std = summary[f"{det}:std"].to_numpy(dtype=float) if f"{det}:std" in summary else None
         err = None if std is None or not np.isfinite(std).any() else np.nan_to_num(std)
-        ax.bar(x - 0.4 + width * (k + 0.5), mean, width, yerr=err, label=name,
-               color=PALETTE[k % len(PALETTE)], edgecolor="white", linewidth=0.3,
-               hatch="////" if k >= len(PALETTE) else None,  # colours repeat after eight
-               error_kw={"elinewidth": 0.6, "capsize": 1.5})
+        ax.bar(
+            x - 0.4 + width * (k + 0.5),
+            mean,
+            width,
+            yerr=err,
+            label=name,
+            color=PALETTE[k % len(PALETTE)],
+            edgecolor="white",
+            linewidth=0.3,
+            hatch="////" if k >= len(PALETTE) else None,  # colours repeat after eight
+            error_kw={"elinewidth": 0.6, "capsize": 1.5},
+        )
     markers = ("x", "D", "^", "v", "s")
     for j, method in enumerate(paper):
         col = f"paper:{method}"
@@ -634,8 +746,15 @@ def per_class_summary(summary, *, detectors: Sequence[str] | Mapping[str, str] |
             continue
         vals = summary[col].to_numpy(dtype=float)
         if np.isfinite(vals).any():
-            ax.plot(x, vals, linestyle="none", marker=markers[j % len(markers)], markersize=4,
-                    color="black" if j else "#777777", label=f"paper: {method}")
+            ax.plot(
+                x,
+                vals,
+                linestyle="none",
+                marker=markers[j % len(markers)],
+                markersize=4,
+                color="black" if j else "#777777",
+                label=f"paper: {method}",
+            )
     if metric == "auroc":
         ax.axhline(0.5, color="#999999", linestyle=":", linewidth=0.8)
     ax.set_xticks(x, rows)
@@ -646,8 +765,7 @@ def per_class_summary(summary, *, detectors: Sequence[str] | Mapping[str, str] |
     ax.set_xlabel("open class")
     dataset = attrs.get("dataset")
     dataset = _DATASET_TITLE.get(str(dataset), dataset)
-    where = ", ".join(str(v) for v in (dataset, attrs.get("protocol") and
-                                       f"{attrs['protocol']} protocol") if v)
+    where = ", ".join(str(v) for v in (dataset, attrs.get("protocol") and f"{attrs['protocol']} protocol") if v)
     if where:
         ax.set_title(where)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), ncols=1)

@@ -31,7 +31,11 @@ def _in_notebook() -> bool:
 
 def progress_bar(iterable: Any = None, **kwargs: Any) -> tqdm:
     """``tqdm(iterable, **kwargs)`` with a log-friendly redraw interval outside terminals."""
-    if ("mininterval" not in kwargs and "TQDM_MININTERVAL" not in os.environ
-            and not _writes_to_terminal() and not _in_notebook()):
+    if (
+        "mininterval" not in kwargs
+        and "TQDM_MININTERVAL" not in os.environ
+        and not _writes_to_terminal()
+        and not _in_notebook()
+    ):
         kwargs["mininterval"] = LOG_INTERVAL
     return tqdm(iterable, **kwargs)

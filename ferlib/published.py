@@ -42,38 +42,50 @@ def _table(rows: dict[str, tuple[float, ...]]) -> dict[str, dict[str, float]]:
     return {m: {row: vals[j] for row, vals in rows.items()} for j, m in enumerate(METHODS)}
 
 
-_RAFDB_AUROC = _table({
-    #        Base   EOW    PROS   DIAS   Ours
-    "Sur": (0.517, 0.648, 0.806, 0.725, 0.918),
-    "Fea": (0.411, 0.577, 0.706, 0.660, 0.907),
-    "Dis": (0.473, 0.609, 0.788, 0.728, 0.910),
-    "Hap": (0.554, 0.606, 0.695, 0.703, 0.892),
-    "Sad": (0.506, 0.654, 0.738, 0.668, 0.911),
-    "Ang": (0.450, 0.720, 0.704, 0.734, 0.906),
-    "Neu": (0.566, 0.606, 0.803, 0.778, 0.917),
-    "mean": (0.497, 0.631, 0.749, 0.714, 0.909),
-})
+_RAFDB_AUROC = _table(
+    {
+        #        Base   EOW    PROS   DIAS   Ours
+        "Sur": (0.517, 0.648, 0.806, 0.725, 0.918),
+        "Fea": (0.411, 0.577, 0.706, 0.660, 0.907),
+        "Dis": (0.473, 0.609, 0.788, 0.728, 0.910),
+        "Hap": (0.554, 0.606, 0.695, 0.703, 0.892),
+        "Sad": (0.506, 0.654, 0.738, 0.668, 0.911),
+        "Ang": (0.450, 0.720, 0.704, 0.734, 0.906),
+        "Neu": (0.566, 0.606, 0.803, 0.778, 0.917),
+        "mean": (0.497, 0.631, 0.749, 0.714, 0.909),
+    }
+)
 
 _RAFDB_FPR95 = {
     "Base": {"mean": 0.917},
     "EOW": {"mean": 0.913},
     "PROS": {"mean": 0.811},
     "DIAS": {"mean": 0.858},
-    "Ours": {"Sur": 0.608, "Fea": 0.444, "Dis": 0.462, "Hap": 0.528, "Sad": 0.519,
-             "Ang": 0.684, "Neu": 0.587, "mean": 0.547},
+    "Ours": {
+        "Sur": 0.608,
+        "Fea": 0.444,
+        "Dis": 0.462,
+        "Hap": 0.528,
+        "Sad": 0.519,
+        "Ang": 0.684,
+        "Neu": 0.587,
+        "mean": 0.547,
+    },
 }
 
-_FERPLUS_AUROC = _table({
-    #        Base   EOW    PROS   DIAS   Ours
-    "Sur": (0.406, 0.641, 0.676, 0.710, 0.933),
-    "Fea": (0.370, 0.581, 0.664, 0.634, 0.899),
-    "Dis": (0.352, 0.596, 0.771, 0.711, 0.871),
-    "Hap": (0.476, 0.645, 0.731, 0.726, 0.855),
-    "Sad": (0.413, 0.575, 0.681, 0.665, 0.862),
-    "Ang": (0.410, 0.578, 0.798, 0.753, 0.891),
-    "Neu": (0.544, 0.529, 0.852, 0.767, 0.864),
-    "mean": (0.424, 0.592, 0.739, 0.709, 0.882),
-})
+_FERPLUS_AUROC = _table(
+    {
+        #        Base   EOW    PROS   DIAS   Ours
+        "Sur": (0.406, 0.641, 0.676, 0.710, 0.933),
+        "Fea": (0.370, 0.581, 0.664, 0.634, 0.899),
+        "Dis": (0.352, 0.596, 0.771, 0.711, 0.871),
+        "Hap": (0.476, 0.645, 0.731, 0.726, 0.855),
+        "Sad": (0.413, 0.575, 0.681, 0.665, 0.862),
+        "Ang": (0.410, 0.578, 0.798, 0.753, 0.891),
+        "Neu": (0.544, 0.529, 0.852, 0.767, 0.864),
+        "mean": (0.424, 0.592, 0.739, 0.709, 0.882),
+    }
+)
 
 
 def _freeze(d):
@@ -83,14 +95,22 @@ def _freeze(d):
 
 
 #: dataset -> metric -> method -> open class -> value (read-only).
-PUBLISHED = _freeze({
-    "rafdb": {"auroc": _RAFDB_AUROC, "fpr95": _RAFDB_FPR95},
-    "ferplus": {"auroc": _FERPLUS_AUROC},
-})
+PUBLISHED = _freeze(
+    {
+        "rafdb": {"auroc": _RAFDB_AUROC, "fpr95": _RAFDB_FPR95},
+        "ferplus": {"auroc": _FERPLUS_AUROC},
+    }
+)
 
 _DATASET_ALIASES = {
-    "rafdb": "rafdb", "raf": "rafdb", "rafbasic": "rafdb", "rafdbbasic": "rafdb",
-    "ferplus": "ferplus", "fer+": "ferplus", "ferp": "ferplus", "fer2013plus": "ferplus",
+    "rafdb": "rafdb",
+    "raf": "rafdb",
+    "rafbasic": "rafdb",
+    "rafdbbasic": "rafdb",
+    "ferplus": "ferplus",
+    "fer+": "ferplus",
+    "ferp": "ferplus",
+    "fer2013plus": "ferplus",
 }
 
 
@@ -104,16 +124,11 @@ def canonical_dataset(name: str) -> str:
 def _metric_table(dataset: str, metric: str):
     ds = canonical_dataset(dataset)
     if ds not in PUBLISHED:
-        raise ValueError(
-            f"no published numbers for data set {dataset!r}; available: {sorted(PUBLISHED)}"
-        )
+        raise ValueError(f"no published numbers for data set {dataset!r}; available: {sorted(PUBLISHED)}")
     met = str(metric).strip().lower().replace("@", "").replace("_", "")
-    met = {"fpr": "fpr95", "fprtpr95": "fpr95", "fpr95": "fpr95", "auroc": "auroc",
-           "auc": "auroc"}.get(met, met)
+    met = {"fpr": "fpr95", "fprtpr95": "fpr95", "fpr95": "fpr95", "auroc": "auroc", "auc": "auroc"}.get(met, met)
     if met not in PUBLISHED[ds]:
-        raise ValueError(
-            f"no published {metric!r} for {ds}; available: {sorted(PUBLISHED[ds])}"
-        )
+        raise ValueError(f"no published {metric!r} for {ds}; available: {sorted(PUBLISHED[ds])}")
     return PUBLISHED[ds][met]
 
 

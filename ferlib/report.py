@@ -47,16 +47,20 @@ def run_seed(run_dir: Path, default: int) -> int:
 def _align_rows(scores: pd.DataFrame, table: pd.DataFrame, what: str) -> np.ndarray:
     """Positions in ``table`` of the scores table's rows, matched on (origin, source_index)
     (stage 03's ``eval_subset`` may have kept only some evaluation rows)."""
+
     def key(frame: pd.DataFrame) -> pd.MultiIndex:
-        return pd.MultiIndex.from_arrays([frame["origin"].astype(str).to_numpy(),
-                                          frame["source_index"].to_numpy(dtype=np.int64)])
+        return pd.MultiIndex.from_arrays(
+            [frame["origin"].astype(str).to_numpy(), frame["source_index"].to_numpy(dtype=np.int64)]
+        )
 
     lookup = pd.Series(np.arange(len(table)), index=key(table))
     rows = lookup.reindex(key(scores)).to_numpy()
     if np.isnan(rows.astype(float)).any():
         missing = int(np.isnan(rows.astype(float)).sum())
-        raise ValueError(f"{missing} rows of the scores table are not in {what}; was stage 02 re-run "
-                         "after stage 03? Re-run stage 03.")
+        raise ValueError(
+            f"{missing} rows of the scores table are not in {what}; was stage 02 re-run "
+            "after stage 03? Re-run stage 03."
+        )
     return rows.astype(np.int64)
 
 
@@ -76,9 +80,14 @@ def _subsample(n: int, max_points: int | None, seed: int) -> np.ndarray:
 
 
 @checked
-def visualise(run_dir: str = "outputs/demo", protocols: Sequence[str] = ("honest", "reference"),
-              embed_method: str = "umap", embed_max_points: int | None = 3000, seed: int = 0,
-              results_glob: str | None = None) -> dict[str, list[Path]]:
+def visualise(
+    run_dir: str = "outputs/demo",
+    protocols: Sequence[str] = ("honest", "reference"),
+    embed_method: str = "umap",
+    embed_max_points: int | None = 3000,
+    seed: int = 0,
+    results_glob: str | None = None,
+) -> dict[str, list[Path]]:
     """Redraw every figure of a finished run from its files alone (no model, no data set).
 
     Writes PNG (300 dpi) + PDF into ``run_dir/figures/``:
@@ -131,8 +140,9 @@ def visualise(run_dir: str = "outputs/demo", protocols: Sequence[str] = ("honest
     detect, pseudo_dir, figures = run / "03_detect", run / "02_pseudo_labels", run / "figures"
     present = [p for p in protocols if (detect / f"scores_{p}.csv").is_file()]
     if not present:
-        raise FileNotFoundError(f"{detect}: no scores_<protocol>.csv for protocols {list(protocols)}; "
-                                "run stage 03 first")
+        raise FileNotFoundError(
+            f"{detect}: no scores_<protocol>.csv for protocols {list(protocols)}; run stage 03 first"
+        )
     skipped = [p for p in protocols if p not in present]
     if skipped:
         print(f"no scores file for protocol(s) {skipped}: skipped")
@@ -143,8 +153,9 @@ def visualise(run_dir: str = "outputs/demo", protocols: Sequence[str] = ("honest
 
     # stage 01: learning curves and test confusion matrix
     close_dir = run / "01_close_set"
-    if (close_dir / "results.json").is_file() and ((close_dir / "history.csv").is_file()
-                                                    or (close_dir / "history.json").is_file()):
+    if (close_dir / "results.json").is_file() and (
+        (close_dir / "history.csv").is_file() or (close_dir / "history.json").is_file()
+    ):
         results, history = load_close_set(str(run))
         save(plots.learning_curves(history), "learning_curves")
         if results.get("confusion") is not None and results.get("class_names"):
@@ -222,23 +233,36 @@ def visualise(run_dir: str = "outputs/demo", protocols: Sequence[str] = ("honest
         coords = {title: embed(f[idx], labels, is_open) for title, f in panels_features.items()}
         name = f"embedding_{method}_{protocol}"
         if len(coords) == 1:
-            (title, xy), = coords.items()
+            ((title, xy),) = coords.items()
             fig = plots.embedding_plot(xy, labels, is_open, title=f"{title}, {protocol} protocol")
         else:
             fig = plots.embedding_comparison(coords, labels, is_open)
-            _suptitle(fig, f"{'UMAP' if method == 'umap' else 't-SNE'} of {len(idx)} evaluation samples, "
-                           f"{protocol} protocol")
+            _suptitle(
+                fig, f"{'UMAP' if method == 'umap' else 't-SNE'} of {len(idx)} evaluation samples, {protocol} protocol"
+            )
         save(fig, name)
         npz = figures / f"{name}.npz"
-        arrays = {"index": scores["index"].to_numpy()[idx], "label": labels, "is_open": is_open,
-                  "titles": np.array(list(coords)), "method": np.array(method), "seed": np.array(seed),
-                  **{f"coords_{k}": xy for k, xy in enumerate(coords.values())}}
+        arrays = {
+            "index": scores["index"].to_numpy()[idx],
+            "label": labels,
+            "is_open": is_open,
+            "titles": np.array(list(coords)),
+            "method": np.array(method),
+            "seed": np.array(seed),
+            **{f"coords_{k}": xy for k, xy in enumerate(coords.values())},
+        }
         write_npz(npz, arrays)
         written[name].append(npz)
-        print(f"[{protocol}] {method} of {len(idx)} samples x {len(coords)} panel(s): "
-              f"{time.perf_counter() - t0:.1f} s")
-    update_manifest(run_dir, visualise={"figures": sorted(written), "embed_method": method,
-                                        "embed_max_points": embed_max_points, "seed": seed})
+        print(f"[{protocol}] {method} of {len(idx)} samples x {len(coords)} panel(s): {time.perf_counter() - t0:.1f} s")
+    update_manifest(
+        run_dir,
+        visualise={
+            "figures": sorted(written),
+            "embed_method": method,
+            "embed_max_points": embed_max_points,
+            "seed": seed,
+        },
+    )
     print(f"wrote {len(written)} figures to {figures}")
     if results_glob:
         tables_dir = run.parent / "tables"  # beside the runs: outputs/tables by default
@@ -264,7 +288,7 @@ def find_runs(runs_glob) -> list[Path]:
     for item in items:
         text = os.fspath(item)
         wildcard = any(ch in text for ch in "*?[")
-        for p in ([Path(m) for m in sorted(_glob.glob(text, recursive=True))] if wildcard else [Path(text)]):
+        for p in [Path(m) for m in sorted(_glob.glob(text, recursive=True))] if wildcard else [Path(text)]:
             if p.is_file() and p.name == "metrics.csv":
                 p = p.parent
             if (p / "metrics.csv").is_file():
@@ -289,8 +313,9 @@ def find_runs(runs_glob) -> list[Path]:
     return runs
 
 
-def collect_results(runs_glob="outputs/*", out_dir: str = "outputs/tables",
-                    metrics=("auroc", "fpr95")) -> dict[str, pd.DataFrame]:
+def collect_results(
+    runs_glob="outputs/*", out_dir: str = "outputs/tables", metrics=("auroc", "fpr95")
+) -> dict[str, pd.DataFrame]:
     """The reproduction tables of many finished runs (e.g. a sweep).
 
     Gathers every run under ``runs_glob`` that has a ``metrics.csv`` (others are skipped) with

@@ -104,14 +104,14 @@ class Stage:
 
 #: The pipeline, in order. Names are also the executed notebooks' and records' file names.
 STAGES: tuple[Stage, ...] = (
-    Stage("01_train_close_set", notebook="notebooks/01_train_close_set.ipynb",
-          func="ferlib.stages:train_close_set"),
-    Stage("02_predict_pseudo_labels", notebook="notebooks/02_predict_pseudo_labels.ipynb",
-          func="ferlib.stages:predict_pseudo_labels"),
-    Stage("03_detect_open_set", notebook="notebooks/03_detect_open_set.ipynb",
-          func="ferlib.stages:detect_open_set"),
-    Stage("04_visualise", notebook="notebooks/04_visualise.ipynb",
-          func="ferlib.report:visualise"),
+    Stage("01_train_close_set", notebook="notebooks/01_train_close_set.ipynb", func="ferlib.stages:train_close_set"),
+    Stage(
+        "02_predict_pseudo_labels",
+        notebook="notebooks/02_predict_pseudo_labels.ipynb",
+        func="ferlib.stages:predict_pseudo_labels",
+    ),
+    Stage("03_detect_open_set", notebook="notebooks/03_detect_open_set.ipynb", func="ferlib.stages:detect_open_set"),
+    Stage("04_visualise", notebook="notebooks/04_visualise.ipynb", func="ferlib.report:visualise"),
 )
 
 #: Parameters set by the runner's options (``-p`` may not set them); a stage receives those
@@ -227,13 +227,20 @@ def stage_key(stage: Stage | str, applied: Mapping[str, Any], upstream: Mapping[
     :func:`params_hash`) and the upstream stage's record (its key and when it finished, so a
     re-run upstream, even with the same parameters, makes this stage stale)."""
     name = stage.name if isinstance(stage, Stage) else stage
-    token = None if upstream is None else {"stage": upstream.get("stage"), "key": upstream.get("key"),
-                                           "finished_ns": upstream.get("finished_ns")}
+    token = (
+        None
+        if upstream is None
+        else {"stage": upstream.get("stage"), "key": upstream.get("key"), "finished_ns": upstream.get("finished_ns")}
+    )
     return _digest({"stage": name, "params": params_hash(applied), "upstream": token})
 
 
-def check_parameters(stages: Sequence[Stage], params: Mapping[str, Any], extra_keys: Iterable[str],
-                     repo_root: str | os.PathLike = REPO_ROOT) -> None:
+def check_parameters(
+    stages: Sequence[Stage],
+    params: Mapping[str, Any],
+    extra_keys: Iterable[str],
+    repo_root: str | os.PathLike = REPO_ROOT,
+) -> None:
     """Refuse, before any work, a ``-p`` key that none of ``stages`` accepts and any value a
     stage would reject (:func:`ferlib.params.validate_arguments`).
 
@@ -245,8 +252,8 @@ def check_parameters(stages: Sequence[Stage], params: Mapping[str, Any], extra_k
         lines = [f"  {stage.name}: {', '.join(stage.applied({}))}" for stage in stages]
         raise RunnerError(
             f"-p {', '.join(unknown)}: no selected stage has such a parameter "
-            "(misspelt?); the selected stages accept:\n"
-            + "\n".join(lines))
+            "(misspelt?); the selected stages accept:\n" + "\n".join(lines)
+        )
     with _chdir(Path(repo_root)):
         for stage in stages:
             try:
@@ -314,8 +321,7 @@ def resolve_kernel(kernel: str | None = None) -> str:
         kernels = available_kernels()
     except ImportError as exc:
         raise RunnerError(
-            f"papermill executor needs jupyter_client ({exc}); run `make venv`, "
-            "or use --executor python"
+            f"papermill executor needs jupyter_client ({exc}); run `make venv`, or use --executor python"
         ) from exc
     if name not in kernels:
         raise RunnerError(
@@ -337,8 +343,7 @@ def _chdir(path: Path) -> Iterator[None]:
         os.chdir(old)
 
 
-def _execute_papermill(stage: Stage, params: dict, run_dir: Path, repo_root: Path,
-                       kernel: str) -> Path:
+def _execute_papermill(stage: Stage, params: dict, run_dir: Path, repo_root: Path, kernel: str) -> Path:
     import papermill
 
     source = stage.notebook_path(repo_root)
@@ -347,8 +352,13 @@ def _execute_papermill(stage: Stage, params: dict, run_dir: Path, repo_root: Pat
     target = run_dir / "notebooks" / f"{stage.name}.ipynb"
     target.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(
-        str(source), str(target), parameters=params, kernel_name=kernel, cwd=str(repo_root),
-        progress_bar=False, log_output=True,
+        str(source),
+        str(target),
+        parameters=params,
+        kernel_name=kernel,
+        cwd=str(repo_root),
+        progress_bar=False,
+        log_output=True,
     )
     return target
 
@@ -391,8 +401,15 @@ def _read_metrics(path: Path) -> list[dict]:
         return [{k: convert(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
-def _run_params(dataset: str, data_root: str | os.PathLike | None, open_class: str | None, seed: int,
-                device: str, run_dir: Path, extra_params: Mapping[str, Any]) -> dict[str, Any]:
+def _run_params(
+    dataset: str,
+    data_root: str | os.PathLike | None,
+    open_class: str | None,
+    seed: int,
+    device: str,
+    run_dir: Path,
+    extra_params: Mapping[str, Any],
+) -> dict[str, Any]:
     """The parameters of one run: the runner's options (``CORE_PARAMS``) and the ``-p`` keys."""
     return {
         "dataset": dataset,
@@ -492,12 +509,21 @@ def run_pipeline(
         # The old record goes first: a rerun killed half-way must not look finished.
         stage_record_path(run_dir, stage).unlink(missing_ok=True)
         target = run_dir / "notebooks" / f"{stage.name}.ipynb" if executor == "papermill" else None
-        say(f"run {stage.name} ({reason}; {executor}"
-            + (f" -> {target})" if target is not None else f": {stage.func_name})"))
+        say(
+            f"run {stage.name} ({reason}; {executor}"
+            + (f" -> {target})" if target is not None else f": {stage.func_name})")
+        )
         started = _now_iso()
-        modify_manifest(run_dir, lambda m, name=stage.name, started=started: {
-            **m, "stages": {**m.get("stages", {}), name: {
-                "status": "running", "started": started, "executor": executor}}})
+        modify_manifest(
+            run_dir,
+            lambda m, name=stage.name, started=started: {
+                **m,
+                "stages": {
+                    **m.get("stages", {}),
+                    name: {"status": "running", "started": started, "executor": executor},
+                },
+            },
+        )
         t0 = time.perf_counter()
         try:
             if executor == "papermill":
@@ -512,8 +538,9 @@ def run_pipeline(
             if executor == "python":
                 traceback.print_exc()
             failure = StageFailed(stage, run_dir, target, exc)
-            update_manifest(run_dir, stages={stage.name: {
-                "status": "failed", "wall_s": round(wall, 3), "error": str(failure)}})
+            update_manifest(
+                run_dir, stages={stage.name: {"status": "failed", "wall_s": round(wall, 3), "error": str(failure)}}
+            )
             break
         wall = time.perf_counter() - t0
         record = {
@@ -521,9 +548,13 @@ def run_pipeline(
             "key": key,
             "params_hash": params_hash(applied),
             "params": applied,
-            "upstream": None if upstream is None else {
-                "stage": upstream.get("stage"), "key": upstream.get("key"),
-                "finished_ns": upstream.get("finished_ns")},
+            "upstream": None
+            if upstream is None
+            else {
+                "stage": upstream.get("stage"),
+                "key": upstream.get("key"),
+                "finished_ns": upstream.get("finished_ns"),
+            },
             "executor": executor,
             "notebook": str(target) if target is not None else None,
             "started": started,
@@ -533,11 +564,25 @@ def run_pipeline(
         }
         write_json(stage_record_path(run_dir, stage), record)
         # replaced, not merged: a key the stage no longer applies must not linger in the manifest
-        modify_manifest(run_dir, lambda m, name=stage.name, rec=record: {
-            **m, "stages": {**m.get("stages", {}), name: {
-                "status": "finished", "executor": executor, "started": rec["started"],
-                "finished": rec["finished"], "wall_s": rec["wall_s"], "notebook": rec["notebook"],
-                "key": rec["key"], "params": rec["params"]}}})
+        modify_manifest(
+            run_dir,
+            lambda m, name=stage.name, rec=record: {
+                **m,
+                "stages": {
+                    **m.get("stages", {}),
+                    name: {
+                        "status": "finished",
+                        "executor": executor,
+                        "started": rec["started"],
+                        "finished": rec["finished"],
+                        "wall_s": rec["wall_s"],
+                        "notebook": rec["notebook"],
+                        "key": rec["key"],
+                        "params": rec["params"],
+                    },
+                },
+            },
+        )
         upstream = record
         result.ran.append(stage.name)
         say(f"done {stage.name} in {wall:.1f} s")
@@ -582,10 +627,18 @@ def run_sweep(
     repo_root = Path(pipeline_kwargs.get("repo_root", REPO_ROOT)).resolve()
     check_parameters(
         select_stages(pipeline_kwargs.get("stage_table", STAGES), pipeline_kwargs.get("stages")),
-        _run_params(dataset, pipeline_kwargs.get("data_root"), classes[0] if classes else None,
-                    seed_list[0] if seed_list else 0, pipeline_kwargs.get("device", "cpu"),
-                    repo_root / "outputs" / "sweep-check", extra_params),
-        extra_params, repo_root)
+        _run_params(
+            dataset,
+            pipeline_kwargs.get("data_root"),
+            classes[0] if classes else None,
+            seed_list[0] if seed_list else 0,
+            pipeline_kwargs.get("device", "cpu"),
+            repo_root / "outputs" / "sweep-check",
+            extra_params,
+        ),
+        extra_params,
+        repo_root,
+    )
     result = SweepResult()
     total = len(classes) * len(seed_list)
     index = 0
@@ -595,8 +648,7 @@ def run_sweep(
             name = default_run_name(dataset, open_class, seed)
             say(f"== sweep {index}/{total}: {name}")
             try:
-                result.runs[name] = run_pipeline(
-                    dataset, open_class=open_class, seed=seed, say=say, **pipeline_kwargs)
+                result.runs[name] = run_pipeline(dataset, open_class=open_class, seed=seed, say=say, **pipeline_kwargs)
             except (StageFailed, RunnerError) as exc:
                 result.failed[name] = str(exc)
                 say(f"FAILED {name}: {exc}")
@@ -621,48 +673,65 @@ def _add_common(parser: argparse.ArgumentParser, *, choose_stages: bool = True) 
     parser.add_argument("--dataset", required=True, help="data set name, e.g. synthetic, ferplus")
     parser.add_argument("--data-root", default=None, help="folder holding the data set")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--outputs", default=None,
-                        help="folder of run folders (default: outputs/ in the repository)")
+    parser.add_argument("--outputs", default=None, help="folder of run folders (default: outputs/ in the repository)")
     if choose_stages:
-        parser.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
-                            help="run only these stages (names or prefixes such as 01 03)")
-    parser.add_argument("--executor", choices=EXECUTORS, default="papermill",
-                        help="papermill: execute the notebooks (default); python: call the "
-                             "stage functions directly (no Jupyter needed)")
+        parser.add_argument(
+            "--stages",
+            nargs="+",
+            default=None,
+            metavar="STAGE",
+            help="run only these stages (names or prefixes such as 01 03)",
+        )
+    parser.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="papermill",
+        help="papermill: execute the notebooks (default); python: call the "
+        "stage functions directly (no Jupyter needed)",
+    )
     parser.add_argument("--force", action="store_true", help="rerun finished stages")
-    parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="a parameter of the selected stages' functions (value parsed as a "
-                             "Python literal); a key no selected stage has is refused")
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter of the selected stages' functions (value parsed as a "
+        "Python literal); a key no selected stage has is refused",
+    )
 
 
 def build_parser(stage_table: Sequence[Stage] = STAGES) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ferlib.run", description="Run ferkit's notebooks with papermill.")
+    parser = argparse.ArgumentParser(prog="python -m ferlib.run", description="Run ferkit's notebooks with papermill.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     pipeline = sub.add_parser("pipeline", help="run all stages of one run (skips finished ones)")
     _add_common(pipeline)
-    pipeline.add_argument("--open-class", default=DEFAULT_OPEN_CLASS,
-                          help=f"emotion held out as open set, or none (default {DEFAULT_OPEN_CLASS})")
+    pipeline.add_argument(
+        "--open-class",
+        default=DEFAULT_OPEN_CLASS,
+        help=f"emotion held out as open set, or none (default {DEFAULT_OPEN_CLASS})",
+    )
     pipeline.add_argument("--seed", type=int, default=0)
-    pipeline.add_argument("--run", default=None,
-                          help="run name (default <dataset>_open-<class>_seed<seed>)")
+    pipeline.add_argument("--run", default=None, help="run name (default <dataset>_open-<class>_seed<seed>)")
 
     sweep = sub.add_parser("sweep", help="run the pipeline for every (open class, seed)")
     _add_common(sweep)
-    sweep.add_argument("--open", nargs="+", default=["all"], metavar="CLASS",
-                       help="open classes: all (the 7 basic emotions) or names")
+    sweep.add_argument(
+        "--open", nargs="+", default=["all"], metavar="CLASS", help="open classes: all (the 7 basic emotions) or names"
+    )
     sweep.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="N")
 
-    tables = sub.add_parser("tables", help="gather finished runs into the reproduction tables",
-                            description="Tables (CSV, Markdown, LaTeX) and bar charts per data "
-                                        "set, protocol and metric from every run with metrics.csv.")
+    tables = sub.add_parser(
+        "tables",
+        help="gather finished runs into the reproduction tables",
+        description="Tables (CSV, Markdown, LaTeX) and bar charts per data "
+        "set, protocol and metric from every run with metrics.csv.",
+    )
     tables.add_argument("runs", nargs="+", help="run folders, sweep folders or globs")
-    tables.add_argument("--out", default=None,
-                        help="where the tables go (default: outputs/tables in the repository)")
+    tables.add_argument("--out", default=None, help="where the tables go (default: outputs/tables in the repository)")
 
-    stage = sub.add_parser("stage", help="run one stage",
-                           epilog="stages: " + ", ".join(s.name for s in stage_table))
+    stage = sub.add_parser("stage", help="run one stage", epilog="stages: " + ", ".join(s.name for s in stage_table))
     stage.add_argument("name", help="stage name or prefix, e.g. 02")
     _add_common(stage, choose_stages=False)
     stage.add_argument("--open-class", default=DEFAULT_OPEN_CLASS)
@@ -671,8 +740,12 @@ def build_parser(stage_table: Sequence[Stage] = STAGES) -> argparse.ArgumentPars
     return parser
 
 
-def main(argv: Sequence[str] | None = None, *, stage_table: Sequence[Stage] = STAGES,
-         repo_root: str | os.PathLike = REPO_ROOT) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stage_table: Sequence[Stage] = STAGES,
+    repo_root: str | os.PathLike = REPO_ROOT,
+) -> int:
     args = build_parser(stage_table).parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -689,18 +762,21 @@ def main(argv: Sequence[str] | None = None, *, stage_table: Sequence[Stage] = ST
             return 2
         return 0
     common = dict(
-        data_root=args.data_root, device=args.device, outputs=args.outputs,
-        executor=args.executor, force=args.force, extra=args.param,
-        stage_table=stage_table, repo_root=repo_root,
+        data_root=args.data_root,
+        device=args.device,
+        outputs=args.outputs,
+        executor=args.executor,
+        force=args.force,
+        extra=args.param,
+        stage_table=stage_table,
+        repo_root=repo_root,
     )
     try:
         if args.command == "sweep":
-            result = run_sweep(args.dataset, open_classes=args.open, seeds=args.seeds,
-                               stages=args.stages, **common)
+            result = run_sweep(args.dataset, open_classes=args.open, seeds=args.seeds, stages=args.stages, **common)
             return 0 if result.ok else 1
         stages = [args.name] if args.command == "stage" else args.stages
-        run_pipeline(args.dataset, open_class=args.open_class, seed=args.seed, run=args.run,
-                     stages=stages, **common)
+        run_pipeline(args.dataset, open_class=args.open_class, seed=args.seed, run=args.run, stages=stages, **common)
         return 0
     except StageFailed as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -56,23 +56,42 @@ def _validation(s: Splits) -> tuple[TensorData, TensorData, str]:
     set's own validation split, or rows carved from training data. Never the test split."""
     train_rows, train_targets = s.training()
     val_rows, val_targets = s.validation()
-    return (TensorData(s.train.images[torch.as_tensor(train_rows)], train_targets),
-            TensorData(s.valid.images[torch.as_tensor(val_rows)], val_targets),
-            s.validation_source)
+    return (
+        TensorData(s.train.images[torch.as_tensor(train_rows)], train_targets),
+        TensorData(s.valid.images[torch.as_tensor(val_rows)], val_targets),
+        s.validation_source,
+    )
 
 
 # ----------------------------------------------------------------------------- stage 01
 @checked
-def train_close_set(dataset: str = "synthetic", data_root: str | None = None,
-                    open_class: str | None = "surprise",
-                    seed: int = 0, class_map: dict[str, str] | None = None, data_options: dict | None = None,
-                    device: str = "cpu", run_dir: str = "outputs/demo", arch: str = "resnet18",
-                    input_size: int = 48, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
-                    weight_decay: float = 1e-4, lr_gamma: float = 0.9, pretrained: str | None = None,
-                    val_fraction: float = 0.1, cache_dir: str | None = "outputs/cache", stem: str = "auto",
-                    head: str = "linear", head_params: dict | None = None, objective: str = "ce",
-                    objective_params: dict | None = None,
-                    amp: bool = False, progress: bool = True) -> dict:
+def train_close_set(
+    dataset: str = "synthetic",
+    data_root: str | None = None,
+    open_class: str | None = "surprise",
+    seed: int = 0,
+    class_map: dict[str, str] | None = None,
+    data_options: dict | None = None,
+    device: str = "cpu",
+    run_dir: str = "outputs/demo",
+    arch: str = "resnet18",
+    input_size: int = 48,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    lr_gamma: float = 0.9,
+    pretrained: str | None = None,
+    val_fraction: float = 0.1,
+    cache_dir: str | None = "outputs/cache",
+    stem: str = "auto",
+    head: str = "linear",
+    head_params: dict | None = None,
+    objective: str = "ce",
+    objective_params: dict | None = None,
+    amp: bool = False,
+    progress: bool = True,
+) -> dict:
     """Train the close-set model (open class held out) and test it on the close test rows.
 
     Parameters
@@ -137,35 +156,73 @@ def train_close_set(dataset: str = "synthetic", data_root: str | None = None,
     out = Path(run_dir) / "01_close_set"
     loss = make_objective(objective, **(objective_params or {}))  # names checked before any decoding
     head_params = validate_head(head, head_params)
-    s = load_splits(dataset, data_root, open_class, input_size, cache_dir, class_map=class_map,
-                    data_options=data_options, val_fraction=val_fraction, seed=seed)
+    s = load_splits(
+        dataset,
+        data_root,
+        open_class,
+        input_size,
+        cache_dir,
+        class_map=class_map,
+        data_options=data_options,
+        val_fraction=val_fraction,
+        seed=seed,
+    )
     train, val, val_source = _validation(s)
     names = s.label_map.names
-    print(f"{dataset}: {len(train)} train, {len(val)} validation ({val_source}), classes {names}, "
-          f"open class {s.split.open_class.label if s.split.open_class is not None else 'none'}")
+    print(
+        f"{dataset}: {len(train)} train, {len(val)} validation ({val_source}), classes {names}, "
+        f"open class {s.split.open_class.label if s.split.open_class is not None else 'none'}"
+    )
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(arch, len(names), input_size, stem=stem, pretrained=pretrained,
-                                    head=head, head_params=head_params))
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_gamma=lr_gamma,
-                      seed=seed, device=device, amp=amp, progress=progress)
+    model = build_model(
+        ModelConfig(arch, len(names), input_size, stem=stem, pretrained=pretrained, head=head, head_params=head_params)
+    )
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        lr_gamma=lr_gamma,
+        seed=seed,
+        device=device,
+        amp=amp,
+        progress=progress,
+    )
     result = fit(model, train, val, cfg, loss, out_dir=out, desc="close-set")
     rows, targets = _close_rows(s.test, s.label_map)
     pred = predict(model, s.test.images[torch.as_tensor(rows)], device=device, progress=progress, amp=amp)
     y_pred = pred.logits.argmax(1).numpy()
-    results = {"test_acc": accuracy(targets, y_pred), "n_test_close": len(rows),
-               "best_epoch": result.best_epoch, "class_names": names, "validation": val_source,
-               "confusion": confusion(targets, y_pred, len(names)).tolist(),
-               "train_seconds": float(result.history["seconds"].sum()), "wall_seconds": time.perf_counter() - t0,
-               "data_fingerprint": s.fingerprint, "n_train": len(train), "n_val": len(val),
-               # the network as built, so stage 02 rebuilds the same one (_close_model)
-               "arch": arch, "input_size": input_size, "stem": stem, "head": head, "head_params": head_params,
-               "objective": objective, "objective_params": {k: v for k, v in loss.config().items() if k != "name"}}
+    results = {
+        "test_acc": accuracy(targets, y_pred),
+        "n_test_close": len(rows),
+        "best_epoch": result.best_epoch,
+        "class_names": names,
+        "validation": val_source,
+        "confusion": confusion(targets, y_pred, len(names)).tolist(),
+        "train_seconds": float(result.history["seconds"].sum()),
+        "wall_seconds": time.perf_counter() - t0,
+        "data_fingerprint": s.fingerprint,
+        "n_train": len(train),
+        "n_val": len(val),
+        # the network as built, so stage 02 rebuilds the same one (_close_model)
+        "arch": arch,
+        "input_size": input_size,
+        "stem": stem,
+        "head": head,
+        "head_params": head_params,
+        "objective": objective,
+        "objective_params": {k: v for k, v in loss.config().items() if k != "name"},
+    }
     write_json(out / "results.json", results)
-    update_manifest(run_dir, data={"dataset": dataset, "fingerprint": s.fingerprint, "validation": val_source,
-                                   "dropped": s.dropped},
-                    close_set={k: results[k] for k in ("test_acc", "best_epoch", "wall_seconds")})
-    print(f"close-set test accuracy {results['test_acc']:.4f} on {len(rows)} images "
-          f"(best epoch {result.best_epoch}, {results['wall_seconds'] / 60:.1f} min)")
+    update_manifest(
+        run_dir,
+        data={"dataset": dataset, "fingerprint": s.fingerprint, "validation": val_source, "dropped": s.dropped},
+        close_set={k: results[k] for k in ("test_acc", "best_epoch", "wall_seconds")},
+    )
+    print(
+        f"close-set test accuracy {results['test_acc']:.4f} on {len(rows)} images "
+        f"(best epoch {result.best_epoch}, {results['wall_seconds'] / 60:.1f} min)"
+    )
     return {**results, "history": result.history}
 
 
@@ -189,10 +246,18 @@ def _close_model(run_dir: str, arch: str, input_size: int, num_classes: int, dev
     differ = {k: (built[k], v) for k, v in asked.items() if k in built and built[k] != v}
     if differ:
         detail = ", ".join(f"{k}={old!r} there, {new!r} here" for k, (old, new) in differ.items())
-        raise ValueError(f"{folder / 'results.json'}: stage 01 built its model with other settings ({detail}); "
-                         "pass the same values or re-run stage 01")
-    cfg = ModelConfig(arch, num_classes, input_size, stem=stem, head=built.get("head", "linear"),
-                      head_params=built.get("head_params") or {})
+        raise ValueError(
+            f"{folder / 'results.json'}: stage 01 built its model with other settings ({detail}); "
+            "pass the same values or re-run stage 01"
+        )
+    cfg = ModelConfig(
+        arch,
+        num_classes,
+        input_size,
+        stem=stem,
+        head=built.get("head", "linear"),
+        head_params=built.get("head_params") or {},
+    )
     model = build_model(cfg, verbose=False)
     model.load_state_dict(torch.load(path, map_location="cpu"))
     return model.to(device)
@@ -200,12 +265,22 @@ def _close_model(run_dir: str, arch: str, input_size: int, num_classes: int, dev
 
 # ----------------------------------------------------------------------------- stage 02
 @checked
-def predict_pseudo_labels(dataset: str = "synthetic", data_root: str | None = None,
-                          open_class: str | None = "surprise",
-                          seed: int = 0, class_map: dict[str, str] | None = None, data_options: dict | None = None,
-                          device: str = "cpu", run_dir: str = "outputs/demo",
-                          arch: str = "resnet18", input_size: int = 48, cache_dir: str | None = "outputs/cache",
-                          stem: str = "auto", amp: bool = False, progress: bool = True) -> pd.DataFrame:
+def predict_pseudo_labels(
+    dataset: str = "synthetic",
+    data_root: str | None = None,
+    open_class: str | None = "surprise",
+    seed: int = 0,
+    class_map: dict[str, str] | None = None,
+    data_options: dict | None = None,
+    device: str = "cpu",
+    run_dir: str = "outputs/demo",
+    arch: str = "resnet18",
+    input_size: int = 48,
+    cache_dir: str | None = "outputs/cache",
+    stem: str = "auto",
+    amp: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Pseudo labels for the evaluation set, aligned by sample index.
 
     The evaluation set is the test split followed by the open class's training images
@@ -249,8 +324,9 @@ def predict_pseudo_labels(dataset: str = "synthetic", data_root: str | None = No
     if _open(open_class) is None:
         raise ValueError("stage 02 needs an open class (open_class is none)")
     out = Path(run_dir) / "02_pseudo_labels"
-    s = load_splits(dataset, data_root, open_class, input_size, cache_dir, class_map=class_map,
-                    data_options=data_options, seed=seed)
+    s = load_splits(
+        dataset, data_root, open_class, input_size, cache_dir, class_map=class_map, data_options=data_options, seed=seed
+    )
     names = s.label_map.names
     model = _close_model(run_dir, arch, input_size, len(names), device, stem)
     test_rows, train_rows = s.split.eval_test_index, s.split.eval_train_index
@@ -258,41 +334,63 @@ def predict_pseudo_labels(dataset: str = "synthetic", data_root: str | None = No
     pred = predict(model, images, device=device, progress=progress, desc="pseudo labels", amp=amp)
     all_train = predict(model, s.train.images, device=device, progress=progress, desc="training split", amp=amp)
     labels = np.concatenate([s.test.labels.numpy()[test_rows], s.train.labels.numpy()[train_rows]])
-    table = pd.DataFrame({
-        "index": np.arange(len(labels)),
-        "path": [s.test.paths[i] for i in test_rows] + [s.train.paths[i] for i in train_rows],
-        "label": labels,
-        "target": s.label_map.encode(labels),
-        "pseudo": pred.logits.argmax(1).numpy(),
-        "is_open": labels == int(s.split.open_class),
-        "origin": ["test"] * len(test_rows) + ["train"] * len(train_rows),
-        "source_index": np.concatenate([test_rows, train_rows]),
-    })[TABLE_COLUMNS]
+    table = pd.DataFrame(
+        {
+            "index": np.arange(len(labels)),
+            "path": [s.test.paths[i] for i in test_rows] + [s.train.paths[i] for i in train_rows],
+            "label": labels,
+            "target": s.label_map.encode(labels),
+            "pseudo": pred.logits.argmax(1).numpy(),
+            "is_open": labels == int(s.split.open_class),
+            "origin": ["test"] * len(test_rows) + ["train"] * len(train_rows),
+            "source_index": np.concatenate([test_rows, train_rows]),
+        }
+    )[TABLE_COLUMNS]
     logits = pred.logits.numpy()
     for k in range(logits.shape[1]):
         table[f"logit_{k}"] = logits[:, k]
     write_csv(out / "pseudo_labels.csv", table)
-    write_npz(out / "outputs.npz", {
-        "eval_logits": logits, "eval_features": pred.features.numpy(), "all_train_logits": all_train.logits.numpy(),
-        "all_train_features": all_train.features.numpy(), "train_index": s.split.train_index,
-        "train_targets": s.split.train_targets, "class_names": np.array(names)})
+    write_npz(
+        out / "outputs.npz",
+        {
+            "eval_logits": logits,
+            "eval_features": pred.features.numpy(),
+            "all_train_logits": all_train.logits.numpy(),
+            "all_train_features": all_train.features.numpy(),
+            "train_index": s.split.train_index,
+            "train_targets": s.split.train_targets,
+            "class_names": np.array(names),
+        },
+    )
     # how the open samples' pseudo labels spread over the close classes (docs/RESULTS.md cites it)
     spread = pseudo_label_spread_table(table, names)
-    write_csv(out / "spread.csv", spread.assign(n_open=spread.attrs["n_open"],
-                                                tv_from_uniform=spread.attrs["tv_from_uniform"]))
+    write_csv(
+        out / "spread.csv",
+        spread.assign(n_open=spread.attrs["n_open"], tv_from_uniform=spread.attrs["tv_from_uniform"]),
+    )
     close = ~table["is_open"].to_numpy()
-    summary = {"n_eval": len(table), "n_open": int(table["is_open"].sum()),
-               "close_acc": accuracy(table["target"].to_numpy()[close], table["pseudo"].to_numpy()[close])}
+    summary = {
+        "n_eval": len(table),
+        "n_open": int(table["is_open"].sum()),
+        "close_acc": accuracy(table["target"].to_numpy()[close], table["pseudo"].to_numpy()[close]),
+    }
     write_json(out / "summary.json", summary)
     update_manifest(run_dir, pseudo_labels=summary)
-    print(f"{summary['n_eval']} evaluation samples, {summary['n_open']} open; "
-          f"pseudo-label accuracy on close samples {summary['close_acc']:.4f}")
+    print(
+        f"{summary['n_eval']} evaluation samples, {summary['n_open']} open; "
+        f"pseudo-label accuracy on close samples {summary['close_acc']:.4f}"
+    )
     return table
 
 
-def load_openset_data(run_dir: str, protocol: str = "honest", images: torch.Tensor | None = None,
-                      seed: int = 0, train_images: torch.Tensor | None = None,
-                      eval_subset: str = "all") -> OpenSetData:
+def load_openset_data(
+    run_dir: str,
+    protocol: str = "honest",
+    images: torch.Tensor | None = None,
+    seed: int = 0,
+    train_images: torch.Tensor | None = None,
+    eval_subset: str = "all",
+) -> OpenSetData:
     """Stage 02's files as :class:`OpenSetData`, under ``protocol``, restricted to
     ``eval_subset`` (``"all"`` or ``"test"``: the test split's rows only).
 
@@ -306,10 +404,16 @@ def load_openset_data(run_dir: str, protocol: str = "honest", images: torch.Tens
             raise FileNotFoundError(f"{out / name}: no pseudo labels; run stage 02 (predict_pseudo_labels) first")
     table = pd.read_csv(out / "pseudo_labels.csv")
     z = np.load(out / "outputs.npz")
-    data = OpenSetData(table=table[TABLE_COLUMNS].copy(), logits=z["eval_logits"], features=z["eval_features"],
-                       train_features=z["all_train_features"][z["train_index"]], train_targets=z["train_targets"],
-                       images=images, train_images=train_images,
-                       class_names=tuple(str(n) for n in z["class_names"]))
+    data = OpenSetData(
+        table=table[TABLE_COLUMNS].copy(),
+        logits=z["eval_logits"],
+        features=z["eval_features"],
+        train_features=z["all_train_features"][z["train_index"]],
+        train_targets=z["train_targets"],
+        images=images,
+        train_images=train_images,
+        class_names=tuple(str(n) for n in z["class_names"]),
+    )
     data = apply_protocol(data, protocol, z["all_train_logits"], z["all_train_features"], seed=seed)
     if eval_subset == "test":
         data = data.subset(data.table["origin"].to_numpy() == "test")
@@ -319,8 +423,12 @@ def load_openset_data(run_dir: str, protocol: str = "honest", images: torch.Tens
 def _eval_images(s: Splits) -> torch.Tensor:
     """The evaluation images in stage 02's row order: the test split, then the open class's
     training images."""
-    return torch.cat([s.test.images[torch.as_tensor(s.split.eval_test_index)],
-                      s.train.images[torch.as_tensor(s.split.eval_train_index)]])
+    return torch.cat(
+        [
+            s.test.images[torch.as_tensor(s.split.eval_test_index)],
+            s.train.images[torch.as_tensor(s.split.eval_train_index)],
+        ]
+    )
 
 
 #: evaluation sets stage 03 can score: every stage 02 row, or the test split's rows only
@@ -345,19 +453,28 @@ def _as_protocols(protocols) -> list[str]:
     return protocols
 
 
-def _detector_inputs(detectors, dataset: str, data_root: str | None, open_class, input_size: int,
-                     cache_dir: str | None, class_map: dict[str, str] | None = None,
-                     data_options: dict | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _detector_inputs(
+    detectors,
+    dataset: str,
+    data_root: str | None,
+    open_class,
+    input_size: int,
+    cache_dir: str | None,
+    class_map: dict[str, str] | None = None,
+    data_options: dict | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The evaluation and close training images, decoded only when a selected detector's
     class attributes ask for them (post-hoc detectors need no data set at all)."""
     classes = [detector_class(name) for name in detectors]
     if not any(c.needs_images or c.needs_train_images for c in classes):
         return None, None
-    s = load_splits(dataset, data_root, open_class, input_size, cache_dir, class_map=class_map,
-                    data_options=data_options)
+    s = load_splits(
+        dataset, data_root, open_class, input_size, cache_dir, class_map=class_map, data_options=data_options
+    )
     images = _eval_images(s) if any(c.needs_images for c in classes) else None
-    train_images = (s.train.images[torch.as_tensor(s.split.train_index)]
-                    if any(c.needs_train_images for c in classes) else None)
+    train_images = (
+        s.train.images[torch.as_tensor(s.split.train_index)] if any(c.needs_train_images for c in classes) else None
+    )
     return images, train_images
 
 
@@ -379,14 +496,25 @@ def _merge_metrics(path: Path, new: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- stage 03
 @checked
-def detect_open_set(dataset: str = "synthetic", data_root: str | None = None,
-                    open_class: str | None = "surprise",
-                    seed: int = 0, class_map: dict[str, str] | None = None, data_options: dict | None = None,
-                    device: str = "cpu", run_dir: str = "outputs/demo", input_size: int = 48,
-                    cache_dir: str | None = "outputs/cache", protocols: Sequence[str] = ("honest", "reference"),
-                    detectors: Sequence[str] = DEFAULT_DETECTORS, eval_subset: str = "all",
-                    detector_params: dict[str, dict] | None = None, stem: str = "auto", amp: bool = False,
-                    progress: bool = True) -> pd.DataFrame:
+def detect_open_set(
+    dataset: str = "synthetic",
+    data_root: str | None = None,
+    open_class: str | None = "surprise",
+    seed: int = 0,
+    class_map: dict[str, str] | None = None,
+    data_options: dict | None = None,
+    device: str = "cpu",
+    run_dir: str = "outputs/demo",
+    input_size: int = 48,
+    cache_dir: str | None = "outputs/cache",
+    protocols: Sequence[str] = ("honest", "reference"),
+    detectors: Sequence[str] = DEFAULT_DETECTORS,
+    eval_subset: str = "all",
+    detector_params: dict[str, dict] | None = None,
+    stem: str = "auto",
+    amp: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Score every evaluation sample with every detector under every protocol.
 
     Detectors come from one registry (:mod:`ferlib.openset.registry`) and see only the
@@ -446,18 +574,19 @@ def detect_open_set(dataset: str = "synthetic", data_root: str | None = None,
     protocols = _as_protocols(protocols)
     validate_detectors(detectors, detector_params)  # names and keys, before any work
     out = Path(run_dir) / "03_detect"
-    images, train_images = _detector_inputs(detectors, dataset, data_root, open_class, input_size, cache_dir,
-                                            class_map, data_options)
-    shared = {"input_size": input_size, "stem": stem, "seed": seed, "device": device, "amp": amp,
-              "progress": progress}
+    images, train_images = _detector_inputs(
+        detectors, dataset, data_root, open_class, input_size, cache_dir, class_map, data_options
+    )
+    shared = {"input_size": input_size, "stem": stem, "seed": seed, "device": device, "amp": amp, "progress": progress}
     suffix = _subset_suffix(eval_subset)
     reuse: dict[str, DetectorResult] = {}
     fingerprint = FingerprintCache()
     frames, folders = [], {}
     for protocol in protocols:
         data = load_openset_data(run_dir, protocol, images, seed, train_images, eval_subset)
-        results = run_detectors(data, detectors, detector_params, shared, out, protocol, eval_subset, reuse,
-                                fingerprint)
+        results = run_detectors(
+            data, detectors, detector_params, shared, out, protocol, eval_subset, reuse, fingerprint
+        )
         scores = data.table.copy()
         for name, result in results.items():
             scores[name] = result.scores
@@ -476,8 +605,12 @@ def detect_open_set(dataset: str = "synthetic", data_root: str | None = None,
         frames.append(table)
     metrics = pd.concat(frames, ignore_index=True)
     _merge_metrics(Path(run_dir) / "metrics.csv", metrics)
-    record = {"protocols": protocols, "detectors": list(detectors), "detector_params": detector_params or {},
-              "folders": folders}
+    record = {
+        "protocols": protocols,
+        "detectors": list(detectors),
+        "detector_params": detector_params or {},
+        "folders": folders,
+    }
 
     def change(manifest: dict) -> dict:
         # replace this subset's record whole (a merge would keep parameters this run did not
@@ -501,12 +634,24 @@ CYCLE_ABLATIONS: dict[str, dict] = {
 
 
 @checked
-def ablate_cycle(dataset: str = "synthetic", data_root: str | None = None, open_class: str | None = None,
-                 seed: int = 0, class_map: dict[str, str] | None = None, data_options: dict | None = None,
-                 device: str = "cpu", run_dir: str = "outputs/run", input_size: int = 48,
-                 cache_dir: str | None = "outputs/cache", protocols: Sequence[str] = ("honest",),
-                 variants: dict[str, dict] | None = None, detector_params: dict[str, dict] | None = None,
-                 stem: str = "auto", amp: bool = False, progress: bool = True) -> pd.DataFrame:
+def ablate_cycle(
+    dataset: str = "synthetic",
+    data_root: str | None = None,
+    open_class: str | None = None,
+    seed: int = 0,
+    class_map: dict[str, str] | None = None,
+    data_options: dict | None = None,
+    device: str = "cpu",
+    run_dir: str = "outputs/run",
+    input_size: int = 48,
+    cache_dir: str | None = "outputs/cache",
+    protocols: Sequence[str] = ("honest",),
+    variants: dict[str, dict] | None = None,
+    detector_params: dict[str, dict] | None = None,
+    stem: str = "auto",
+    amp: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Run the paper's detector under each variant of :data:`CYCLE_ABLATIONS` on a run whose
     stages 01-02 are finished, beside max softmax on the same rows.
 
@@ -546,27 +691,39 @@ def ablate_cycle(dataset: str = "synthetic", data_root: str | None = None, open_
         except ValueError as exc:
             raise ValueError(f"ablation variant {name!r}: {exc}") from None
         plans[name] = (subset, params, overrides)
-    images, _ = _detector_inputs(["cycle"], dataset, data_root, open_class, input_size, cache_dir,
-                                 class_map, data_options)
-    shared = {"input_size": input_size, "stem": stem, "seed": seed, "device": device, "amp": amp,
-              "progress": progress}
+    images, _ = _detector_inputs(
+        ["cycle"], dataset, data_root, open_class, input_size, cache_dir, class_map, data_options
+    )
+    shared = {"input_size": input_size, "stem": stem, "seed": seed, "device": device, "amp": amp, "progress": progress}
     out = Path(run_dir) / "03_detect"
     fingerprint = FingerprintCache()
     rows = []
     for protocol in protocols:
         for name, (subset, params, overrides) in plans.items():
             data = load_openset_data(run_dir, protocol, images, seed, eval_subset=subset)
-            results = run_detectors(data, ["cycle", "msp"], params, shared, out, protocol, subset,
-                                    fingerprint=fingerprint)
+            results = run_detectors(
+                data, ["cycle", "msp"], params, shared, out, protocol, subset, fingerprint=fingerprint
+            )
             is_open = data.is_open
             cyc = openset_metrics(results["cycle"].scores, is_open)
             msp = openset_metrics(results["msp"].scores, is_open)
             seconds = results["cycle"].seconds
-            rows.append({"variant": name, "protocol": protocol, "eval_subset": subset, "n": len(data),
-                         "open_fraction": float(is_open.mean()), "cycle_auroc": cyc["auroc"],
-                         "cycle_fpr95": cyc["fpr95"], "msp_auroc": msp["auroc"], "msp_fpr95": msp["fpr95"],
-                         "seconds": round(seconds, 1), "overrides": repr(overrides),
-                         "folder": str(results["cycle"].folder.relative_to(run_dir))})
+            rows.append(
+                {
+                    "variant": name,
+                    "protocol": protocol,
+                    "eval_subset": subset,
+                    "n": len(data),
+                    "open_fraction": float(is_open.mean()),
+                    "cycle_auroc": cyc["auroc"],
+                    "cycle_fpr95": cyc["fpr95"],
+                    "msp_auroc": msp["auroc"],
+                    "msp_fpr95": msp["fpr95"],
+                    "seconds": round(seconds, 1),
+                    "overrides": repr(overrides),
+                    "folder": str(results["cycle"].folder.relative_to(run_dir)),
+                }
+            )
             print(f"[{protocol}] {name}: cycle AUROC {cyc['auroc']:.3f} (msp {msp['auroc']:.3f}), {seconds:.0f} s")
     table = pd.DataFrame(rows)
     write_csv(Path(run_dir) / "ablation.csv", table)
@@ -578,6 +735,8 @@ def load_scores(run_dir: str, protocol: str = "honest", eval_subset: str = "all"
     check_eval_subset(eval_subset)
     path = Path(run_dir) / "03_detect" / f"scores_{protocol}{_subset_suffix(eval_subset)}.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no scores for protocol {protocol!r}, eval_subset {eval_subset!r}; "
-                                "run stage 03 (detect_open_set) first")
+        raise FileNotFoundError(
+            f"{path}: no scores for protocol {protocol!r}, eval_subset {eval_subset!r}; "
+            "run stage 03 (detect_open_set) first"
+        )
     return pd.read_csv(path)

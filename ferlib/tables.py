@@ -27,8 +27,7 @@ from ferlib.published import (
     published_frame,
 )
 
-__all__ = ["collect_runs", "open_short", "summary_table", "write_tables",
-           "to_markdown", "to_latex"]
+__all__ = ["collect_runs", "open_short", "summary_table", "write_tables", "to_markdown", "to_latex"]
 
 _RUN_KEYS = ("dataset", "open_class", "seed")
 
@@ -122,7 +121,9 @@ def collect_runs(paths_or_glob) -> pd.DataFrame:
     if dup.any():
         warnings.warn(
             f"{int(dup.sum())} rows share {keys} with another run (the same seed twice?); "
-            "summary_table will count them as separate seeds", stacklevel=2)
+            "summary_table will count them as separate seeds",
+            stacklevel=2,
+        )
     return out
 
 
@@ -134,9 +135,17 @@ def _fmt(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f}"
 
 
-def summary_table(runs_frame: pd.DataFrame, metric: str = "auroc", protocol: str | None = None,
-                  *, dataset: str | None = None, detectors: Sequence[str] | None = None,
-                  published: bool = True, ddof: int = 1, digits: int = 3) -> pd.DataFrame:
+def summary_table(
+    runs_frame: pd.DataFrame,
+    metric: str = "auroc",
+    protocol: str | None = None,
+    *,
+    dataset: str | None = None,
+    detectors: Sequence[str] | None = None,
+    published: bool = True,
+    ddof: int = 1,
+    digits: int = 3,
+) -> pd.DataFrame:
     """The reproduction table for one metric and protocol.
 
     Rows (index ``open``): the open classes present, in the paper's order (Sur, Fea, Dis, Hap,
@@ -193,8 +202,9 @@ def summary_table(runs_frame: pd.DataFrame, metric: str = "auroc", protocol: str
         detectors = [str(d) for d in detectors]
         absent = [d for d in detectors if d not in set(df["detector"].astype(str))]
         if absent:
-            raise ValueError(f"detector(s) {absent} not in the runs; detectors: "
-                             f"{sorted(set(df['detector'].astype(str)))}")
+            raise ValueError(
+                f"detector(s) {absent} not in the runs; detectors: {sorted(set(df['detector'].astype(str)))}"
+            )
 
     numeric: dict[str, dict[str, float]] = {}
     for det in detectors:
@@ -209,8 +219,7 @@ def summary_table(runs_frame: pd.DataFrame, metric: str = "auroc", protocol: str
         # mean row: average over classes; std over seeds that ran every class
         class_means = np.array([means[oc] for oc in rows])
         means["mean"] = float(class_means.mean()) if np.isfinite(class_means).all() else math.nan
-        per_seed = d.pivot_table(index="seed", columns="open_class", values=metric,
-                                 aggfunc="mean")
+        per_seed = d.pivot_table(index="seed", columns="open_class", values=metric, aggfunc="mean")
         per_seed = per_seed.reindex(columns=rows).dropna()
         seed_avgs = per_seed.mean(axis=1).to_numpy(dtype=float)
         stds["mean"] = float(seed_avgs.std(ddof=ddof)) if seed_avgs.size > ddof else math.nan
@@ -234,17 +243,23 @@ def summary_table(runs_frame: pd.DataFrame, metric: str = "auroc", protocol: str
                     mean_val = float(col["mean"])
                 else:
                     sub = [float(col[r]) for r in rows if r in col.index]
-                    mean_val = (float(np.mean(sub)) if sub and len(sub) == len(rows)
-                                and np.isfinite(sub).all() else math.nan)
+                    mean_val = (
+                        float(np.mean(sub)) if sub and len(sub) == len(rows) and np.isfinite(sub).all() else math.nan
+                    )
                 out[f"paper:{m}"] = vals + [mean_val]
     for det in detectors:
         for part in ("mean", "std", "n"):
             out[f"{det}:{part}"] = [numeric[det][part][r] for r in index]
-    out.attrs.update({
-        "metric": metric, "protocol": protocol, "dataset": dataset,
-        "detectors": list(detectors), "higher_is_better": HIGHER_IS_BETTER.get(metric, True),
-        "digits": digits,
-    })
+    out.attrs.update(
+        {
+            "metric": metric,
+            "protocol": protocol,
+            "dataset": dataset,
+            "detectors": list(detectors),
+            "higher_is_better": HIGHER_IS_BETTER.get(metric, True),
+            "digits": digits,
+        }
+    )
     return out
 
 
@@ -253,14 +268,12 @@ def summary_table(runs_frame: pd.DataFrame, metric: str = "auroc", protocol: str
 
 
 def _parts(summary: pd.DataFrame):
-    detectors = summary.attrs.get("detectors") or [
-        c[: -len(":mean")] for c in summary.columns if c.endswith(":mean")]
+    detectors = summary.attrs.get("detectors") or [c[: -len(":mean")] for c in summary.columns if c.endswith(":mean")]
     paper = [c for c in summary.columns if str(c).startswith("paper:")]
     return list(detectors), paper
 
 
-def _best_mask(summary: pd.DataFrame, detectors, paper, higher: bool, bold: str | None,
-               digits: int) -> pd.DataFrame:
+def _best_mask(summary: pd.DataFrame, detectors, paper, higher: bool, bold: str | None, digits: int) -> pd.DataFrame:
     """Boolean frame over detectors + paper columns: the best rounded value of each row."""
     cols = list(detectors) + list(paper)
     mask = pd.DataFrame(False, index=summary.index, columns=cols)
@@ -270,8 +283,9 @@ def _best_mask(summary: pd.DataFrame, detectors, paper, higher: bool, bold: str 
         raise ValueError(f"bold must be 'ours', 'all' or None, got {bold!r}")
     candidates = list(detectors) + (list(paper) if bold == "all" else [])
     values = pd.DataFrame(
-        {c: (summary[f"{c}:mean"] if c in detectors else summary[c]).astype(float)
-         for c in candidates}, index=summary.index).round(digits)
+        {c: (summary[f"{c}:mean"] if c in detectors else summary[c]).astype(float) for c in candidates},
+        index=summary.index,
+    ).round(digits)
     best = values.max(axis=1) if higher else values.min(axis=1)
     for c in candidates:
         mask[c] = values[c].eq(best) & values[c].notna()
@@ -282,21 +296,21 @@ def _paper_cell(v: float, digits: int) -> str:
     return "–" if not np.isfinite(v) else f"{v:.{digits}f}"
 
 
-def to_markdown(summary: pd.DataFrame, *, bold: str | None = "ours",
-                higher_is_better: bool | None = None) -> str:
+def to_markdown(summary: pd.DataFrame, *, bold: str | None = "ours", higher_is_better: bool | None = None) -> str:
     """A pipe table of the formatted detector cells and the paper's numbers, best in bold."""
     detectors, paper = _parts(summary)
     digits = int(summary.attrs.get("digits", 3))
-    higher = (summary.attrs.get("higher_is_better", True) if higher_is_better is None
-              else higher_is_better)
+    higher = summary.attrs.get("higher_is_better", True) if higher_is_better is None else higher_is_better
     mask = _best_mask(summary, detectors, paper, higher, bold, digits)
 
     def esc(text) -> str:
         return str(text).replace("|", r"\|")
 
     header = [summary.index.name or ""] + detectors + paper
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |",
-             "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines = [
+        "| " + " | ".join(esc(h) for h in header) + " |",
+        "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
     for r in summary.index:
         cells = [esc(r)]
         for c in detectors + paper:
@@ -307,38 +321,47 @@ def to_markdown(summary: pd.DataFrame, *, bold: str | None = "ours",
     return "\n".join(lines) + "\n"
 
 
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                  "^": r"\textasciicircum{}"}
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def _tex(text) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
-def to_latex(summary: pd.DataFrame, *, bold: str | None = "ours",
-             higher_is_better: bool | None = None) -> str:
+def to_latex(summary: pd.DataFrame, *, bold: str | None = "ours", higher_is_better: bool | None = None) -> str:
     """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``): our detectors as
     mean $\\pm$ std over seeds, then the paper's numbers; the best of each row in bold."""
     detectors, paper = _parts(summary)
     digits = int(summary.attrs.get("digits", 3))
-    higher = (summary.attrs.get("higher_is_better", True) if higher_is_better is None
-              else higher_is_better)
+    higher = summary.attrs.get("higher_is_better", True) if higher_is_better is None else higher_is_better
     mask = _best_mask(summary, detectors, paper, higher, bold, digits)
     nd, npp = len(detectors), len(paper)
     a = summary.attrs
-    lines = [f"% ferkit reproduction table: metric={a.get('metric')} "
-             f"protocol={a.get('protocol')} dataset={a.get('dataset')} "
-             f"({'higher' if higher else 'lower'} is better); needs \\usepackage{{booktabs}}",
-             r"\begin{tabular}{l" + "c" * (nd + npp) + "}",
-             r"\toprule"]
+    lines = [
+        f"% ferkit reproduction table: metric={a.get('metric')} "
+        f"protocol={a.get('protocol')} dataset={a.get('dataset')} "
+        f"({'higher' if higher else 'lower'} is better); needs \\usepackage{{booktabs}}",
+        r"\begin{tabular}{l" + "c" * (nd + npp) + "}",
+        r"\toprule",
+    ]
     if npp:
         lines.append(
             f" & \\multicolumn{{{nd}}}{{c}}{{reproduction (mean $\\pm$ std over seeds)}}"
-            f" & \\multicolumn{{{npp}}}{{c}}{{paper}} \\\\")
+            f" & \\multicolumn{{{npp}}}{{c}}{{paper}} \\\\"
+        )
         lines.append(f"\\cmidrule(lr){{2-{nd + 1}}} \\cmidrule(lr){{{nd + 2}-{nd + npp + 1}}}")
-    header = [_tex(summary.index.name or "")] + [_tex(d) for d in detectors] + [
-        _tex(p[len("paper:"):]) for p in paper]
+    header = [_tex(summary.index.name or "")] + [_tex(d) for d in detectors] + [_tex(p[len("paper:") :]) for p in paper]
     lines.append(" & ".join(header) + r" \\")
     lines.append(r"\midrule")
     for r in summary.index:
@@ -358,15 +381,20 @@ def to_latex(summary: pd.DataFrame, *, bold: str | None = "ours",
             if not np.isfinite(v):
                 cells.append("--")
             else:
-                cells.append(f"$\\mathbf{{{v:.{digits}f}}}$" if mask.at[r, p]
-                             else f"${v:.{digits}f}$")
+                cells.append(f"$\\mathbf{{{v:.{digits}f}}}$" if mask.at[r, p] else f"${v:.{digits}f}$")
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
-def write_tables(summary: pd.DataFrame, out_dir: str | os.PathLike, stem: str, *,
-                 bold: str | None = "ours", higher_is_better: bool | None = None) -> list[Path]:
+def write_tables(
+    summary: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    stem: str,
+    *,
+    bold: str | None = "ours",
+    higher_is_better: bool | None = None,
+) -> list[Path]:
     """Write ``<stem>.csv`` (every column, index as ``open``), ``<stem>.md`` and ``<stem>.tex``
     (booktabs) into ``out_dir``, atomically. The best value of each row is bold in Markdown and
     LaTeX: among our detectors (``bold="ours"``), among ours and the paper's (``"all"``), or
@@ -375,8 +403,6 @@ def write_tables(summary: pd.DataFrame, out_dir: str | os.PathLike, stem: str, *
     Returns the three paths."""
     out = Path(out_dir)
     csv = write_csv(out / f"{stem}.csv", summary.reset_index())
-    md = write_text(out / f"{stem}.md", to_markdown(summary, bold=bold,
-                                                    higher_is_better=higher_is_better))
-    tex = write_text(out / f"{stem}.tex", to_latex(summary, bold=bold,
-                                                   higher_is_better=higher_is_better))
+    md = write_text(out / f"{stem}.md", to_markdown(summary, bold=bold, higher_is_better=higher_is_better))
+    tex = write_text(out / f"{stem}.tex", to_latex(summary, bold=bold, higher_is_better=higher_is_better))
     return [csv, md, tex]

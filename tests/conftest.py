@@ -146,4 +146,3 @@ def make_subjects(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
-

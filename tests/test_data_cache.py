@@ -229,7 +229,7 @@ def test_erasing_zeroes_one_rectangle_within_scale():
         rows = torch.nonzero(zero[k, 0].any(1)).flatten()
         cols = torch.nonzero(zero[k, 0].any(0)).flatten()
         assert rows.numel() and cols.numel(), "every sample erased with erasing_p=1"
-        box = zero[k, 0, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        box = zero[k, 0, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
         assert box.all(), "the zeros form a filled rectangle"
         assert int(zero[k, 0].sum()) == box.numel(), "nothing zeroed outside it"
         assert rows.numel() < s and cols.numel() < s
@@ -243,8 +243,7 @@ def test_erasing_skipped_when_no_rectangle_fits():
     # torchvision: a rectangle must be strictly smaller than the image; after 10 failed
     # attempts the image is returned untouched.
     x = torch.ones(8, 3, 16, 16)
-    cfg = AugmentConfig(flip_or_noise_p=0.0, erasing_p=1.0, erasing_scale=(1.0, 1.0),
-                        erasing_ratio=(1.0, 1.0))
+    cfg = AugmentConfig(flip_or_noise_p=0.0, erasing_p=1.0, erasing_scale=(1.0, 1.0), erasing_ratio=(1.0, 1.0))
     assert torch.equal(augment_batch(x, cfg, torch.Generator().manual_seed(0)), x)
 
 
@@ -254,10 +253,8 @@ def test_erasing_matches_torchvision_statistics():
     b, s = 600, 24
     torch.manual_seed(0)
     reference = RandomErasing(p=0.5, scale=(0.02, 0.25), ratio=(0.3, 3.3), value=0)
-    ref_area = np.asarray([(reference(torch.ones(3, s, s)) == 0).float().mean().item()
-                           for _ in range(b)])
-    ours = augment_batch(torch.ones(b, 3, s, s), AugmentConfig(flip_or_noise_p=0.0),
-                         torch.Generator().manual_seed(0))
+    ref_area = np.asarray([(reference(torch.ones(3, s, s)) == 0).float().mean().item() for _ in range(b)])
+    ours = augment_batch(torch.ones(b, 3, s, s), AugmentConfig(flip_or_noise_p=0.0), torch.Generator().manual_seed(0))
     our_area = (ours == 0).float().mean(dim=(1, 2, 3)).numpy()
     assert abs((our_area > 0).mean() - (ref_area > 0).mean()) < 0.06
     assert abs(our_area[our_area > 0].mean() - ref_area[ref_area > 0].mean()) < 0.015
@@ -282,7 +279,6 @@ def test_augment_on_cuda_matches_cpu_generator_draws():
     assert torch.equal(gpu.cpu(), cpu)  # same draws (CPU generator), only placement differs
     # with noise (drawn on the GPU, seeded from the generator): still deterministic
     cfg = AugmentConfig(flip_or_noise_p=1.0)
-    for make in (lambda: torch.Generator().manual_seed(5),
-                 lambda: torch.Generator(device="cuda").manual_seed(5)):
+    for make in (lambda: torch.Generator().manual_seed(5), lambda: torch.Generator(device="cuda").manual_seed(5)):
         a = augment_batch(x.cuda(), cfg, make())
         assert torch.equal(a, augment_batch(x.cuda(), cfg, make()))

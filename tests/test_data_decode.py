@@ -78,8 +78,9 @@ def test_rgb_modes_palette_and_alpha(tmp_path):
                 palette = np.asarray(im.getpalette(), dtype=np.uint8).reshape(-1, 3)
                 expected = palette[np.asarray(im)]
         assert np.array_equal(got, expected), name
-        assert np.array_equal(decode_image(path, 4), np.asarray(Image.fromarray(expected).resize((4, 4),
-                                                                                                 Image.BILINEAR)))
+        assert np.array_equal(
+            decode_image(path, 4), np.asarray(Image.fromarray(expected).resize((4, 4), Image.BILINEAR))
+        )
 
 
 def test_cache_of_mixed_modes_matches_the_per_item_decoder(tmp_path):

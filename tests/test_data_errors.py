@@ -121,16 +121,14 @@ def test_rafdb_malformed_line(make_rafdb, bad_line, message):
 
 @pytest.mark.parametrize("label", [0, 8, -1])
 def test_rafdb_label_out_of_range(make_rafdb, label):
-    root, label_file = _rafdb_with_label_lines(make_rafdb, ["train_00001.jpg 1",
-                                                            f"train_00002.jpg {label}"])
+    root, label_file = _rafdb_with_label_lines(make_rafdb, ["train_00001.jpg 1", f"train_00002.jpg {label}"])
     with pytest.raises(DataError, match=f"label {label} out of range") as info:
         load_rafdb(root, "train")
     assert info.value.line == 2
 
 
 def test_rafdb_label_names_absent_image(make_rafdb):
-    root, label_file = _rafdb_with_label_lines(
-        make_rafdb, ["train_00001.jpg 1", "test_09999.jpg 4"])
+    root, label_file = _rafdb_with_label_lines(make_rafdb, ["train_00001.jpg 1", "test_09999.jpg 4"])
     load_rafdb(root, "train")  # the test-split row is not looked at for train...
     with pytest.raises(DataError, match="test_09999_aligned.jpg' not found") as info:
         load_rafdb(root, "test")  # ...but is checked when the test split is loaded

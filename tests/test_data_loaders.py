@@ -130,8 +130,12 @@ def test_fingerprint_stable_location_independent_and_sensitive(make_folders, tmp
 
 
 def test_subset_keeps_metadata_and_slices(make_ferplus):
-    votes = [[9, 1, 0, 0, 0, 0, 0, 0, 0, 0], [0, 8, 2, 0, 0, 0, 0, 0, 0, 0],
-             [0, 0, 7, 3, 0, 0, 0, 0, 0, 0], [0, 0, 0, 6, 4, 0, 0, 0, 0, 0]]
+    votes = [
+        [9, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+        [0, 8, 2, 0, 0, 0, 0, 0, 0, 0],
+        [0, 0, 7, 3, 0, 0, 0, 0, 0, 0],
+        [0, 0, 0, 6, 4, 0, 0, 0, 0, 0],
+    ]
     root = make_ferplus({"train": [(f"fer{i}.png", v) for i, v in enumerate(votes)]})
     ds = load_ferplus(root, "train")
     sub = ds.subset([3, 1])
@@ -150,8 +154,7 @@ def test_dataset_validates_its_fields(tmp_path):
     with pytest.raises(ValueError, match="not in classes"):
         FERDataset("x", "train", tmp_path, [tmp_path / "a"], np.array([7]), BASIC7)
     with pytest.raises(ValueError, match="votes"):
-        FERDataset("x", "train", tmp_path, [tmp_path / "a"], np.array([0]), BASIC7,
-                   votes=np.zeros((1, 8)))
+        FERDataset("x", "train", tmp_path, [tmp_path / "a"], np.array([0]), BASIC7, votes=np.zeros((1, 8)))
 
 
 # ----------------------------------------------------------------------------- FERPlus
@@ -164,14 +167,14 @@ def _v(**kw) -> list[int]:
 
 def test_ferplus_majority_vote_ties_unknown_nf_and_contempt(make_ferplus):
     rows = [
-        ("a.png", _v(sur=6, neu=4)),          # surprise
-        ("b.png", _v(neu=5, hap=5)),          # tie -> first max (neutral)
-        ("c.png", _v(fea=4, dis=4, sad=2)),   # tie -> disgust (comes before fear)
-        ("d.png", _v(unk=6, neu=4)),          # unknown wins -> dropped
-        ("e.png", _v(nf=10)),                 # not a face -> dropped
-        ("f.png", _v(con=7, ang=3)),          # contempt: kept only with 8 classes
-        ("g.png", _v(ang=5, unk=5)),          # tie with unknown -> anger (first max)
-        ("h.png", _v(unk=5, ang=5)),          # unknown column comes later: still anger
+        ("a.png", _v(sur=6, neu=4)),  # surprise
+        ("b.png", _v(neu=5, hap=5)),  # tie -> first max (neutral)
+        ("c.png", _v(fea=4, dis=4, sad=2)),  # tie -> disgust (comes before fear)
+        ("d.png", _v(unk=6, neu=4)),  # unknown wins -> dropped
+        ("e.png", _v(nf=10)),  # not a face -> dropped
+        ("f.png", _v(con=7, ang=3)),  # contempt: kept only with 8 classes
+        ("g.png", _v(ang=5, unk=5)),  # tie with unknown -> anger (first max)
+        ("h.png", _v(unk=5, ang=5)),  # unknown column comes later: still anger
     ]
     root = make_ferplus({"train": rows})
     ds7 = load_ferplus(root, "train", num_classes=7)
@@ -194,17 +197,21 @@ def test_ferplus_excludes_defective_image_by_default(make_ferplus):
     # the default names FER2013Test/...: the same file name in another split is kept
     assert len(load_ferplus(root, "train")) == 2
     # bare names match in any split
-    assert [p.name for p in load_ferplus(root, "train", exclude=["fer0033121.png"]).paths] == [
-        "fer0033120.png"]
+    assert [p.name for p in load_ferplus(root, "train", exclude=["fer0033121.png"]).paths] == ["fer0033120.png"]
 
 
 def test_ferplus_split_folders(make_ferplus):
-    root = make_ferplus({"train": [("t.png", _v(hap=9))], "valid": [("v.png", _v(sad=9))],
-                         "test": [("s.png", _v(fea=9))]})
-    got = {s: (load_ferplus(root, s).relpaths(), load_ferplus(root, s).labels.tolist())
-           for s in ("train", "valid", "test")}
-    assert got == {"train": (["FER2013Train/t.png"], [1]), "valid": (["FER2013Valid/v.png"], [3]),
-                   "test": (["FER2013Test/s.png"], [6])}
+    root = make_ferplus(
+        {"train": [("t.png", _v(hap=9))], "valid": [("v.png", _v(sad=9))], "test": [("s.png", _v(fea=9))]}
+    )
+    got = {
+        s: (load_ferplus(root, s).relpaths(), load_ferplus(root, s).labels.tolist()) for s in ("train", "valid", "test")
+    }
+    assert got == {
+        "train": (["FER2013Train/t.png"], [1]),
+        "valid": (["FER2013Valid/v.png"], [3]),
+        "test": (["FER2013Test/s.png"], [6]),
+    }
 
 
 # ----------------------------------------------------------------------------- RAF-DB
@@ -215,8 +222,7 @@ def test_rafdb_label_map_every_class(make_rafdb):
     root = make_rafdb(entries)
     ds = load_rafdb(root, "train")
     # RAF-DB 1..7 = Surprise, Fear, Disgust, Happiness, Sadness, Anger, Neutral
-    assert ds.labels.tolist() == [E.SURPRISE, E.FEAR, E.DISGUST, E.HAPPINESS, E.SADNESS,
-                                  E.ANGER, E.NEUTRAL]
+    assert ds.labels.tolist() == [E.SURPRISE, E.FEAR, E.DISGUST, E.HAPPINESS, E.SADNESS, E.ANGER, E.NEUTRAL]
     assert ds.relpaths()[0] == "Image/aligned/train_00001_aligned.jpg"
     assert ds.classes == BASIC7
     test = load_rafdb(root, "test")
@@ -235,8 +241,9 @@ def test_rafdb_has_no_valid_split(make_rafdb):
 
 
 def test_affectnet_folder_ids_and_num_classes(make_affectnet):
-    root = make_affectnet({"Training_Labeled": {i: 1 for i in range(8)} | {8: 2, 9: 1, 10: 1},
-                           "Validation": {0: 2, 7: 1}})
+    root = make_affectnet(
+        {"Training_Labeled": {i: 1 for i in range(8)} | {8: 2, 9: 1, 10: 1}, "Validation": {0: 2, 7: 1}}
+    )
     ds7 = load_affectnet(root, "train")
     by_folder = {p.parent.name: int(lab) for p, lab in zip(ds7.paths, ds7.labels)}
     assert by_folder == {"0": 0, "1": 1, "2": 3, "3": 2, "4": 6, "5": 5, "6": 4}

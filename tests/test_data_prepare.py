@@ -41,19 +41,25 @@ def _layouts(tmp_path, make_ferplus, make_rafdb, make_affectnet, make_folders, m
     """dataset name -> (loader name, root) for a tiny layout of every loader."""
     classes = {"neutral": 5, "happiness": 5, "fear": 5}
     small = {k: 2 for k in classes}
-    synthetic = write_synthetic(tmp_path / "synthetic", SyntheticConfig(n_train=21, n_valid=14, n_test=14,
-                                                                        image_size=16))
+    synthetic = write_synthetic(
+        tmp_path / "synthetic", SyntheticConfig(n_train=21, n_valid=14, n_test=14, image_size=16)
+    )
     subjects = {c: [f"S{s:03d}_001_0000001{k}.png" for s in range(1, 9) for k in range(2)] for c in classes}
     return {
         "ferplus": ("ferplus", _ferplus(make_ferplus)),
-        "rafdb": ("rafdb", make_rafdb([(f"train_{c}{i:04d}.jpg", c) for c in (2, 4, 7) for i in range(5)]
-                                      + [(f"test_{c}{i:03d}.jpg", c) for c in (2, 4, 7) for i in range(2)])),
-        "affectnet": ("affectnet", make_affectnet({"Training_Labeled": {0: 5, 1: 5, 4: 5},
-                                                   "Validation": {0: 2, 1: 2, 4: 2}})),
-        "folders": ("folders", make_folders({"train": classes, "valid": small, "test": small},
-                                            root=tmp_path / "f1")),
-        "folders without valid": ("folders", make_folders({"train": classes, "test": small},
-                                                          root=tmp_path / "f2")),
+        "rafdb": (
+            "rafdb",
+            make_rafdb(
+                [(f"train_{c}{i:04d}.jpg", c) for c in (2, 4, 7) for i in range(5)]
+                + [(f"test_{c}{i:03d}.jpg", c) for c in (2, 4, 7) for i in range(2)]
+            ),
+        ),
+        "affectnet": (
+            "affectnet",
+            make_affectnet({"Training_Labeled": {0: 5, 1: 5, 4: 5}, "Validation": {0: 2, 1: 2, 4: 2}}),
+        ),
+        "folders": ("folders", make_folders({"train": classes, "valid": small, "test": small}, root=tmp_path / "f1")),
+        "folders without valid": ("folders", make_folders({"train": classes, "test": small}, root=tmp_path / "f2")),
         "synthetic": ("synthetic", synthetic),
         "subjects": ("subjects", make_subjects(subjects)),
     }
@@ -68,7 +74,8 @@ def _rows_paths(s: Splits, rows) -> set[str]:
 
 @pytest.mark.parametrize("open_class", [None, "fear"])
 def test_validation_never_overlaps_test_nor_training_rows_for_every_loader(
-        tmp_path, make_ferplus, make_rafdb, make_affectnet, make_folders, make_subjects, open_class):
+    tmp_path, make_ferplus, make_rafdb, make_affectnet, make_folders, make_subjects, open_class
+):
     layouts = _layouts(tmp_path, make_ferplus, make_rafdb, make_affectnet, make_folders, make_subjects)
     for name, (dataset, root) in layouts.items():
         s = load_splits(dataset, str(root), open_class, SIZE, cache_dir=None, val_fraction=0.2, seed=3)
@@ -123,9 +130,13 @@ def test_absent_valid_split_is_carved_and_logged(make_ferplus, capsys):
 
 
 def test_extra_class_folder_is_dropped_before_decoding_with_a_count(make_folders, capsys, monkeypatch):
-    root = make_folders({"train": {"happiness": 4, "fear": 4, "contempt": 3},
-                         "valid": {"happiness": 1, "fear": 1, "contempt": 1},
-                         "test": {"happiness": 2, "fear": 2, "contempt": 2}})
+    root = make_folders(
+        {
+            "train": {"happiness": 4, "fear": 4, "contempt": 3},
+            "valid": {"happiness": 1, "fear": 1, "contempt": 1},
+            "test": {"happiness": 2, "fear": 2, "contempt": 2},
+        }
+    )
     decoded = []
     real = prepare_module.build_cache
     monkeypatch.setattr(prepare_module, "build_cache", lambda ds, *a, **k: decoded.append(ds) or real(ds, *a, **k))
@@ -140,8 +151,12 @@ def test_extra_class_folder_is_dropped_before_decoding_with_a_count(make_folders
 
 
 def test_class_map_reaches_folder_loaders_and_changes_the_fingerprint(make_folders):
-    root = make_folders({"train": {"0_neutral": 4, "1_happy": 4, "2_fear": 4, "extra": 2},
-                         "test": {"0_neutral": 2, "1_happy": 2, "2_fear": 2, "extra": 1}})
+    root = make_folders(
+        {
+            "train": {"0_neutral": 4, "1_happy": 4, "2_fear": 4, "extra": 2},
+            "test": {"0_neutral": 2, "1_happy": 2, "2_fear": 2, "extra": 1},
+        }
+    )
     with pytest.raises(DataError, match="'0_neutral' is not an emotion"):
         load_splits("folders", str(root), None, SIZE, cache_dir=None)
     cmap = {"0_neutral": "neutral", "1_happy": "happiness", "2_fear": "fear", "extra": "drop"}
@@ -159,8 +174,10 @@ def test_class_map_reaches_label_file_loaders(make_ferplus, make_rafdb, make_aff
     root = make_ferplus({"train": rows, "valid": rows, "test": rows})
     s = load_splits("ferplus", str(root), None, SIZE, cache_dir=None, class_map={"contempt": "disgust"})
     assert sorted(s.test.labels.tolist()) == [0, 1, 5]
-    root = make_rafdb([(f"train_{c}{i:04d}.jpg", c) for c in (4, 7) for i in range(3)]
-                      + [(f"test_{c}{i:03d}.jpg", c) for c in (4, 7) for i in range(2)])
+    root = make_rafdb(
+        [(f"train_{c}{i:04d}.jpg", c) for c in (4, 7) for i in range(3)]
+        + [(f"test_{c}{i:03d}.jpg", c) for c in (4, 7) for i in range(2)]
+    )
     s = load_splits("rafdb", str(root), None, SIZE, cache_dir=None, class_map={"7": "drop"})
     assert set(s.train.labels.tolist()) == {int(Emotion.HAPPINESS)}
     with pytest.raises(DataError, match="class_map key '8' is not a label.*1, 2, 3"):
@@ -180,16 +197,26 @@ def test_unknown_data_option_fails_before_any_decoding(make_folders, monkeypatch
     with pytest.raises(DataError, match="takes no option 'folds'; its options are: class_map, name"):
         load_splits("folders", str(root), None, SIZE, cache_dir=None, data_options={"folds": 5})
     with pytest.raises(DataError, match="class_map given both"):
-        load_splits("folders", str(root), None, SIZE, cache_dir=None, class_map={},
-                    data_options={"class_map": {}})
+        load_splits("folders", str(root), None, SIZE, cache_dir=None, class_map={}, data_options={"class_map": {}})
 
 
 def test_stage_01_records_where_validation_came_from(make_affectnet, tmp_path):
     root = make_affectnet({"Training_Labeled": {0: 6, 1: 6, 4: 6}, "Validation": {0: 2, 1: 2, 4: 2}})
     run_dir = tmp_path / "run"
-    stages.train_close_set(dataset="affectnet", data_root=str(root), open_class="fear", seed=0, run_dir=str(run_dir),
-                           input_size=32, epochs=1, batch_size=8, cache_dir=None, progress=False,
-                           class_map={"0": "neutral"}, data_options={})
+    stages.train_close_set(
+        dataset="affectnet",
+        data_root=str(root),
+        open_class="fear",
+        seed=0,
+        run_dir=str(run_dir),
+        input_size=32,
+        epochs=1,
+        batch_size=8,
+        cache_dir=None,
+        progress=False,
+        class_map={"0": "neutral"},
+        data_options={},
+    )
     results = json.loads((run_dir / "01_close_set" / "results.json").read_text())
     assert "carved" in results["validation"] and results["n_val"] == 2
     manifest = json.loads((run_dir / "manifest.json").read_text())

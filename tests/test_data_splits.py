@@ -52,8 +52,7 @@ def _check_protocol(train: np.ndarray, test: np.ndarray, open_class: Emotion) ->
     assert np.array_equal(split.eval_targets == -1, split.eval_is_open)
     closed = ~split.eval_is_open
     assert np.array_equal(split.label_map.decode(split.eval_targets[closed]), eval_labels[closed])
-    assert split.eval_origin.tolist() == ["test"] * len(test) + ["train"] * len(
-        split.eval_train_index)
+    assert split.eval_origin.tolist() == ["test"] * len(test) + ["train"] * len(split.eval_train_index)
 
 
 @pytest.mark.parametrize("open_class", BASIC7, ids=lambda e: e.label)

@@ -89,14 +89,25 @@ def test_folds_partition_every_sample_once_and_keep_subjects_together(make_subje
     prints = {load_subjects(root, "test", class_map=folders, folds=3, fold=f).fingerprint() for f in range(3)}
     assert len(prints) == 3
     assert [c.label for c in load_subjects(root, "train", class_map=folders).classes] == [
-        "happiness", "sadness", "anger"]
+        "happiness",
+        "sadness",
+        "anger",
+    ]
 
 
 def test_validation_is_carved_by_whole_subjects(make_subjects, tmp_path, capsys):
     root = _ck_root(make_subjects, n_subjects=12)
     for seed in range(3):
-        s = load_splits("subjects", str(root), "anger", 8, cache_dir=None, val_fraction=0.25, seed=seed,
-                        data_options={"folds": 4, "fold": 1})
+        s = load_splits(
+            "subjects",
+            str(root),
+            "anger",
+            8,
+            cache_dir=None,
+            val_fraction=0.25,
+            seed=seed,
+            data_options={"folds": 4, "fold": 1},
+        )
         train_subjects = {p.split("/")[-1].split("_")[0] for p in np.asarray(s.train.paths)[s.train_rows]}
         valid_subjects = {p.split("/")[-1].split("_")[0] for p in s.valid.paths}
         test_subjects = {p.split("/")[-1].split("_")[0] for p in s.test.paths}

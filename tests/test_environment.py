@@ -31,8 +31,20 @@ except ModuleNotFoundError:  # packaging is vendored by pip
 ROOT = Path(__file__).resolve().parents[1]
 
 RUNTIME = {
-    "torch", "torchvision", "numpy", "pandas", "scikit-learn", "matplotlib", "seaborn",
-    "umap-learn", "tqdm", "pillow", "papermill", "jupyterlab", "ipykernel", "nbformat",
+    "torch",
+    "torchvision",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "matplotlib",
+    "seaborn",
+    "umap-learn",
+    "tqdm",
+    "pillow",
+    "papermill",
+    "jupyterlab",
+    "ipykernel",
+    "nbformat",
     "ipywidgets",  # tqdm draws its notebook bars with it (without: "IProgress not found")
 }
 
@@ -82,7 +94,7 @@ def test_ruff_is_configured_and_runs_before_the_tests(pyproject):
     assert {"E", "F", "W", "I", "B", "UP"} <= set(ruff["lint"]["select"])
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     lint = re.search(r"^lint:.*\n((?:\t.*\n)+)", makefile, re.M)
-    assert lint and "ruff check ." in lint.group(1)
+    assert lint and "ruff check ." in lint.group(1) and "ruff format --check ." in lint.group(1)
     for target in ("test", "test-fast"):  # lint is a prerequisite: ruff runs before pytest
         assert re.search(rf"^{target}:.*\blint\b", makefile, re.M), f"make {target} does not run ruff first"
 
@@ -117,8 +129,7 @@ def test_makefile_torch_pair_satisfies_pyproject(runtime):
     assert set(pins) == {"TORCH", "TORCHVISION"}, "Makefile must pin TORCH_VERSION and TORCHVISION_VERSION"
     assert '"torch==$(TORCH_VERSION)" "torchvision==$(TORCHVISION_VERSION)"' in makefile
     assert runtime["torch"].contains(pins["TORCH"]), (pins["TORCH"], str(runtime["torch"]))
-    assert runtime["torchvision"].contains(pins["TORCHVISION"]), (
-        pins["TORCHVISION"], str(runtime["torchvision"]))
+    assert runtime["torchvision"].contains(pins["TORCHVISION"]), (pins["TORCHVISION"], str(runtime["torchvision"]))
 
 
 def test_makefile_registers_the_papermill_kernel():
@@ -140,9 +151,18 @@ def test_installed_packages_satisfy_pyproject(runtime, dist):
 
 
 SETUP_FILES = [
-    "pyproject.toml", "environment.yml", "Makefile", ".ci/run", ".gitignore",
-    "data/README.md", "outputs/README.md", "ferlib/manifest.py", "ferlib/run.py",
-    "tests/test_environment.py", "tests/test_run.py", "tests/test_manifest.py",
+    "pyproject.toml",
+    "environment.yml",
+    "Makefile",
+    ".ci/run",
+    ".gitignore",
+    "data/README.md",
+    "outputs/README.md",
+    "ferlib/manifest.py",
+    "ferlib/run.py",
+    "tests/test_environment.py",
+    "tests/test_run.py",
+    "tests/test_manifest.py",
 ]
 
 
@@ -158,6 +178,15 @@ def test_no_machine_paths_in_setup_files(name):
 
 def test_gitignore_keeps_only_the_readmes():
     lines = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
-    for line in (".venv/", "outputs/*", "!outputs/README.md", "data/*", "!data/README.md",
-                 "__pycache__/", "*.egg-info/", ".ipynb_checkpoints/", ".pytest_cache/"):
+    for line in (
+        ".venv/",
+        "outputs/*",
+        "!outputs/README.md",
+        "data/*",
+        "!data/README.md",
+        "__pycache__/",
+        "*.egg-info/",
+        ".ipynb_checkpoints/",
+        ".pytest_cache/",
+    ):
         assert line in lines, line

@@ -29,8 +29,7 @@ def test_read_manifest_of_a_new_run_is_empty(tmp_path):
 
 
 def test_update_manifest_deep_merges(tmp_path):
-    update_manifest(tmp_path, params={"seed": 0, "dataset": "synthetic"},
-                    stages={"01": {"wall_s": 1.5}})
+    update_manifest(tmp_path, params={"seed": 0, "dataset": "synthetic"}, stages={"01": {"wall_s": 1.5}})
     update_manifest(tmp_path, stages={"02": {"wall_s": 2.0}}, data={"hash": "abc"})
     update_manifest(tmp_path, stages={"01": {"finished": "now"}}, params={"seed": 1})
     out = update_manifest(tmp_path, metrics=[{"detector": "msp", "auroc": 0.9}])
@@ -64,8 +63,7 @@ def test_set_manifest_replaces_whole_sections(tmp_path):
 
 def test_manifest_converts_numpy_and_paths(tmp_path):
     np = pytest.importorskip("numpy")
-    update_manifest(tmp_path, metrics={"auroc": np.float32(0.5), "n": np.int64(3)},
-                    paths={"run": tmp_path})
+    update_manifest(tmp_path, metrics={"auroc": np.float32(0.5), "n": np.int64(3)}, paths={"run": tmp_path})
     out = read_manifest(tmp_path)
     assert out["metrics"] == {"auroc": 0.5, "n": 3}
     assert out["paths"]["run"] == str(tmp_path)
@@ -96,8 +94,20 @@ def test_read_manifest_rejects_a_non_object(tmp_path):
 
 def test_collect_environment_reports_versions_and_device():
     env = collect_environment()
-    for key in ("python", "platform", "torch", "torchvision", "numpy", "sklearn", "pandas",
-                "ferlib", "cuda_available", "cuda_device", "git_commit", "git_dirty"):
+    for key in (
+        "python",
+        "platform",
+        "torch",
+        "torchvision",
+        "numpy",
+        "sklearn",
+        "pandas",
+        "ferlib",
+        "cuda_available",
+        "cuda_device",
+        "git_commit",
+        "git_dirty",
+    ):
         assert key in env, key
     import numpy
 
@@ -112,8 +122,7 @@ def test_collect_environment_reports_versions_and_device():
 
 
 def _git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
 @pytest.fixture

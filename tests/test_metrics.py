@@ -214,11 +214,18 @@ def _scores_frame(n=300, seed=0):
     label = np.where(is_open, 2, rng.choice([0, 1, 3, 4, 5, 6], n))
     target = np.searchsorted([0, 1, 3, 4, 5, 6], label)
     pseudo = np.where(rng.random(n) < 0.8, target, rng.integers(0, 6, n))
-    return pd.DataFrame({
-        "index": np.arange(n), "path": [f"img/{i}.png" for i in range(n)], "label": label,
-        "pseudo": pseudo, "is_open": is_open, "origin": np.where(is_open, "train", "test"),
-        "random": rng.normal(size=n), "separable": is_open * 4.0 + rng.normal(size=n),
-    })
+    return pd.DataFrame(
+        {
+            "index": np.arange(n),
+            "path": [f"img/{i}.png" for i in range(n)],
+            "label": label,
+            "pseudo": pseudo,
+            "is_open": is_open,
+            "origin": np.where(is_open, "train", "test"),
+            "random": rng.normal(size=n),
+            "separable": is_open * 4.0 + rng.normal(size=n),
+        }
+    )
 
 
 def test_metrics_table(tmp_path):

@@ -68,10 +68,13 @@ def test_notebook_call_forwards_every_parameter(stage):
     """The stage call passes each parameter by its own name (the old notebooks dropped
     stem, weight_decay, lr_gamma, val_fraction, amp, cache_dir and the detector settings)."""
     func = stage.function()
-    calls = [node for cell in _cells(stage) if cell["cell_type"] == "code"
-             for node in ast.walk(ast.parse("".join(cell["source"])))
-             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-             and node.func.attr == func.__name__]
+    calls = [
+        node
+        for cell in _cells(stage)
+        if cell["cell_type"] == "code"
+        for node in ast.walk(ast.parse("".join(cell["source"])))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == func.__name__
+    ]
     assert len(calls) == 1, f"{stage.name}: one call of {func.__name__} expected"
     keywords = {k.arg: k.value for k in calls[0].keywords}
     assert list(keywords) == list(signature_parameters(func))
@@ -128,12 +131,38 @@ def test_papermill_and_python_executors_give_identical_metrics(tmp_path):
     from ferlib.data.synthetic import SyntheticConfig, write_synthetic
 
     root = write_synthetic(tmp_path / "synthetic", SyntheticConfig(n_train=140, n_valid=35, n_test=70, seed=0))
-    common = ["pipeline", "--dataset", "synthetic", "--data-root", str(root), "--open-class", "surprise",
-              "--stages", "01", "02", "03", "--outputs", str(tmp_path / "outputs"),
-              "-p", "epochs=1", "-p", "input_size=32", "-p", "batch_size=32", "-p", "progress=False",
-              "-p", f"cache_dir={tmp_path / 'cache'}", "-p", "detectors=['msp', 'energy', 'knn', 'tknn']",
-              # parameters the old notebooks 01-02 dropped although the manifest recorded them
-              "-p", "weight_decay=0.05", "-p", "stem=imagenet"]
+    common = [
+        "pipeline",
+        "--dataset",
+        "synthetic",
+        "--data-root",
+        str(root),
+        "--open-class",
+        "surprise",
+        "--stages",
+        "01",
+        "02",
+        "03",
+        "--outputs",
+        str(tmp_path / "outputs"),
+        "-p",
+        "epochs=1",
+        "-p",
+        "input_size=32",
+        "-p",
+        "batch_size=32",
+        "-p",
+        "progress=False",
+        "-p",
+        f"cache_dir={tmp_path / 'cache'}",
+        "-p",
+        "detectors=['msp', 'energy', 'knn', 'tknn']",
+        # parameters the old notebooks 01-02 dropped although the manifest recorded them
+        "-p",
+        "weight_decay=0.05",
+        "-p",
+        "stem=imagenet",
+    ]
     assert main([*common, "--run", "py", "--executor", "python"]) == 0
     assert main([*common, "--run", "pm", "--executor", "papermill"]) == 0
     out = tmp_path / "outputs"
@@ -158,18 +187,20 @@ def test_progress_bars_are_widgets_in_a_notebook(tmp_path):
     from ferlib.run import DEFAULT_KERNEL
 
     nb = nbformat.v4.new_notebook()
-    nb.cells.append(nbformat.v4.new_code_cell(
-        "import warnings\n"
-        "warnings.simplefilter('error')  # tqdm's IProgress warning would fail the cell\n"
-        "from ferlib.progress import progress_bar\n"
-        "bar = progress_bar(range(3))\n"
-        "list(bar)\n"
-        "from tqdm.notebook import tqdm as notebook_tqdm\n"
-        "print('widget bar:', isinstance(bar, notebook_tqdm))"))
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            "import warnings\n"
+            "warnings.simplefilter('error')  # tqdm's IProgress warning would fail the cell\n"
+            "from ferlib.progress import progress_bar\n"
+            "bar = progress_bar(range(3))\n"
+            "list(bar)\n"
+            "from tqdm.notebook import tqdm as notebook_tqdm\n"
+            "print('widget bar:', isinstance(bar, notebook_tqdm))"
+        )
+    )
     source, target = tmp_path / "bar.ipynb", tmp_path / "bar_out.ipynb"
     nbformat.write(nb, str(source))
-    papermill.execute_notebook(str(source), str(target), kernel_name=DEFAULT_KERNEL, cwd=str(ROOT),
-                               progress_bar=False)
+    papermill.execute_notebook(str(source), str(target), kernel_name=DEFAULT_KERNEL, cwd=str(ROOT), progress_bar=False)
     text = target.read_text(encoding="utf-8")
     assert "widget bar: True" in text
     assert "application/vnd.jupyter.widget-view+json" in text  # a widget, not a text bar

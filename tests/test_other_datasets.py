@@ -19,14 +19,41 @@ from ferlib.run import main
 pytestmark = pytest.mark.slow
 
 # Small enough for a few seconds per run on 2 cores.
-PARAMS = ["-p", "epochs=1", "-p", "input_size=32", "-p", "batch_size=16", "-p", "progress=False",
-          "-p", "detectors=['msp', 'tknn']"]
+PARAMS = [
+    "-p",
+    "epochs=1",
+    "-p",
+    "input_size=32",
+    "-p",
+    "batch_size=16",
+    "-p",
+    "progress=False",
+    "-p",
+    "detectors=['msp', 'tknn']",
+]
 
 
 def _sweep(dataset: str, root, out, open_classes: list[str]) -> int:
-    return main(["sweep", "--dataset", dataset, "--data-root", str(root), "--open", *open_classes,
-                 "--seeds", "0", "--executor", "python", "--outputs", str(out),
-                 *PARAMS, "-p", f"cache_dir={out / 'cache'}"])
+    return main(
+        [
+            "sweep",
+            "--dataset",
+            dataset,
+            "--data-root",
+            str(root),
+            "--open",
+            *open_classes,
+            "--seeds",
+            "0",
+            "--executor",
+            "python",
+            "--outputs",
+            str(out),
+            *PARAMS,
+            "-p",
+            f"cache_dir={out / 'cache'}",
+        ]
+    )
 
 
 def _check_run(run_dir, dataset: str, open_class: str, n_open: int) -> None:
@@ -49,7 +76,7 @@ def test_rafdb_sweep_and_tables(make_rafdb, tmp_path):
     out = tmp_path / "outputs"
     assert _sweep("rafdb", root, out, ["surprise", "fear"]) == 0
     for name in ("surprise", "fear"):
-            # the open class's train (8) and test (3) images are all in the evaluation table
+        # the open class's train (8) and test (3) images are all in the evaluation table
         _check_run(out / f"rafdb_open-{name}_seed0", "rafdb", name, n_open=11)
 
     assert main(["tables", str(out / "*"), "--out", str(tmp_path / "tables")]) == 0  # the CLI
@@ -67,8 +94,7 @@ def test_rafdb_sweep_and_tables(make_rafdb, tmp_path):
 
 def test_affectnet_sweep(make_affectnet, tmp_path):
     # AffectNet folders 0..6 = Neutral, Happy, Sad, Surprise, Fear, Disgust, Anger; 7 (contempt) dropped.
-    root = make_affectnet({"Training_Labeled": {c: 8 for c in range(8)},
-                           "Validation": {c: 3 for c in range(8)}})
+    root = make_affectnet({"Training_Labeled": {c: 8 for c in range(8)}, "Validation": {c: 3 for c in range(8)}})
     out = tmp_path / "outputs"
     assert _sweep("affectnet", root, out, ["anger"]) == 0
     _check_run(out / "affectnet_open-anger_seed0", "affectnet", "anger", n_open=11)

@@ -34,8 +34,12 @@ def test_every_stage_function_keeps_the_contract(func):
 
 
 def test_pipeline_table_is_the_four_stage_functions():
-    assert [s.function() for s in STAGES] == [stages.train_close_set, stages.predict_pseudo_labels,
-                                              stages.detect_open_set, report.visualise]
+    assert [s.function() for s in STAGES] == [
+        stages.train_close_set,
+        stages.predict_pseudo_labels,
+        stages.detect_open_set,
+        report.visualise,
+    ]
 
 
 def test_stage_03_runs_every_registered_detector_by_default():
@@ -71,8 +75,9 @@ def _documented(a: int = 1, b: str | None = None, c: tuple = (1, 2)) -> None:
 def test_parameter_docs_reads_the_numpy_section():
     docs = parameter_docs(_documented)
     assert set(docs) == {"a", "b", "c"}
-    assert docs["a"] == ParamDoc("a", "int", "The first; its description\nruns over two lines.\n\n"
-                                              "A second paragraph stays out of the help line.")
+    assert docs["a"] == ParamDoc(
+        "a", "int", "The first; its description\nruns over two lines.\n\nA second paragraph stays out of the help line."
+    )
     assert docs["a"].help == "The first; its description runs over two lines."
     assert docs["c"].help == "Documented together." and docs["c"].type == ""
     assert contract_problems(_documented) == []
@@ -105,31 +110,34 @@ def _train(**changes):
     validate_arguments(func, applied_arguments(func, changes))
 
 
-@pytest.mark.parametrize("changes, words", [
-    ({"epochs": 0}, ["train_close_set: epochs=0", "integer >= 1"]),
-    ({"epochs": 2.5}, ["epochs=2.5", "expected int, got float"]),
-    ({"batch_size": 1}, ["batch_size=1", ">= 2"]),
-    ({"lr": 0}, ["lr=0", "(0.0, 1.0]"]),
-    ({"lr": 2.0}, ["lr=2.0"]),
-    ({"lr": "1e-3"}, ["lr='1e-3'", "expected float, got str"]),
-    ({"weight_decay": -1e-4}, ["weight_decay=-0.0001", "[0.0, inf)"]),
-    ({"val_fraction": 1.0}, ["val_fraction=1.0", "(0.0, 1.0)"]),
-    ({"input_size": 16}, ["input_size=16", "in 32..256"]),
-    ({"lr_gamma": 1.5}, ["lr_gamma=1.5"]),
-    ({"seed": -1}, ["seed=-1"]),
-    ({"dataset": "ferplsu"}, ["dataset='ferplsu'", "unknown data set", "ferplus", "rafdb"]),
-    ({"open_class": "bored"}, ["open_class='bored'", "unknown emotion", "surprise"]),
-    ({"arch": "resnet19"}, ["arch='resnet19'", "resnet18, resnet50"]),
-    ({"stem": "big"}, ["stem='big'", "auto, small, imagenet"]),
-    ({"device": "gpu"}, ["device='gpu'", "not a torch device"]),
-    ({"pretrained": "no/such/weights.pth"}, ["pretrained='no/such/weights.pth'", "no such file"]),
-    ({"objective": "cee"}, ["objective", "'cee'", "ce"]),
-    ({"objective_params": {"zzz": 1}}, ["zzz"]),
-    ({"head": "cam"}, ["head", "'cam'", "linear"]),
-    ({"head_params": {"zzz": 1}}, ["zzz"]),
-    ({"class_map": {"0": "happyy"}}, ["class_map", "happyy"]),
-    ({"data_options": {"fold": 3}}, ["fold"]),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"epochs": 0}, ["train_close_set: epochs=0", "integer >= 1"]),
+        ({"epochs": 2.5}, ["epochs=2.5", "expected int, got float"]),
+        ({"batch_size": 1}, ["batch_size=1", ">= 2"]),
+        ({"lr": 0}, ["lr=0", "(0.0, 1.0]"]),
+        ({"lr": 2.0}, ["lr=2.0"]),
+        ({"lr": "1e-3"}, ["lr='1e-3'", "expected float, got str"]),
+        ({"weight_decay": -1e-4}, ["weight_decay=-0.0001", "[0.0, inf)"]),
+        ({"val_fraction": 1.0}, ["val_fraction=1.0", "(0.0, 1.0)"]),
+        ({"input_size": 16}, ["input_size=16", "in 32..256"]),
+        ({"lr_gamma": 1.5}, ["lr_gamma=1.5"]),
+        ({"seed": -1}, ["seed=-1"]),
+        ({"dataset": "ferplsu"}, ["dataset='ferplsu'", "unknown data set", "ferplus", "rafdb"]),
+        ({"open_class": "bored"}, ["open_class='bored'", "unknown emotion", "surprise"]),
+        ({"arch": "resnet19"}, ["arch='resnet19'", "resnet18, resnet50"]),
+        ({"stem": "big"}, ["stem='big'", "auto, small, imagenet"]),
+        ({"device": "gpu"}, ["device='gpu'", "not a torch device"]),
+        ({"pretrained": "no/such/weights.pth"}, ["pretrained='no/such/weights.pth'", "no such file"]),
+        ({"objective": "cee"}, ["objective", "'cee'", "ce"]),
+        ({"objective_params": {"zzz": 1}}, ["zzz"]),
+        ({"head": "cam"}, ["head", "'cam'", "linear"]),
+        ({"head_params": {"zzz": 1}}, ["zzz"]),
+        ({"class_map": {"0": "happyy"}}, ["class_map", "happyy"]),
+        ({"data_options": {"fold": 3}}, ["fold"]),
+    ],
+)
 def test_bad_values_name_the_parameter_the_value_and_the_choices(changes, words):
     with pytest.raises(ParameterError) as info:
         _train(**changes)
@@ -139,20 +147,36 @@ def test_bad_values_name_the_parameter_the_value_and_the_choices(changes, words)
 
 def test_good_values_pass():
     _train()
-    _train(epochs=1, batch_size=2, lr=1, weight_decay=0, val_fraction=0.5, input_size=32, open_class=None,
-           device="cuda:1", objective="ce", head="linear", dataset="ferplus")
+    _train(
+        epochs=1,
+        batch_size=2,
+        lr=1,
+        weight_decay=0,
+        val_fraction=0.5,
+        input_size=32,
+        open_class=None,
+        device="cuda:1",
+        objective="ce",
+        head="linear",
+        dataset="ferplus",
+    )
     _train(lr=1)  # an int where a float is due is fine
 
 
-@pytest.mark.parametrize("changes, words", [
-    ({"detectors": ["msp", "odin"]}, ["detect_open_set", "unknown detector 'odin'", "tknn"]),
-    ({"detectors": "msp"}, ["detectors"]),
-    ({"detector_params": {"tknn": {"kk": 3}}}, ["tknn", "'kk'", "k"]),
-    ({"protocols": ["honest", "honset"]}, ["protocols=['honest', 'honset']", "unknown protocol 'honset'",
-                                           "honest, reference"]),
-    ({"protocols": []}, ["protocols=[]", "at least one"]),
-    ({"eval_subset": "tset"}, ["eval_subset='tset'", "all, test"]),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"detectors": ["msp", "odin"]}, ["detect_open_set", "unknown detector 'odin'", "tknn"]),
+        ({"detectors": "msp"}, ["detectors"]),
+        ({"detector_params": {"tknn": {"kk": 3}}}, ["tknn", "'kk'", "k"]),
+        (
+            {"protocols": ["honest", "honset"]},
+            ["protocols=['honest', 'honset']", "unknown protocol 'honset'", "honest, reference"],
+        ),
+        ({"protocols": []}, ["protocols=[]", "at least one"]),
+        ({"eval_subset": "tset"}, ["eval_subset='tset'", "all, test"]),
+    ],
+)
 def test_stage_03_names_are_checked(changes, words):
     func = stages.detect_open_set
     with pytest.raises(ParameterError) as info:

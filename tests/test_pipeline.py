@@ -30,9 +30,14 @@ def tiny_run(tmp_path_factory):
     params = dict(COMMON, data_root=str(root), run_dir=str(base / "run"), cache_dir=str(base / "cache"))
     stages.train_close_set(**params, epochs=4, batch_size=64)
     stages.predict_pseudo_labels(**params)
-    metrics = stages.detect_open_set(**params, detectors=["msp", "energy", "knn", "tknn", "cycle", "contrast"],
-                                     detector_params={"cycle": {"cycles": 2, "epochs_per_cycle": 2, "batch_size": 64},
-                                                      "contrast": {"epochs": 4, "batch_size": 64}})
+    metrics = stages.detect_open_set(
+        **params,
+        detectors=["msp", "energy", "knn", "tknn", "cycle", "contrast"],
+        detector_params={
+            "cycle": {"cycles": 2, "epochs_per_cycle": 2, "batch_size": 64},
+            "contrast": {"epochs": 4, "batch_size": 64},
+        },
+    )
     return params, metrics
 
 
@@ -100,11 +105,16 @@ def test_scores_table_and_resume(tiny_run, capsys):
         auroc = openset_metrics(scores[det], scores["is_open"])["auroc"]
         assert auroc == pytest.approx(metrics.query("protocol == 'honest' and detector == @det")["auroc"].item())
     # a second call finds every checkpoint and retrains nothing: same scores
-    again = stages.detect_open_set(**{**params, "progress": True}, detectors=["cycle"], protocols=["honest"],
-                                   detector_params={"cycle": {"cycles": 2, "epochs_per_cycle": 2, "batch_size": 64}})
+    again = stages.detect_open_set(
+        **{**params, "progress": True},
+        detectors=["cycle"],
+        protocols=["honest"],
+        detector_params={"cycle": {"cycles": 2, "epochs_per_cycle": 2, "batch_size": 64}},
+    )
     assert "resuming" in capsys.readouterr().out
     assert again.set_index("detector").loc["cycle", "auroc"] == pytest.approx(
-        metrics.query("protocol == 'honest' and detector == 'cycle'")["auroc"].item(), abs=1e-6)
+        metrics.query("protocol == 'honest' and detector == 'cycle'")["auroc"].item(), abs=1e-6
+    )
 
 
 def test_notebook_01_through_papermill(tiny_run, tmp_path):
@@ -112,9 +122,29 @@ def test_notebook_01_through_papermill(tiny_run, tmp_path):
     from ferlib.run import main
 
     params, _ = tiny_run
-    code = main(["pipeline", "--dataset", "synthetic", "--data-root", params["data_root"], "--open-class",
-                 "surprise", "--stages", "01", "--outputs", str(tmp_path), "--run", "nb",
-                 "-p", "epochs=1", "-p", f"input_size={SIZE}", "-p", "batch_size=64"])
+    code = main(
+        [
+            "pipeline",
+            "--dataset",
+            "synthetic",
+            "--data-root",
+            params["data_root"],
+            "--open-class",
+            "surprise",
+            "--stages",
+            "01",
+            "--outputs",
+            str(tmp_path),
+            "--run",
+            "nb",
+            "-p",
+            "epochs=1",
+            "-p",
+            f"input_size={SIZE}",
+            "-p",
+            "batch_size=64",
+        ]
+    )
     assert code in (0, None)
     executed = tmp_path / "nb" / "notebooks" / "01_train_close_set.ipynb"
     assert executed.exists()
@@ -128,9 +158,12 @@ def test_notebook_01_through_papermill(tiny_run, tmp_path):
 def test_ablation_table(tiny_run):
     """The ablation runs each variant beside max softmax on the same rows and writes its table."""
     params, _ = tiny_run
-    table = stages.ablate_cycle(**params, protocols=["honest"],
-                                variants={k: stages.CYCLE_ABLATIONS[k] for k in ("lam=0", "test_split_only")},
-                                detector_params={"cycle": {"cycles": 1, "epochs_per_cycle": 1, "batch_size": 64}})
+    table = stages.ablate_cycle(
+        **params,
+        protocols=["honest"],
+        variants={k: stages.CYCLE_ABLATIONS[k] for k in ("lam=0", "test_split_only")},
+        detector_params={"cycle": {"cycles": 1, "epochs_per_cycle": 1, "batch_size": 64}},
+    )
     assert list(table["variant"]) == ["lam=0", "test_split_only"]
     test_only = table.set_index("variant").loc["test_split_only"]
     assert test_only["n"] == 280 and test_only["eval_subset"] == "test"

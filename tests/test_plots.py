@@ -33,25 +33,36 @@ def scores_frame():
     is_open = rng.random(n) < 0.4
     label = np.where(is_open, 2, rng.choice(CLOSE, n))
     target = np.searchsorted(CLOSE, label)
-    pseudo = np.where(is_open, rng.integers(0, 6, n),
-                      np.where(rng.random(n) < 0.8, target, rng.integers(0, 6, n)))
-    return pd.DataFrame({
-        "index": np.arange(n), "path": [f"img/{i}.png" for i in range(n)], "label": label,
-        "pseudo": pseudo, "is_open": is_open, "origin": np.where(is_open, "train", "test"),
-        "msp": rng.normal(size=n), "energy": rng.normal(size=n) + 0.5 * is_open,
-        "cycle_loss": np.abs(rng.normal(size=n)) + 3.0 * is_open,
-    })
+    pseudo = np.where(is_open, rng.integers(0, 6, n), np.where(rng.random(n) < 0.8, target, rng.integers(0, 6, n)))
+    return pd.DataFrame(
+        {
+            "index": np.arange(n),
+            "path": [f"img/{i}.png" for i in range(n)],
+            "label": label,
+            "pseudo": pseudo,
+            "is_open": is_open,
+            "origin": np.where(is_open, "train", "test"),
+            "msp": rng.normal(size=n),
+            "energy": rng.normal(size=n) + 0.5 * is_open,
+            "cycle_loss": np.abs(rng.normal(size=n)) + 3.0 * is_open,
+        }
+    )
 
 
 @pytest.fixture
 def history():
     epochs = np.arange(1, 13)
     val_acc = np.r_[np.linspace(0.3, 0.72, 9), 0.70, 0.71, 0.69]
-    return pd.DataFrame({
-        "epoch": epochs, "train_loss": np.linspace(2.0, 0.3, 12),
-        "train_acc": np.linspace(0.3, 0.95, 12), "val_loss": np.linspace(2.0, 0.9, 12),
-        "val_acc": val_acc, "lr": 1e-3 * 0.9 ** (epochs - 1),
-    })
+    return pd.DataFrame(
+        {
+            "epoch": epochs,
+            "train_loss": np.linspace(2.0, 0.3, 12),
+            "train_acc": np.linspace(0.3, 0.95, 12),
+            "val_loss": np.linspace(2.0, 0.9, 12),
+            "val_acc": val_acc,
+            "lr": 1e-3 * 0.9 ** (epochs - 1),
+        }
+    )
 
 
 def _check_written(fig, tmp_path, name):
@@ -99,8 +110,7 @@ def test_score_histograms(scores_frame, tmp_path):
 def test_score_histograms_reads_auroc_from_metrics(scores_frame):
     table = metrics_table(scores_frame, ["msp", "energy"], "honest")
     table.loc[table["detector"] == "msp", "auroc"] = 0.123  # marks where the number came from
-    fig = plots.score_histograms(scores_frame, ["msp", "energy"], metrics=table,
-                                 protocol="honest")
+    fig = plots.score_histograms(scores_frame, ["msp", "energy"], metrics=table, protocol="honest")
     assert "AUROC = 0.123" in fig.axes[0].get_xlabel()
     fig = plots.score_histograms(scores_frame, ["msp"], metrics={"msp": 0.456})
     assert "AUROC = 0.456" in fig.axes[0].get_xlabel()
@@ -125,8 +135,9 @@ def test_learning_curves(history, tmp_path):
     assert len(fig.axes) == 2
     best = int(history["epoch"][history["val_acc"].idxmax()])
     for ax in fig.axes:  # the best epoch is marked in both panels
-        xs = [line.get_xdata()[0] for line in ax.get_lines()
-              if line.get_linestyle() == ":" and len(line.get_xdata()) == 2]
+        xs = [
+            line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == ":" and len(line.get_xdata()) == 2
+        ]
         assert best in xs
     _check_written(fig, tmp_path, "curves")
     # loss only: one panel, best epoch on val_loss
@@ -203,8 +214,7 @@ def test_umap_embedding_is_deterministic_and_plots(tmp_path):
     c = plots.embedding(features, method="umap", seed=1)
     assert not np.array_equal(a, c)
 
-    names = {0: "neutral", 1: "happiness", 2: "surprise", 3: "sadness", 4: "anger",
-             5: "disgust", 6: "fear"}
+    names = {0: "neutral", 1: "happiness", 2: "surprise", 3: "sadness", 4: "anger", 5: "disgust", 6: "fear"}
     fig = plots.embedding_plot(a, labels, is_open, names, title="UMAP, seed 0")
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend[-1] == "open (surprise)" and "neutral" in legend

@@ -54,14 +54,30 @@ def _stage(name: str, params: dict) -> None:
 
 
 # Each dummy stage keeps the contract of the real ones: explicit, typed, defaulted parameters.
-def stage_a(dataset: str = "synthetic", data_root: str | None = None, open_class: str | None = None,
-            seed: int = 0, device: str = "cpu", run_dir: str = "outputs/run", epochs: int = 3,
-            lr: float = 0.01, arch: str = "resnet18", tags: list | None = None) -> None:
+def stage_a(
+    dataset: str = "synthetic",
+    data_root: str | None = None,
+    open_class: str | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    run_dir: str = "outputs/run",
+    epochs: int = 3,
+    lr: float = 0.01,
+    arch: str = "resnet18",
+    tags: list | None = None,
+) -> None:
     _stage("01_a", locals())
 
 
-def stage_b(dataset: str = "synthetic", open_class: str | None = None, seed: int = 0, device: str = "cpu",
-            run_dir: str = "outputs/run", k: int = 5, progress: bool = True) -> None:
+def stage_b(
+    dataset: str = "synthetic",
+    open_class: str | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    run_dir: str = "outputs/run",
+    k: int = 5,
+    progress: bool = True,
+) -> None:
     _stage("02_b", locals())
 
 
@@ -104,8 +120,12 @@ def pipeline(tmp_path, lines=None, **kwargs):
     kwargs.setdefault("executor", "python")
     kwargs.setdefault("outputs", tmp_path / "outputs")
     return run_pipeline(
-        kwargs.pop("dataset", "synthetic"), stage_table=TABLE, repo_root=tmp_path,
-        say=(lines.append if lines is not None else (lambda _: None)), **kwargs)
+        kwargs.pop("dataset", "synthetic"),
+        stage_table=TABLE,
+        repo_root=tmp_path,
+        say=(lines.append if lines is not None else (lambda _: None)),
+        **kwargs,
+    )
 
 
 def tmp_files(root: Path) -> list[Path]:
@@ -114,20 +134,31 @@ def tmp_files(root: Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------ pipeline
 def test_pipeline_gives_each_stage_only_the_keys_its_signature_accepts(tmp_path):
-    result = pipeline(tmp_path, data_root=tmp_path / "data", open_class="happy", seed=3,
-                      extra=["epochs=2", "lr=1e-3", "arch=resnet18", "tags=[1, 2]", "k=7"])
+    result = pipeline(
+        tmp_path,
+        data_root=tmp_path / "data",
+        open_class="happy",
+        seed=3,
+        extra=["epochs=2", "lr=1e-3", "arch=resnet18", "tags=[1, 2]", "k=7"],
+    )
     assert result.run == "synthetic_open-happiness_seed3"
     run_dir = tmp_path / "outputs" / result.run
     assert result.run_dir == run_dir
     assert result.ran == ["01_a", "02_b", "03_c"] and result.skipped == []
 
     assert [name for name, _ in CALLS] == ["01_a", "02_b", "03_c"]
-    core = {"dataset": "synthetic", "data_root": str((tmp_path / "data").resolve()),
-            "open_class": "happiness", "seed": 3, "device": "cpu", "run_dir": str(run_dir)}
+    core = {
+        "dataset": "synthetic",
+        "data_root": str((tmp_path / "data").resolve()),
+        "open_class": "happiness",
+        "seed": 3,
+        "device": "cpu",
+        "run_dir": str(run_dir),
+    }
     applied = {
         "01_a": {**core, "epochs": 2, "lr": 1e-3, "arch": "resnet18", "tags": [1, 2]},
-        "02_b": {k: core[k] for k in ("dataset", "open_class", "seed", "device", "run_dir")} | {
-            "k": 7, "progress": True},
+        "02_b": {k: core[k] for k in ("dataset", "open_class", "seed", "device", "run_dir")}
+        | {"k": 7, "progress": True},
         "03_c": {"run_dir": str(run_dir), "seed": 3, "names": None},  # defaults are applied values too
     }
     assert dict(CALLS) == applied
@@ -151,10 +182,24 @@ def test_pipeline_gives_each_stage_only_the_keys_its_signature_accepts(tmp_path)
         assert section["params"] == applied[name]  # what the stage applied, per stage
         assert section["key"] == read_stage_record(run_dir, name)["key"]
     assert manifest["metrics"] == [
-        {"detector": "msp", "protocol": "basic", "auroc": 0.75, "fpr95": 0.5, "aupr_in": 0.8,
-         "aupr_out": None, "close_acc": 0.9},
-        {"detector": "energy", "protocol": "basic", "auroc": 0.8, "fpr95": 0.4, "aupr_in": 0.85,
-         "aupr_out": 0.7, "close_acc": 0.9},
+        {
+            "detector": "msp",
+            "protocol": "basic",
+            "auroc": 0.75,
+            "fpr95": 0.5,
+            "aupr_in": 0.8,
+            "aupr_out": None,
+            "close_acc": 0.9,
+        },
+        {
+            "detector": "energy",
+            "protocol": "basic",
+            "auroc": 0.8,
+            "fpr95": 0.4,
+            "aupr_in": 0.85,
+            "aupr_out": 0.7,
+            "close_acc": 0.9,
+        },
     ]
     assert tmp_files(tmp_path) == []
 
@@ -177,19 +222,30 @@ def test_unknown_parameter_is_refused_before_any_work(tmp_path):
     assert CALLS == [] and not (tmp_path / "outputs").exists()
 
     with pytest.raises(RunnerError, match="epohcs"):  # a sweep refuses it before its first run
-        run_sweep("synthetic", open_classes=["fear", "anger"], seeds=[0], outputs=tmp_path / "outputs",
-                  executor="python", stage_table=TABLE, repo_root=tmp_path, say=lambda _: None,
-                  extra=["epohcs=3"])
+        run_sweep(
+            "synthetic",
+            open_classes=["fear", "anger"],
+            seeds=[0],
+            outputs=tmp_path / "outputs",
+            executor="python",
+            stage_table=TABLE,
+            repo_root=tmp_path,
+            say=lambda _: None,
+            extra=["epohcs=3"],
+        )
     assert CALLS == [] and not (tmp_path / "outputs").exists()
 
 
-@pytest.mark.parametrize("extra, words", [
-    ({"epochs": 0}, ["stage 01_a", "epochs=0", ">= 1"]),
-    ({"lr": 5.0}, ["lr=5.0", "(0.0, 1.0]"]),
-    ({"epochs": "ten"}, ["epochs='ten'", "expected int"]),
-    ({"arch": "resnet19"}, ["arch='resnet19'", "resnet18", "resnet50"]),
-    ({"k": 2.5}, ["stage 02_b", "k=2.5", "expected int"]),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        ({"epochs": 0}, ["stage 01_a", "epochs=0", ">= 1"]),
+        ({"lr": 5.0}, ["lr=5.0", "(0.0, 1.0]"]),
+        ({"epochs": "ten"}, ["epochs='ten'", "expected int"]),
+        ({"arch": "resnet19"}, ["arch='resnet19'", "resnet18", "resnet50"]),
+        ({"k": 2.5}, ["stage 02_b", "k=2.5", "expected int"]),
+    ],
+)
 def test_bad_values_are_refused_before_any_work(tmp_path, extra, words):
     with pytest.raises(RunnerError) as info:
         pipeline(tmp_path, run="bad", extra=extra)
@@ -325,8 +381,9 @@ def test_unknown_stage_and_bad_function_are_clear_errors(tmp_path):
         pipeline(tmp_path, stages=["09"])
     table = (Stage("01_x", notebook="x.ipynb", func="ferlib_no_such_module:f"),)
     with pytest.raises(RunnerError, match="cannot import ferlib_no_such_module:f"):
-        run_pipeline("synthetic", outputs=tmp_path, executor="python", stage_table=table,
-                     repo_root=tmp_path, say=lambda _: None)
+        run_pipeline(
+            "synthetic", outputs=tmp_path, executor="python", stage_table=table, repo_root=tmp_path, say=lambda _: None
+        )
 
 
 def test_select_stages_by_prefix_in_table_order():
@@ -369,23 +426,40 @@ def test_open_class_none(tmp_path):
 def test_sweep_goes_on_after_a_failure_and_reports_it(tmp_path):
     FAIL_RUNS.add(("fear", 1))
     lines: list[str] = []
-    result = run_sweep("synthetic", open_classes=["surprise", "fear"], seeds=[0, 1],
-                       outputs=tmp_path / "outputs", executor="python", stage_table=TABLE,
-                       repo_root=tmp_path, say=lines.append)
+    result = run_sweep(
+        "synthetic",
+        open_classes=["surprise", "fear"],
+        seeds=[0, 1],
+        outputs=tmp_path / "outputs",
+        executor="python",
+        stage_table=TABLE,
+        repo_root=tmp_path,
+        say=lines.append,
+    )
     assert not result.ok
     assert list(result.failed) == ["synthetic_open-fear_seed1"]
     assert "boom in b" in result.failed["synthetic_open-fear_seed1"]
-    assert sorted(result.runs) == ["synthetic_open-fear_seed0", "synthetic_open-surprise_seed0",
-                                   "synthetic_open-surprise_seed1"]
+    assert sorted(result.runs) == [
+        "synthetic_open-fear_seed0",
+        "synthetic_open-surprise_seed0",
+        "synthetic_open-surprise_seed1",
+    ]
     assert len(CALLS) == 3 * 3 + 2
     assert "== sweep finished: 3/4 runs ok" in lines
-    assert any("synthetic_open-fear_seed1" in line for line in lines[lines.index("failed runs:"):])
+    assert any("synthetic_open-fear_seed1" in line for line in lines[lines.index("failed runs:") :])
 
     FAIL_RUNS.clear()
     called()
-    result = run_sweep("synthetic", open_classes=["surprise", "fear"], seeds=[0, 1],
-                       outputs=tmp_path / "outputs", executor="python", stage_table=TABLE,
-                       repo_root=tmp_path, say=lines.append)
+    result = run_sweep(
+        "synthetic",
+        open_classes=["surprise", "fear"],
+        seeds=[0, 1],
+        outputs=tmp_path / "outputs",
+        executor="python",
+        stage_table=TABLE,
+        repo_root=tmp_path,
+        say=lines.append,
+    )
     assert result.ok
     assert called() == ["02_b", "03_c"]  # only the failed run's unfinished stages
 
@@ -393,8 +467,7 @@ def test_sweep_goes_on_after_a_failure_and_reports_it(tmp_path):
 def test_cli_pipeline_stage_and_sweep(tmp_path, capsys):
     out = tmp_path / "outputs"
     common = ["--dataset", "synthetic", "--outputs", str(out), "--executor", "python"]
-    assert main(["pipeline", *common, "--run", "cli", "-p", "epochs=1"],
-                stage_table=TABLE, repo_root=tmp_path) == 0
+    assert main(["pipeline", *common, "--run", "cli", "-p", "epochs=1"], stage_table=TABLE, repo_root=tmp_path) == 0
     assert called() == ["01_a", "02_b", "03_c"]
     assert read_manifest(out / "cli")["params"]["epochs"] == 1
 
@@ -404,15 +477,18 @@ def test_cli_pipeline_stage_and_sweep(tmp_path, capsys):
     assert main(["stage", "02", *common, "--run", "cli", "--force"], stage_table=TABLE, repo_root=tmp_path) == 0
     assert called() == ["02_b"]
     # stage 02 has no epochs: the CLI says so, lists what it has, and runs nothing
-    assert main(["stage", "02", *common, "--run", "cli", "-p", "epochs=1", "--force"],
-                stage_table=TABLE, repo_root=tmp_path) == 2
+    assert (
+        main(
+            ["stage", "02", *common, "--run", "cli", "-p", "epochs=1", "--force"], stage_table=TABLE, repo_root=tmp_path
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "-p epochs: no selected stage" in err and "02_b: dataset, open_class, seed" in err
     assert called() == []
 
     FAIL_RUNS.add(("anger", 0))
-    code = main(["sweep", *common, "--open", "anger", "disgust", "--seeds", "0"],
-                stage_table=TABLE, repo_root=tmp_path)
+    code = main(["sweep", *common, "--open", "anger", "disgust", "--seeds", "0"], stage_table=TABLE, repo_root=tmp_path)
     assert code == 1
     printed = capsys.readouterr().out
     assert "failed runs:" in printed and "synthetic_open-anger_seed0" in printed
@@ -457,27 +533,34 @@ def _write_notebook(path: Path, cells: list[tuple[str, list[str]]]) -> None:
     nbformat.write(nb, str(path))
 
 
-def tiny(dataset: str = "default", seed: int = 0, run_dir: str = "nowhere",
-         message: str = "default message") -> None:
+def tiny(dataset: str = "default", seed: int = 0, run_dir: str = "nowhere", message: str = "default message") -> None:
     """The function behind the tiny notebook: its signature is the notebook's contract."""
     CALLS.append(("tiny", locals()))
 
 
 def test_papermill_executes_notebooks_into_the_run_dir(tmp_path):
     kernel = _kernel_or_skip()
-    _write_notebook(tmp_path / "notebooks" / "tiny.ipynb", [
-        ('dataset = "default"\nseed = 0\nrun_dir = "nowhere"\nmessage = "default message"',
-         ["parameters"]),
-        ("import os, pathlib\n"
-         "pathlib.Path(run_dir, 'tiny.txt').write_text(f'{message}|{seed}|{os.getcwd()}')", []),
-        ("print('message is', message)", []),
-    ])
-    table = (
-        Stage("01_tiny", notebook="notebooks/tiny.ipynb", func=tiny),
+    _write_notebook(
+        tmp_path / "notebooks" / "tiny.ipynb",
+        [
+            ('dataset = "default"\nseed = 0\nrun_dir = "nowhere"\nmessage = "default message"', ["parameters"]),
+            ("import os, pathlib\npathlib.Path(run_dir, 'tiny.txt').write_text(f'{message}|{seed}|{os.getcwd()}')", []),
+            ("print('message is', message)", []),
+        ],
     )
-    run_pipeline("synthetic", seed=7, run="nb", outputs=tmp_path / "outputs",
-                 extra=["message='hello from papermill'"], executor="papermill",
-                 stage_table=table, repo_root=tmp_path, kernel=kernel, say=lambda _: None)
+    table = (Stage("01_tiny", notebook="notebooks/tiny.ipynb", func=tiny),)
+    run_pipeline(
+        "synthetic",
+        seed=7,
+        run="nb",
+        outputs=tmp_path / "outputs",
+        extra=["message='hello from papermill'"],
+        executor="papermill",
+        stage_table=table,
+        repo_root=tmp_path,
+        kernel=kernel,
+        say=lambda _: None,
+    )
     run_dir = tmp_path / "outputs" / "nb"
     assert CALLS == []  # papermill executor: the stage functions are not called
 
@@ -544,7 +627,6 @@ def test_missing_notebook_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_cli_tables_without_finished_runs_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "half_run").mkdir()  # no metrics.csv: not finished
-    assert main(["tables", str(tmp_path / "*"), "--out", str(tmp_path / "tables")],
-                repo_root=tmp_path) == 2
+    assert main(["tables", str(tmp_path / "*"), "--out", str(tmp_path / "tables")], repo_root=tmp_path) == 2
     assert "no finished run" in capsys.readouterr().err
     assert not (tmp_path / "tables").exists()

@@ -72,8 +72,7 @@ def test_balanced_counts_and_rounding(small_data):
     assert list(class_counts(10).values()) == [2, 2, 2, 1, 1, 1, 1]
     _, labels = generate_images(SyntheticConfig(n_train=10, n_valid=0, n_test=0))["train"]
     assert [int((labels == int(e)).sum()) for e in BASIC7] == [2, 2, 2, 1, 1, 1, 1]
-    empty_images, empty_labels = generate_images(SyntheticConfig(n_valid=0, n_train=0,
-                                                                 n_test=0))["valid"]
+    empty_images, empty_labels = generate_images(SyntheticConfig(n_valid=0, n_train=0, n_test=0))["valid"]
     assert empty_images.shape == (0, 48, 48) and empty_labels.shape == (0,)
 
 
@@ -93,8 +92,7 @@ def test_images_vary_within_a_class(small_data):
 
 
 def test_other_image_size():
-    images, _ = generate_images(SyntheticConfig(n_train=7, n_valid=0, n_test=0,
-                                                image_size=32))["train"]
+    images, _ = generate_images(SyntheticConfig(n_train=7, n_valid=0, n_test=0, image_size=32))["train"]
     assert images.shape == (7, 32, 32)
 
 
@@ -118,8 +116,7 @@ def test_docstring_table_matches_prototypes():
     columns = header.split()[1:]
     assert tuple(columns) == AU_NAMES
     for e in BASIC7:
-        row = next(line for line in doc.splitlines()
-                   if re.match(rf"\s+{e.label}\s+[.0-9]", line))
+        row = next(line for line in doc.splitlines() if re.match(rf"\s+{e.label}\s+[.0-9]", line))
         values = row.split()[1:]
         assert len(values) == len(AU_NAMES), e
         table = {au: float(v) for au, v in zip(AU_NAMES, values) if v != "."}
@@ -222,16 +219,14 @@ def test_killed_generation_leaves_nothing(tmp_path, monkeypatch):
 
 def test_cli_and_preview(tmp_path, capsys):
     root = tmp_path / "cli"
-    args = ["--root", str(root), "--seed", "1", "--n-train", "14", "--n-valid", "7",
-            "--n-test", "7"]
+    args = ["--root", str(root), "--seed", "1", "--n-train", "14", "--n-valid", "7", "--n-test", "7"]
     assert syn.main(args) == 0
     assert "28 images" in capsys.readouterr().out
     assert json.loads((root / "synthetic.json").read_text())["config"]["seed"] == 1
     assert syn.main(args[:3] + ["2"] + args[4:]) == 2  # different seed, no --overwrite
     assert "synthetic.json" in capsys.readouterr().err
 
-    path = save_preview(tmp_path / "preview.png", SyntheticConfig(seed=1), per_class=4,
-                        scale=1)
+    path = save_preview(tmp_path / "preview.png", SyntheticConfig(seed=1), per_class=4, scale=1)
     with Image.open(path) as img:
         assert img.mode == "L"
         assert img.size == (4 * 50 + 2, 7 * 50 + 2)

@@ -19,8 +19,7 @@ DETECTORS = ["msp", "cycle_loss"]
 # published numbers
 
 
-@pytest.mark.parametrize("dataset,metric", [("rafdb", "auroc"), ("rafdb", "fpr95"),
-                                            ("ferplus", "auroc")])
+@pytest.mark.parametrize("dataset,metric", [("rafdb", "auroc"), ("rafdb", "fpr95"), ("ferplus", "auroc")])
 def test_published_means_match_per_class_values(dataset, metric):
     frame = published.published_frame(dataset, metric)
     checked = 0
@@ -59,13 +58,18 @@ def test_published_unknown():
 
 def _scores_frame(rng, n=300):
     is_open = rng.random(n) < 0.35
-    return pd.DataFrame({
-        "index": np.arange(n), "path": [f"img/{i}.png" for i in range(n)],
-        "label": np.where(is_open, 2, rng.choice([0, 1, 3, 4, 5, 6], n)),
-        "pseudo": rng.integers(0, 6, n), "is_open": is_open, "origin": "test",
-        "msp": rng.normal(size=n),  # random
-        "cycle_loss": is_open * 2.0 + rng.normal(size=n),  # separable-ish
-    })
+    return pd.DataFrame(
+        {
+            "index": np.arange(n),
+            "path": [f"img/{i}.png" for i in range(n)],
+            "label": np.where(is_open, 2, rng.choice([0, 1, 3, 4, 5, 6], n)),
+            "pseudo": rng.integers(0, 6, n),
+            "is_open": is_open,
+            "origin": "test",
+            "msp": rng.normal(size=n),  # random
+            "cycle_loss": is_open * 2.0 + rng.normal(size=n),  # separable-ish
+        }
+    )
 
 
 @pytest.fixture
@@ -77,11 +81,12 @@ def runs_dir(tmp_path):
         for seed in (0, 1):
             run = root / f"rafdb_{open_class}_s{seed}"
             frame = _scores_frame(rng)
-            parts = [metrics_table(frame, DETECTORS, protocol) for protocol in
-                     ("honest", "reference")]
+            parts = [metrics_table(frame, DETECTORS, protocol) for protocol in ("honest", "reference")]
             write_csv(run / "metrics.csv", pd.concat(parts, ignore_index=True))
-            write_json(run / "manifest.json", {"params": {
-                "dataset": "rafdb", "open_class": open_class, "seed": seed}, "git": "abc"})
+            write_json(
+                run / "manifest.json",
+                {"params": {"dataset": "rafdb", "open_class": open_class, "seed": seed}, "git": "abc"},
+            )
     return root
 
 
@@ -118,8 +123,7 @@ def test_summary_table_statistics(runs_dir):
     honest = runs[runs["protocol"] == "honest"]
     for det in DETECTORS:
         for oc in ("Sur", "Fea"):
-            v = honest.loc[(honest["detector"] == det) & (honest["open_class"] == oc),
-                           "auroc"].to_numpy()
+            v = honest.loc[(honest["detector"] == det) & (honest["open_class"] == oc), "auroc"].to_numpy()
             assert len(v) == 2
             assert summary.loc[oc, f"{det}:mean"] == pytest.approx(np.mean(v))
             assert summary.loc[oc, f"{det}:std"] == pytest.approx(np.std(v, ddof=1))
@@ -147,8 +151,9 @@ def test_summary_table_published_columns(runs_dir):
     assert fpr.loc["Sur", "paper:Ours"] == 0.608
     assert math.isnan(fpr.loc["Sur", "paper:Base"])
     assert fpr.attrs["higher_is_better"] is False
-    assert not any(c.startswith("paper:") for c in
-                   tables.summary_table(runs, "auroc", "honest", published=False).columns)
+    assert not any(
+        c.startswith("paper:") for c in tables.summary_table(runs, "auroc", "honest", published=False).columns
+    )
 
 
 def test_summary_table_needs_a_protocol_when_there_are_several(runs_dir):
@@ -181,8 +186,7 @@ def test_write_tables(runs_dir, tmp_path):
     np.testing.assert_allclose(back["cycle_loss:mean"], summary["cycle_loss:mean"])
 
     latex = tex.read_text()
-    for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"cycle\_loss",
-                  "Ours"):
+    for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"cycle\_loss", "Ours"):
         assert token in latex
     # best of our detectors in bold on each of the three rows: the separable one
     assert latex.count(r"\mathbf") == 3
@@ -212,6 +216,7 @@ def test_bold_follows_the_metric_direction(runs_dir):
 
 def test_per_class_summary_figure_draws_the_table(runs_dir):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -223,8 +228,7 @@ def test_per_class_summary_figure_draws_the_table(runs_dir):
     assert [t.get_text() for t in ax.get_xticklabels()] == ["Sur", "Fea", "mean"]
     from matplotlib.container import BarContainer, ErrorbarContainer
 
-    bars = {c.get_label(): [p.get_height() for p in c.patches] for c in ax.containers
-            if isinstance(c, BarContainer)}
+    bars = {c.get_label(): [p.get_height() for p in c.patches] for c in ax.containers if isinstance(c, BarContainer)}
     assert any(isinstance(c, ErrorbarContainer) for c in ax.containers)  # two seeds: std bars
     for det in summary.attrs["detectors"]:
         np.testing.assert_allclose(bars[det], summary[f"{det}:mean"].to_numpy(dtype=float))

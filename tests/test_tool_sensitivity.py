@@ -44,9 +44,10 @@ def test_cli_writes_the_table_beside_the_run(tmp_path, capsys):
     assert list(out["value"]) == [3, 7] and np.isfinite(out["auroc"]).all()
 
 
-@pytest.mark.parametrize("detector,param,message", [("cycle", "lam", "trains on images"),
-                                                    ("tknn", "kk", "no parameter 'kk'"),
-                                                    ("nope", "k", "unknown detector")])
+@pytest.mark.parametrize(
+    "detector,param,message",
+    [("cycle", "lam", "trains on images"), ("tknn", "kk", "no parameter 'kk'"), ("nope", "k", "unknown detector")],
+)
 def test_refuses_what_it_cannot_sweep(tmp_path, detector, param, message):
     run = make_run(tmp_path / "run")
     with pytest.raises(ValueError, match=message):

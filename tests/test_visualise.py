@@ -40,14 +40,28 @@ def _close_all():
 
 def _write_manifest(run: Path, open_class: str, seed: int, dataset: str = "ferplus") -> None:
     run.mkdir(parents=True, exist_ok=True)
-    (run / "manifest.json").write_text(json.dumps(
-        {"params": {"dataset": dataset, "open_class": open_class, "seed": seed}}))
+    (run / "manifest.json").write_text(
+        json.dumps({"params": {"dataset": dataset, "open_class": open_class, "seed": seed}})
+    )
 
 
 def _metrics(rng, protocols=("honest", "reference")) -> pd.DataFrame:
-    rows = [{"detector": d, "protocol": p, "auroc": rng.uniform(0.5, 0.9), "fpr95": rng.uniform(0.3, 0.9),
-             "aupr_in": 0.7, "aupr_out": 0.6, "n_close": 100, "n_open": 50, "close_acc": 0.8,
-             "eval_subset": "all"} for p in protocols for d in DETECTORS]
+    rows = [
+        {
+            "detector": d,
+            "protocol": p,
+            "auroc": rng.uniform(0.5, 0.9),
+            "fpr95": rng.uniform(0.3, 0.9),
+            "aupr_in": 0.7,
+            "aupr_out": 0.6,
+            "n_close": 100,
+            "n_open": 50,
+            "close_acc": 0.8,
+            "eval_subset": "all",
+        }
+        for p in protocols
+        for d in DETECTORS
+    ]
     return pd.DataFrame(rows)
 
 
@@ -59,12 +73,20 @@ def make_run(run: Path, open_class: str = "surprise", seed: int = 0) -> Path:
     close_dir = run / "01_close_set"
     close_dir.mkdir(parents=True)
     epochs = np.arange(1, 6)
-    pd.DataFrame({"epoch": epochs, "train_loss": np.linspace(2, 0.5, 5), "train_acc": np.linspace(0.3, 0.9, 5),
-                  "val_loss": np.linspace(2, 1, 5), "val_acc": np.linspace(0.3, 0.7, 5),
-                  "lr": 1e-3 * 0.9 ** epochs}).to_csv(close_dir / "history.csv", index=False)
+    pd.DataFrame(
+        {
+            "epoch": epochs,
+            "train_loss": np.linspace(2, 0.5, 5),
+            "train_acc": np.linspace(0.3, 0.9, 5),
+            "val_loss": np.linspace(2, 1, 5),
+            "val_acc": np.linspace(0.3, 0.7, 5),
+            "lr": 1e-3 * 0.9**epochs,
+        }
+    ).to_csv(close_dir / "history.csv", index=False)
     cm = rng.integers(0, 20, (k, k)) + 30 * np.eye(k, dtype=int)
-    (close_dir / "results.json").write_text(json.dumps(
-        {"test_acc": 0.7, "best_epoch": 4, "class_names": CLOSE_NAMES, "confusion": cm.tolist()}))
+    (close_dir / "results.json").write_text(
+        json.dumps({"test_acc": 0.7, "best_epoch": 4, "class_names": CLOSE_NAMES, "confusion": cm.tolist()})
+    )
 
     # stage 02: test rows (some open) then the open class's training images
     test_labels = np.r_[rng.choice(CLOSE, N_TEST - N_TEST_OPEN), np.full(N_TEST_OPEN, 2)]
@@ -79,13 +101,18 @@ def make_run(run: Path, open_class: str = "surprise", seed: int = 0) -> Path:
     centres = rng.normal(0, 3, (8, DIM))
     features = centres[labels] + rng.normal(0, 1, (n, DIM))
     logits = rng.normal(0, 1, (n, k)) + 3 * np.eye(k)[np.clip(target, 0, None)] * (~is_open)[:, None]
-    table = pd.DataFrame({
-        "index": np.arange(n),
-        "path": [f"test/{i}.png" for i in range(N_TEST)] + [f"train/{i}.png" for i in open_train],
-        "label": labels, "target": target, "pseudo": logits.argmax(1), "is_open": is_open,
-        "origin": ["test"] * N_TEST + ["train"] * N_TRAIN_OPEN,
-        "source_index": np.r_[np.arange(N_TEST), open_train],
-    })[TABLE_COLUMNS]
+    table = pd.DataFrame(
+        {
+            "index": np.arange(n),
+            "path": [f"test/{i}.png" for i in range(N_TEST)] + [f"train/{i}.png" for i in open_train],
+            "label": labels,
+            "target": target,
+            "pseudo": logits.argmax(1),
+            "is_open": is_open,
+            "origin": ["test"] * N_TEST + ["train"] * N_TRAIN_OPEN,
+            "source_index": np.r_[np.arange(N_TEST), open_train],
+        }
+    )[TABLE_COLUMNS]
     for j in range(k):
         table[f"logit_{j}"] = logits[:, j]
     pseudo_dir = run / "02_pseudo_labels"
@@ -93,10 +120,16 @@ def make_run(run: Path, open_class: str = "surprise", seed: int = 0) -> Path:
     table.to_csv(pseudo_dir / "pseudo_labels.csv", index=False)
     train_close = np.flatnonzero(train_labels != 2)
     all_train_features = centres[train_labels] + rng.normal(0, 1, (N_TRAIN, DIM))
-    np.savez(pseudo_dir / "outputs.npz", eval_logits=logits, eval_features=features,
-             all_train_logits=rng.normal(0, 1, (N_TRAIN, k)), all_train_features=all_train_features,
-             train_index=train_close, train_targets=np.searchsorted(CLOSE, train_labels[train_close]),
-             class_names=np.array(CLOSE_NAMES))
+    np.savez(
+        pseudo_dir / "outputs.npz",
+        eval_logits=logits,
+        eval_features=features,
+        all_train_logits=rng.normal(0, 1, (N_TRAIN, k)),
+        all_train_features=all_train_features,
+        train_index=train_close,
+        train_targets=np.searchsorted(CLOSE, train_labels[train_close]),
+        class_names=np.array(CLOSE_NAMES),
+    )
 
     # stage 03
     detect = run / "03_detect"
@@ -109,8 +142,10 @@ def make_run(run: Path, open_class: str = "surprise", seed: int = 0) -> Path:
         scores["cycle"] = np.abs(rng.normal(size=n)) + 2.0 * is_open
         scores.to_csv(detect / f"scores_{protocol}.csv", index=False)
         frames.append(metrics_table(scores, DETECTORS, protocol))
-    np.save(detect / "detector_features_honest.npy",
-            (centres[labels] + rng.normal(0, 0.5, (n, DIM)))[:, :8].astype(np.float32))
+    np.save(
+        detect / "detector_features_honest.npy",
+        (centres[labels] + rng.normal(0, 0.5, (n, DIM)))[:, :8].astype(np.float32),
+    )
     pd.concat(frames).assign(eval_subset="all").to_csv(run / "metrics.csv", index=False)
     _write_manifest(run, open_class, seed)
     return run
@@ -120,12 +155,16 @@ def make_run(run: Path, open_class: str = "surprise", seed: int = 0) -> Path:
 EXPECTED = {
     "learning_curves": (plots.SINGLE_COLUMN, 3.4),
     "confusion_matrix": (plots.SINGLE_COLUMN, 3.1),
-    **{name: size for p in ("honest", "reference") for name, size in {
-        f"score_histograms_{p}": (plots.DOUBLE_COLUMN, 2.0),  # three panels in one row
-        f"loss_histogram_{p}": (plots.SINGLE_COLUMN, 2.2),
-        f"roc_curves_{p}": (plots.SINGLE_COLUMN, 3.0),
-        f"pseudo_label_spread_{p}": (plots.SINGLE_COLUMN, 2.6),
-    }.items()},
+    **{
+        name: size
+        for p in ("honest", "reference")
+        for name, size in {
+            f"score_histograms_{p}": (plots.DOUBLE_COLUMN, 2.0),  # three panels in one row
+            f"loss_histogram_{p}": (plots.SINGLE_COLUMN, 2.2),
+            f"roc_curves_{p}": (plots.SINGLE_COLUMN, 3.0),
+            f"pseudo_label_spread_{p}": (plots.SINGLE_COLUMN, 2.6),
+        }.items()
+    },
     "embedding_tsne_honest": (plots.DOUBLE_COLUMN, 3.3),  # close-set model | cycle detector
     "embedding_tsne_reference": (plots.SINGLE_COLUMN, 3.3),  # no cycle features: one panel
 }
@@ -156,8 +195,7 @@ def test_visualise_redraws_every_figure(tmp_path):
     np.testing.assert_array_equal(scores.loc[emb["index"], "label"], emb["label"])
 
     # same files and seed: the identical embedding (subsample and coordinates)
-    again = report.visualise(run_dir=str(run), protocols=("honest",), embed_method="tsne",
-                             embed_max_points=100, seed=3)
+    again = report.visualise(run_dir=str(run), protocols=("honest",), embed_method="tsne", embed_max_points=100, seed=3)
     assert "roc_curves_reference" not in again
     emb2 = np.load(again["embedding_tsne_honest"][2])
     for key in ("index", "coords_0", "coords_1"):
@@ -253,9 +291,26 @@ def test_notebook_04_through_papermill_redraws_and_tabulates(tmp_path):
     out = tmp_path / "outputs"
     make_run(out / "ferplus_open-surprise_seed0")
     make_run(out / "ferplus_open-fear_seed0", open_class="fear")
-    code = main(["stage", "04", "--dataset", "ferplus", "--open-class", "surprise", "--outputs", str(out),
-                 "--executor", "papermill", "-p", "embed_method='tsne'", "-p", "embed_max_points=100",
-                 "-p", f"results_glob='{out / 'ferplus_open-*'}'"])
+    code = main(
+        [
+            "stage",
+            "04",
+            "--dataset",
+            "ferplus",
+            "--open-class",
+            "surprise",
+            "--outputs",
+            str(out),
+            "--executor",
+            "papermill",
+            "-p",
+            "embed_method='tsne'",
+            "-p",
+            "embed_max_points=100",
+            "-p",
+            f"results_glob='{out / 'ferplus_open-*'}'",
+        ]
+    )
     assert code == 0
     run = out / "ferplus_open-surprise_seed0"
     executed = (run / "notebooks" / "04_visualise.ipynb").read_text()

@@ -36,28 +36,48 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--open-class", default="surprise")
     ap.add_argument("--protocols", nargs="+", default=["honest"])
-    ap.add_argument("--variants", nargs="+", default=list(stages.CYCLE_ABLATIONS),
-                    choices=list(stages.CYCLE_ABLATIONS))
+    ap.add_argument("--variants", nargs="+", default=list(stages.CYCLE_ABLATIONS), choices=list(stages.CYCLE_ABLATIONS))
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=None,
-                    help="the run's seed (default: read from the run's manifest; the reference protocol's "
-                         "permutation and the detector networks' initialisation depend on it)")
-    ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                    help="parameters of ferlib.stages.ablate_cycle as in ferlib.run (input_size, stem, "
-                         "detector_params={'cycle': {...}})")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="the run's seed (default: read from the run's manifest; the reference protocol's "
+        "permutation and the detector networks' initialisation depend on it)",
+    )
+    ap.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="parameters of ferlib.stages.ablate_cycle as in ferlib.run (input_size, stem, "
+        "detector_params={'cycle': {...}})",
+    )
     args = ap.parse_args(argv)
     params = parse_params(args.param)
     seed = args.seed if args.seed is not None else run_seed(Path(args.run_dir), 0)
     # -p may set any keyword of ablate_cycle except those the options above set
     fixed = {"dataset", "data_root", "open_class", "run_dir", "device", "protocols", "variants", "seed"}
-    accepted = sorted(name for name, p in inspect.signature(stages.ablate_cycle).parameters.items()
-                      if p.kind is not p.VAR_KEYWORD and name not in fixed)
+    accepted = sorted(
+        name
+        for name, p in inspect.signature(stages.ablate_cycle).parameters.items()
+        if p.kind is not p.VAR_KEYWORD and name not in fixed
+    )
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         ap.error(f"-p {unknown}: not a parameter of ablate_cycle; -p accepts {accepted}")
-    table = stages.ablate_cycle(dataset=args.dataset, data_root=args.data_root, open_class=args.open_class,
-                                run_dir=args.run_dir, device=args.device, protocols=args.protocols, seed=seed,
-                                variants={v: stages.CYCLE_ABLATIONS[v] for v in args.variants}, **params)
+    table = stages.ablate_cycle(
+        dataset=args.dataset,
+        data_root=args.data_root,
+        open_class=args.open_class,
+        run_dir=args.run_dir,
+        device=args.device,
+        protocols=args.protocols,
+        seed=seed,
+        variants={v: stages.CYCLE_ABLATIONS[v] for v in args.variants},
+        **params,
+    )
     print(table.drop(columns="overrides").round(3).to_string(index=False))
     return 0
 

@@ -46,9 +46,20 @@ WIDTH = 100  # the stage call is wrapped at this width
 
 _BUILTIN = {"int": "int", "float": "float", "bool": "bool", "str": "str", "bytes": "bytes"}
 #: containers by the name the notebook uses (tuples and sequences hold lists in a notebook)
-_CONTAINERS = {"list": "List", "List": "List", "tuple": "List", "Tuple": "List", "Sequence": "List",
-               "set": "List", "frozenset": "List", "Iterable": "List",
-               "dict": "Dict", "Dict": "Dict", "Mapping": "Dict", "MutableMapping": "Dict"}
+_CONTAINERS = {
+    "list": "List",
+    "List": "List",
+    "tuple": "List",
+    "Tuple": "List",
+    "Sequence": "List",
+    "set": "List",
+    "frozenset": "List",
+    "Iterable": "List",
+    "dict": "Dict",
+    "Dict": "Dict",
+    "Mapping": "Dict",
+    "MutableMapping": "Dict",
+}
 TYPING_NAMES = ("Any", "Dict", "List", "Optional", "Union")
 
 
@@ -74,8 +85,7 @@ def _render(node: ast.expr) -> str:
     members = _union_members(node)
     if len(members) > 1:
         optional = any(isinstance(m, ast.Constant) and m.value is None for m in members)
-        rest = list(dict.fromkeys(_render(m) for m in members
-                                  if not (isinstance(m, ast.Constant) and m.value is None)))
+        rest = list(dict.fromkeys(_render(m) for m in members if not (isinstance(m, ast.Constant) and m.value is None)))
         if "Any" in rest:
             return "Any"
         inner = rest[0] if len(rest) == 1 else f"Union[{', '.join(rest)}]"
@@ -115,6 +125,7 @@ def notebook_annotation(annotation: Any) -> str:
 
 def notebook_literal(value: Any) -> str:
     """A default as Python source the notebook can hold (tuples become lists, recursively)."""
+
     def plain(v: Any) -> Any:
         if isinstance(v, (tuple, list, set, frozenset)):
             return [plain(x) for x in v]
@@ -195,11 +206,14 @@ docstring): `python -m ferlib.run ... -p key=value` sets the same names.""",
         after_call='figures = Path(run_dir) / "figures"',
         cells=(
             ("md", "## Learning curves and test confusion matrix"),
-            ("code", '''fig = plots.learning_curves(results["history"])
+            (
+                "code",
+                """fig = plots.learning_curves(results["history"])
 plots.save_figure(fig, figures / "learning_curves")
 fig = plots.confusion_matrix_plot(results["confusion"], results["class_names"])
 plots.save_figure(fig, figures / "confusion_matrix")
-print(f"test accuracy {results['test_acc']:.4f}, best epoch {results['best_epoch']}")'''),
+print(f"test accuracy {results['test_acc']:.4f}, best epoch {results['best_epoch']}")""",
+            ),
         ),
     ),
     Page(
@@ -220,16 +234,22 @@ The parameters cell below is generated from `ferlib.stages.predict_pseudo_labels
         imports="from pathlib import Path\n\nfrom ferlib import metrics, plots, stages",
         after_call='figures = Path(run_dir) / "figures"\ntable.head()',
         cells=(
-            ("md", """## Where do the open samples' pseudo labels go?
+            (
+                "md",
+                """## Where do the open samples' pseudo labels go?
 
 `honest`: index-aligned (this kit). `reference`: the released code's shuffled-loader
-misalignment, reproduced on purpose to show how much of the published result depends on it."""),
-            ("code", '''for protocol in ("honest", "reference"):
+misalignment, reproduced on purpose to show how much of the published result depends on it.""",
+            ),
+            (
+                "code",
+                """for protocol in ("honest", "reference"):
     data = stages.load_openset_data(run_dir, protocol, seed=seed)
     display(metrics.pseudo_label_spread_table(data.table, list(data.class_names)).assign(protocol=protocol))
     fig = plots.pseudo_label_spread(data.table, list(data.class_names))
     fig.suptitle(f"{protocol} protocol", fontsize=8)
-    plots.save_figure(fig, figures / f"pseudo_label_spread_{protocol}")'''),
+    plots.save_figure(fig, figures / f"pseudo_label_spread_{protocol}")""",
+            ),
         ),
     ),
     Page(
@@ -251,10 +271,13 @@ settings go in `detector_params`, e.g. `{'tknn': {'k': 10}, 'cycle': {'lam': 0}}
         imports="from pathlib import Path\n\nfrom ferlib import plots, stages",
         after_call='figures = Path(run_dir) / "figures"\nmetrics.round(3)',
         cells=(
-            ("code", '''for protocol in protocols:
+            (
+                "code",
+                """for protocol in protocols:
     scores = stages.load_scores(run_dir, protocol, eval_subset)
     fig = plots.score_histograms(scores, detectors, protocol=protocol)
-    plots.save_figure(fig, figures / f"score_histograms_{protocol}")'''),
+    plots.save_figure(fig, figures / f"score_histograms_{protocol}")""",
+            ),
         ),
     ),
     Page(
@@ -277,12 +300,14 @@ with `results_glob`, the tables beside the runs (`outputs/tables/`: CSV, Markdow
 The parameters cell below is generated from `ferlib.report.visualise`.""",
         result="figures",
         imports="from IPython.display import Image, Markdown, display\n\nfrom ferlib import report",
-        after_call='''for name, paths in figures.items():
+        after_call="""for name, paths in figures.items():
     if name.startswith(("score_histograms_", "embedding_")):
         print(name)
-        display(Image(filename=str(paths[0]), width=700))''',
+        display(Image(filename=str(paths[0]), width=700))""",
         cells=(
-            ("md", """## Reproduction table
+            (
+                "md",
+                """## Reproduction table
 
 With `results_glob` set, the finished runs it matches (e.g. the runs of
 `python -m ferlib.run sweep`) are gathered into the paper's table: one row per open class and
@@ -290,8 +315,11 @@ the mean, our detectors as mean ± std over seeds beside the published numbers, 
 Written beside the runs (`outputs/tables/` for the default `run_dir`) as
 `<dataset>_<metric>_<protocol>.{csv,md,tex}` with the same table as
 a bar chart (`.png`, `.pdf`); runs without `metrics.csv` are skipped. The command line does
-the same: `python -m ferlib.run tables "outputs/ferplus_*"`."""),
-            ("code", '''if results_glob:  # visualise wrote the tables: table_<stem> -> [png, pdf, csv, md, tex]
+the same: `python -m ferlib.run tables "outputs/ferplus_*"`.""",
+            ),
+            (
+                "code",
+                """if results_glob:  # visualise wrote the tables: table_<stem> -> [png, pdf, csv, md, tex]
     for protocol in protocols:
         for name, paths in figures.items():
             if name.startswith("table_") and name.endswith(f"_auroc_{protocol}"):
@@ -299,7 +327,8 @@ the same: `python -m ferlib.run tables "outputs/ferplus_*"`."""),
                 display(Markdown(f"**AUROC, {protocol} protocol** (`{stem}`)\\n\\n" + paths[3].read_text()))
                 display(Image(filename=str(paths[0]), width=700))
 else:
-    print("results_glob is None: set it (e.g. 'outputs/ferplus_open-*_seed*') to build the table")'''),
+    print("results_glob is None: set it (e.g. 'outputs/ferplus_open-*_seed*') to build the table")""",
+            ),
         ),
     ),
 )
@@ -348,8 +377,9 @@ def stale_notebooks() -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 when a committed notebook differs from its source")
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 when a committed notebook differs from its source"
+    )
     args = parser.parse_args(argv)
     if args.check:
         stale = stale_notebooks()

@@ -27,17 +27,20 @@ import pandas as pd  # noqa: E402
 from ferlib import stages  # noqa: E402
 from ferlib.io import write_csv  # noqa: E402
 from ferlib.metrics import openset_metrics  # noqa: E402
-from ferlib.openset.registry import detector_class, detector_parameters, make_detector  # noqa: E402
+from ferlib.openset.registry import detector_class, detector_parameters  # noqa: E402
+from ferlib.openset.scoring import run_detectors  # noqa: E402
 from ferlib.report import run_seed  # noqa: E402
 
 
-def sweep(run_dir: str, detector: str, param: str, values: list, protocols=("honest",),
-          params: dict | None = None) -> pd.DataFrame:
+def sweep(
+    run_dir: str, detector: str, param: str, values: list, protocols=("honest",), params: dict | None = None
+) -> pd.DataFrame:
     """One row per (protocol, value): the detector's AUROC and FPR@95 with ``param = value``."""
     cls = detector_class(detector)
     if cls.needs_images or cls.needs_train_images or cls.trains_networks:
-        raise ValueError(f"{detector} trains on images; sweep it through stage 03 "
-                         "(-p \"detector_params={...}\"), not here")
+        raise ValueError(
+            f'{detector} trains on images; sweep it through stage 03 (-p "detector_params={{...}}"), not here'
+        )
     if param not in detector_parameters(detector):
         raise ValueError(f"{detector} has no parameter {param!r}; it accepts {sorted(detector_parameters(detector))}")
     seed = run_seed(Path(run_dir), 0)
@@ -45,12 +48,21 @@ def sweep(run_dir: str, detector: str, param: str, values: list, protocols=("hon
     for protocol in protocols:
         data = stages.load_openset_data(run_dir, protocol, seed=seed)
         is_open = data.is_open
-        view = data.detector_view()
         for value in values:
-            score = make_detector(detector, **{**(params or {}), param: value}).fit_score(view)
+            setting = {detector: {**(params or {}), param: value}}
+            score = run_detectors(data, [detector], setting, shared={"seed": seed}, log=False)[detector].scores
             m = openset_metrics(score, is_open)
-            rows.append({"detector": detector, "param": param, "value": value, "protocol": protocol,
-                         "n": len(data), "auroc": m["auroc"], "fpr95": m["fpr95"]})
+            rows.append(
+                {
+                    "detector": detector,
+                    "param": param,
+                    "value": value,
+                    "protocol": protocol,
+                    "n": len(data),
+                    "auroc": m["auroc"],
+                    "fpr95": m["fpr95"],
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -81,19 +81,43 @@ class ContrastDetector(Detector):
         for f in range(c.folds):
             fit_rows, score_rows = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
             k = min(len(fit_rows), m)
-            ref_rows = train_perm[(f * k) % m:][:k] if (f * k) % m + k <= m else train_perm[:k]
+            ref_rows = train_perm[(f * k) % m :][:k] if (f * k) % m + k <= m else train_perm[:k]
             images = torch.cat([data.images[torch.as_tensor(fit_rows)], data.train_images[torch.as_tensor(ref_rows)]])
             targets = torch.cat([torch.ones(len(fit_rows)), torch.zeros(len(ref_rows))]).long()
             torch.manual_seed(c.seed + 1000 * f)
-            net = build_model(ModelConfig(c.arch, 2, c.input_size, stem=c.stem, pretrained=c.pretrained),
-                              verbose=f == 0 and c.progress)
-            tcfg = TrainConfig(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay,
-                               seed=c.seed + f, device=c.device, augment=AugmentConfig(),
-                               channels_last=c.channels_last, amp=c.amp, progress=c.progress)
-            fit(net, TensorData(images, targets), None, tcfg, CamFlipConsistency(c.lam),
-                None if out is None else out / f"fold{f}", desc=f"contrast fold {f + 1}/{c.folds}")
-            pred = predict(net, data.images[torch.as_tensor(score_rows)], device=c.device, progress=False,
-                           channels_last=c.channels_last, amp=c.amp)
+            net = build_model(
+                ModelConfig(c.arch, 2, c.input_size, stem=c.stem, pretrained=c.pretrained),
+                verbose=f == 0 and c.progress,
+            )
+            tcfg = TrainConfig(
+                epochs=c.epochs,
+                batch_size=c.batch_size,
+                lr=c.lr,
+                weight_decay=c.weight_decay,
+                seed=c.seed + f,
+                device=c.device,
+                augment=AugmentConfig(),
+                channels_last=c.channels_last,
+                amp=c.amp,
+                progress=c.progress,
+            )
+            fit(
+                net,
+                TensorData(images, targets),
+                None,
+                tcfg,
+                CamFlipConsistency(c.lam),
+                None if out is None else out / f"fold{f}",
+                desc=f"contrast fold {f + 1}/{c.folds}",
+            )
+            pred = predict(
+                net,
+                data.images[torch.as_tensor(score_rows)],
+                device=c.device,
+                progress=False,
+                channels_last=c.channels_last,
+                amp=c.amp,
+            )
             scores[score_rows] = (pred.logits[:, 1] - pred.logits[:, 0]).numpy()
         self.scores_, self.n_scored_ = scores, n
         if out is not None:

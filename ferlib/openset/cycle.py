@@ -104,21 +104,38 @@ class CycleDetector(Detector):
 
     def _network(self, index: int, num_classes: int):
         torch.manual_seed(self.cfg.seed + 1000 * index)
-        mcfg = ModelConfig(arch=self.cfg.arch, num_classes=num_classes, input_size=self.cfg.input_size,
-                           stem=self.cfg.stem, pretrained=self.cfg.pretrained)
+        mcfg = ModelConfig(
+            arch=self.cfg.arch,
+            num_classes=num_classes,
+            input_size=self.cfg.input_size,
+            stem=self.cfg.stem,
+            pretrained=self.cfg.pretrained,
+        )
         return build_model(mcfg, verbose=index == 0 and self.cfg.progress)
 
     def _train_cfg(self, cycle: int, net: int) -> TrainConfig:
         c = self.cfg
-        return TrainConfig(epochs=c.epochs_per_cycle, batch_size=c.batch_size, lr=c.lr, lr_min=c.lr_min,
-                           weight_decay=c.weight_decay, schedule="cyclic", cycle_epochs=c.epochs_per_cycle,
-                           seed=c.seed + 100 * cycle + net, device=c.device, augment=AugmentConfig(),
-                           channels_last=c.channels_last, amp=c.amp, progress=c.progress)
+        return TrainConfig(
+            epochs=c.epochs_per_cycle,
+            batch_size=c.batch_size,
+            lr=c.lr,
+            lr_min=c.lr_min,
+            weight_decay=c.weight_decay,
+            schedule="cyclic",
+            cycle_epochs=c.epochs_per_cycle,
+            seed=c.seed + 100 * cycle + net,
+            device=c.device,
+            augment=AugmentConfig(),
+            channels_last=c.channels_last,
+            amp=c.amp,
+            progress=c.progress,
+        )
 
     def per_sample_loss(self, net, images: torch.Tensor, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cross-entropy of each sample against its pseudo label, eval mode, no augmentation."""
-        pred = predict(net, images, device=self.cfg.device, progress=False, channels_last=self.cfg.channels_last,
-                       amp=self.cfg.amp)
+        pred = predict(
+            net, images, device=self.cfg.device, progress=False, channels_last=self.cfg.channels_last, amp=self.cfg.amp
+        )
         loss = F.cross_entropy(pred.logits, torch.tensor(np.asarray(targets), dtype=torch.long), reduction="none")
         return loss.numpy(), pred.features.numpy()
 
@@ -141,8 +158,15 @@ class CycleDetector(Detector):
         for cycle in range(c.cycles):
             for j, net in enumerate(nets):
                 cell = None if out is None else out / f"net{j}_cycle{cycle}"
-                fit(net, full.subset(selected[j]), None, self._train_cfg(cycle, j), objective, cell,
-                    desc=f"detector net {j} cycle {cycle + 1}/{c.cycles}")
+                fit(
+                    net,
+                    full.subset(selected[j]),
+                    None,
+                    self._train_cfg(cycle, j),
+                    objective,
+                    cell,
+                    desc=f"detector net {j} cycle {cycle + 1}/{c.cycles}",
+                )
                 loss, feats = self.per_sample_loss(net, data.images, targets)
                 losses[j].append(loss)
                 if j == 0:
@@ -150,18 +174,26 @@ class CycleDetector(Detector):
             if c.cycle_training:
                 mean_loss = [np.mean(per_net, axis=0) for per_net in losses]
                 # cross update: each network's clean set comes from its peer's judgement
-                selected = [small_loss_selection(mean_loss[1 - j], targets, c.select_ratio, c.class_balanced)
-                            for j in range(n_nets)]
+                selected = [
+                    small_loss_selection(mean_loss[1 - j], targets, c.select_ratio, c.class_balanced)
+                    for j in range(n_nets)
+                ]
                 # row positions only: the detector sees no label (is_open is not in its view)
-                self.selected_.append({"cycle": cycle + 1, "sizes": [len(s) for s in selected],
-                                       "rows": [s.tolist() for s in selected]})
+                self.selected_.append(
+                    {"cycle": cycle + 1, "sizes": [len(s) for s in selected], "rows": [s.tolist() for s in selected]}
+                )
         self.snapshot_losses_ = np.stack([snap for per_net in losses for snap in per_net])
         self.scores_ = self.snapshot_losses_.mean(axis=0)
         self.n_scored_ = n
         if out is not None:
-            write_json(out / "detector.json", {
-                "config": asdict(c), "n_snapshots": len(self.snapshot_losses_),
-                "selection": [{k: v for k, v in s.items() if k != "rows"} for s in self.selected_]})
+            write_json(
+                out / "detector.json",
+                {
+                    "config": asdict(c),
+                    "n_snapshots": len(self.snapshot_losses_),
+                    "selection": [{k: v for k, v in s.items() if k != "rows"} for s in self.selected_],
+                },
+            )
         return self
 
     def embedding_features(self) -> np.ndarray | None:
@@ -173,6 +205,8 @@ class CycleDetector(Detector):
         if not hasattr(self, "scores_"):
             raise RuntimeError("call fit(data) first: the cycle detector scores the samples it trained on")
         if len(data) != self.n_scored_:
-            raise ValueError(f"fitted on {self.n_scored_} samples, asked to score {len(data)}: "
-                             "the method is transductive, score the data it was fitted on")
+            raise ValueError(
+                f"fitted on {self.n_scored_} samples, asked to score {len(data)}: "
+                "the method is transductive, score the data it was fitted on"
+            )
         return self.scores_

@@ -67,8 +67,10 @@ class OpenSetData:
     @property
     def is_open(self) -> np.ndarray:
         if "is_open" not in self.table.columns:
-            raise KeyError("is_open is not in this table: a detector's view of the evaluation set carries "
-                           "no label (OpenSetData.detector_view)")
+            raise KeyError(
+                "is_open is not in this table: a detector's view of the evaluation set carries "
+                "no label (OpenSetData.detector_view)"
+            )
         return self.table["is_open"].to_numpy(dtype=bool)
 
     @property
@@ -81,9 +83,13 @@ class OpenSetData:
         rows = np.flatnonzero(mask) if mask.dtype == bool else mask
         table = self.table.iloc[rows].reset_index(drop=True)
         table["index"] = np.arange(len(table))
-        return replace(self, table=table, logits=self.logits[rows], features=self.features[rows],
-                       images=None if self.images is None else self.images[torch.as_tensor(rows)])
-
+        return replace(
+            self,
+            table=table,
+            logits=self.logits[rows],
+            features=self.features[rows],
+            images=None if self.images is None else self.images[torch.as_tensor(rows)],
+        )
 
     def detector_view(self) -> OpenSetData:
         """The evaluation set as a detector may see it: the table keeps only ``index`` and

@@ -44,8 +44,14 @@ class FingerprintCache:
         return self._seen[ident][1]
 
 
-def result_ingredients(cls: type[Detector], params: dict[str, Any], view: OpenSetData, protocol: str,
-                       eval_subset: str, fingerprint: FingerprintCache | None = None) -> dict[str, Any]:
+def result_ingredients(
+    cls: type[Detector],
+    params: dict[str, Any],
+    view: OpenSetData,
+    protocol: str,
+    eval_subset: str,
+    fingerprint: FingerprintCache | None = None,
+) -> dict[str, Any]:
     """Everything that determines detector ``cls``'s scores on ``view`` (see module docstring)."""
     fp = fingerprint or tensor_digest
     ingredients: dict[str, Any] = {

@@ -114,7 +114,7 @@ class KNN(Detector):
         k = min(self.k, len(self.bank_))
         out = np.empty(len(q), np.float32)
         for start in range(0, len(q), 2048):  # bounded memory: 2048 x bank similarities at a time
-            sim = q[start:start + 2048] @ self.bank_.T
+            sim = q[start : start + 2048] @ self.bank_.T
             kth = np.partition(-sim, k - 1, axis=1)[:, k - 1]
-            out[start:start + 2048] = 1.0 + kth  # 1 - cosine similarity of the k-th neighbour
+            out[start : start + 2048] = 1.0 + kth  # 1 - cosine similarity of the k-th neighbour
         return out

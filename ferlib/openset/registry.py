@@ -65,11 +65,16 @@ def detector_parameters(name: str) -> dict[str, Any]:
     """
     cls = detector_class(name)
     if cls.config_cls is not None:
-        defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                    for f in dataclasses.fields(cls.config_cls)}
+        defaults = {
+            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(cls.config_cls)
+        }
     else:
-        defaults = {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
-                    if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        defaults = {
+            p.name: p.default
+            for p in inspect.signature(cls.__init__).parameters.values()
+            if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
     return {k: v for k, v in defaults.items() if k not in STAGE_OWNED}
 
 
@@ -79,15 +84,20 @@ def _check_keys(name: str, params: Mapping[str, Any]) -> None:
     accepted = detector_parameters(name)
     for key in params:
         if key in STAGE_OWNED:
-            raise ValueError(f"detector_params[{name!r}]: {key!r} is set by stage 03 (the detector's keyed "
-                             "checkpoint folder), not by a parameter")
+            raise ValueError(
+                f"detector_params[{name!r}]: {key!r} is set by stage 03 (the detector's keyed "
+                "checkpoint folder), not by a parameter"
+            )
         if key not in accepted:
-            raise ValueError(f"detector_params[{name!r}]: unknown parameter {key!r}; {name} accepts "
-                             f"{sorted(accepted) or 'no parameters'}")
+            raise ValueError(
+                f"detector_params[{name!r}]: unknown parameter {key!r}; {name} accepts "
+                f"{sorted(accepted) or 'no parameters'}"
+            )
 
 
-def resolve_params(name: str, params: Mapping[str, Any] | None = None,
-                   shared: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def resolve_params(
+    name: str, params: Mapping[str, Any] | None = None, shared: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Every parameter of detector ``name`` as it will run: defaults, then the ``shared``
     stage settings it has fields for, then ``params`` (keys checked). The result is what a
     result key hashes (:func:`ferlib.openset.keys.result_key`)."""
@@ -115,8 +125,7 @@ def make_detector(name: str, **params: Any) -> Detector:
 
 def _as_names(detectors: Sequence[str] | str, what: str = "detectors") -> list[str]:
     if isinstance(detectors, str) or not isinstance(detectors, Sequence):
-        raise ValueError(f"{what} must be a list of detector names, got {detectors!r}; "
-                         f"choose from {list(DETECTORS)}")
+        raise ValueError(f"{what} must be a list of detector names, got {detectors!r}; choose from {list(DETECTORS)}")
     names = list(detectors)
     if not names:
         raise ValueError(f"{what} is empty; choose from {list(DETECTORS)}")

@@ -41,8 +41,9 @@ class DetectorResult:
     reused: bool  # taken from a finished result with the same key, nothing fitted
 
 
-def detector_folder(root: Path, eval_subset: str, protocol: str, name: str, key: str,
-                    depends_on_protocol: bool) -> Path:
+def detector_folder(
+    root: Path, eval_subset: str, protocol: str, name: str, key: str, depends_on_protocol: bool
+) -> Path:
     """``<root>/<eval_subset>/<protocol | any_protocol>/<name>-<key>``."""
     return Path(root) / eval_subset / (protocol if depends_on_protocol else ANY_PROTOCOL) / f"{name}-{key}"
 
@@ -56,6 +57,27 @@ def _load_finished(folder: Path, n_rows: int) -> tuple[np.ndarray, np.ndarray | 
         return None
     emb = folder / "features.npy"
     return scores, (np.load(emb) if emb.is_file() else None)
+
+
+def shuffled_view(data: OpenSetData, seed: int = 0) -> tuple[OpenSetData, np.ndarray]:
+    """The label-free view of ``data`` in a seeded random row order, and that order.
+
+    Why. The evaluation table lists the test split first and the open class's training
+    images after it, so a row's position alone says "probably open". Detectors see the rows
+    shuffled (``view`` row ``i`` is ``data`` row ``order[i]``) and renumbered; their scores are
+    put back in ``data``'s order with ``scores[order] = view_scores``. The order depends only
+    on the number of rows and ``seed``, so result keys stay stable between calls.
+    """
+    order = np.random.default_rng([seed, len(data)]).permutation(len(data))
+    return data.subset(order).detector_view(), order
+
+
+def _unshuffle(values: np.ndarray | None, order: np.ndarray) -> np.ndarray | None:
+    if values is None:
+        return None
+    out = np.empty_like(values)
+    out[order] = values
+    return out
 
 
 def run_detectors(
@@ -73,7 +95,8 @@ def run_detectors(
     """Score ``data`` with every detector in ``detectors``; results by name, in that order.
 
     ``data`` is the full evaluation set (table with labels); detectors receive its
-    label-free :meth:`~OpenSetData.detector_view`. ``detector_params`` is
+    label-free :meth:`~OpenSetData.detector_view`, rows shuffled (:func:`shuffled_view`, seeded
+    by ``shared["seed"]``); scores come back in ``data``'s row order. ``detector_params`` is
     ``{name: {parameter: value}}``; ``shared`` the stage settings merged into detectors that
     have those fields (:func:`ferlib.openset.registry.resolve_params`). Trained detectors
     checkpoint under ``out_root/<eval_subset>/<protocol|any_protocol>/<name>-<key>/`` and
@@ -84,7 +107,7 @@ def run_detectors(
     """
     validate_detectors(detectors, detector_params)
     detector_params = detector_params or {}
-    view = data.detector_view()
+    view, order = shuffled_view(data, int((shared or {}).get("seed", 0)))
     fingerprint = fingerprint or FingerprintCache()
     reuse = {} if reuse is None else reuse
     results: dict[str, DetectorResult] = {}
@@ -97,8 +120,7 @@ def run_detectors(
         if key in reuse:
             results[name] = reuse[key]
             if log:
-                print(f"[{protocol}] {name}: same inputs as already scored in this call (key {key}), "
-                      "result reused")
+                print(f"[{protocol}] {name}: same inputs as already scored in this call (key {key}), result reused")
             continue
         folder = None
         if cls.trains_networks and out_root is not None:
@@ -116,7 +138,8 @@ def run_detectors(
         scores = np.asarray(detector.fit_score(view))
         if scores.shape != (len(view),):
             raise RuntimeError(f"detector {name} returned scores of shape {scores.shape} for {len(view)} rows")
-        embedding = detector.embedding_features()
+        scores = _unshuffle(scores, order)
+        embedding = _unshuffle(detector.embedding_features(), order)
         if folder is not None:  # features first: scores.npy marks the result finished
             if embedding is not None:
                 write_npy(folder / "features.npy", embedding)

@@ -54,9 +54,9 @@ class TransductiveKNN(Detector):
         k = min(self.k, len(pool) - 1)
         out = np.empty(len(q), np.float32)
         for start in range(0, len(q), self.chunk):  # bounded memory: chunk x pool similarities
-            sim = q[start:start + self.chunk] @ pool.T
+            sim = q[start : start + self.chunk] @ pool.T
             rows = torch.arange(sim.shape[0])
             sim[rows, start + rows] = -np.inf  # a sample is not its own neighbour
             idx = sim.topk(k, dim=1).indices
-            out[start:start + len(rows)] = from_eval[idx].mean(dim=1).numpy()
+            out[start : start + len(rows)] = from_eval[idx].mean(dim=1).numpy()
         return out

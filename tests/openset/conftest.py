@@ -12,8 +12,9 @@ import torch
 from ferlib.openset.data import TABLE_COLUMNS, OpenSetData
 
 
-def features_data(n_close: int = 300, n_open: int = 100, k: int = 4, dim: int = 16, seed: int = 0,
-                  images: torch.Tensor | None = None) -> OpenSetData:
+def features_data(
+    n_close: int = 300, n_open: int = 100, k: int = 4, dim: int = 16, seed: int = 0, images: torch.Tensor | None = None
+) -> OpenSetData:
     """Close samples: confident logits, features near their class mean. Open samples:
     flat logits, features far from every class mean."""
     rng = np.random.default_rng(seed)
@@ -25,14 +26,27 @@ def features_data(n_close: int = 300, n_open: int = 100, k: int = 4, dim: int = 
     open_l = rng.normal(0, 1, (n_open, k))
     logits = np.concatenate([close_l, open_l])
     n = n_close + n_open
-    table = pd.DataFrame({"index": np.arange(n), "path": [f"img{i}.png" for i in range(n)],
-                          "label": np.r_[y, np.full(n_open, 9)], "target": np.r_[y, -np.ones(n_open, int)],
-                          "pseudo": logits.argmax(1), "is_open": np.r_[np.zeros(n_close, bool), np.ones(n_open, bool)],
-                          "origin": ["test"] * n_close + ["train"] * n_open,
-                          "source_index": np.r_[np.arange(n_close), np.arange(n_open)]})[TABLE_COLUMNS]
+    table = pd.DataFrame(
+        {
+            "index": np.arange(n),
+            "path": [f"img{i}.png" for i in range(n)],
+            "label": np.r_[y, np.full(n_open, 9)],
+            "target": np.r_[y, -np.ones(n_open, int)],
+            "pseudo": logits.argmax(1),
+            "is_open": np.r_[np.zeros(n_close, bool), np.ones(n_open, bool)],
+            "origin": ["test"] * n_close + ["train"] * n_open,
+            "source_index": np.r_[np.arange(n_close), np.arange(n_open)],
+        }
+    )[TABLE_COLUMNS]
     ty = rng.integers(0, k, 500)
-    return OpenSetData(table=table, logits=logits, features=np.concatenate([close_f, open_f]),
-                       train_features=means[ty] + rng.normal(0, 1, (500, dim)), train_targets=ty, images=images)
+    return OpenSetData(
+        table=table,
+        logits=logits,
+        features=np.concatenate([close_f, open_f]),
+        train_features=means[ty] + rng.normal(0, 1, (500, dim)),
+        train_targets=ty,
+        images=images,
+    )
 
 
 def noisy_images(n: int = 160, noise: float = 0.25, seed: int = 0, size: int = 32) -> OpenSetData:
@@ -48,14 +62,30 @@ def noisy_images(n: int = 160, noise: float = 0.25, seed: int = 0, size: int = 3
     x = g.integers(0, 40, (n, 3, size, size)).astype(np.uint8)
     lo = (size - 10) // 2
     for i, c in enumerate(y):
-        x[i, :, 1 + 10 * c:11 + 10 * c, lo:lo + 10] = 230
+        x[i, :, 1 + 10 * c : 11 + 10 * c, lo : lo + 10] = 230
     noisy = g.random(n) < noise
     pseudo = np.where(noisy, (y + g.integers(1, 3, n)) % 3, y)
-    table = pd.DataFrame({"index": np.arange(n), "path": [""] * n, "label": y, "target": y, "pseudo": pseudo,
-                          "is_open": noisy, "origin": "test", "source_index": np.arange(n)})[TABLE_COLUMNS]
+    table = pd.DataFrame(
+        {
+            "index": np.arange(n),
+            "path": [""] * n,
+            "label": y,
+            "target": y,
+            "pseudo": pseudo,
+            "is_open": noisy,
+            "origin": "test",
+            "source_index": np.arange(n),
+        }
+    )[TABLE_COLUMNS]
     logits = np.eye(3)[pseudo] * 3.0
-    return OpenSetData(table=table, logits=logits, features=np.zeros((n, 4)), train_features=np.zeros((3, 4)),
-                       train_targets=np.arange(3), images=torch.from_numpy(x))
+    return OpenSetData(
+        table=table,
+        logits=logits,
+        features=np.zeros((n, 4)),
+        train_features=np.zeros((3, 4)),
+        train_targets=np.arange(3),
+        images=torch.from_numpy(x),
+    )
 
 
 def tiny_image_data(n_close: int = 24, n_open: int = 16, seed: int = 0, size: int = 32) -> OpenSetData:
@@ -63,8 +93,13 @@ def tiny_image_data(n_close: int = 24, n_open: int = 16, seed: int = 0, size: in
     :func:`features_data`, random uint8 images, and close training images."""
     g = np.random.default_rng(seed)
     n = n_close + n_open
-    data = features_data(n_close=n_close, n_open=n_open, dim=8, seed=seed,
-                         images=torch.from_numpy(g.integers(0, 255, (n, 3, size, size), dtype=np.uint8)))
+    data = features_data(
+        n_close=n_close,
+        n_open=n_open,
+        dim=8,
+        seed=seed,
+        images=torch.from_numpy(g.integers(0, 255, (n, 3, size, size), dtype=np.uint8)),
+    )
     data.train_images = torch.from_numpy(g.integers(0, 255, (40, 3, size, size), dtype=np.uint8))
     return data
 

@@ -35,8 +35,15 @@ def test_cycle_detector_finds_noisy_labels(tmp_path, make_noisy_images):
     once lowered; it is back at .85."""
     data = make_noisy_images(320)
     view = data.detector_view()
-    cfg = CycleConfig(input_size=32, cycles=2, epochs_per_cycle=3, batch_size=32, lr=2e-3, progress=False,
-                      out_dir=str(tmp_path / "cycle"))
+    cfg = CycleConfig(
+        input_size=32,
+        cycles=2,
+        epochs_per_cycle=3,
+        batch_size=32,
+        lr=2e-3,
+        progress=False,
+        out_dir=str(tmp_path / "cycle"),
+    )
     det = CycleDetector(cfg).fit(view)
     scores = det.score(view)
     auroc = openset_metrics(scores, data.is_open)["auroc"]
@@ -56,8 +63,9 @@ def test_cycle_detector_finds_noisy_labels(tmp_path, make_noisy_images):
 @pytest.mark.parametrize("switches", [dict(lam=0.0), dict(cycle_training=False)])
 def test_cycle_ablations_run(switches, make_noisy_images):
     data = make_noisy_images(60).detector_view()
-    det = CycleDetector(CycleConfig(input_size=32, cycles=1, epochs_per_cycle=1, batch_size=30, progress=False,
-                                    **switches))
+    det = CycleDetector(
+        CycleConfig(input_size=32, cycles=1, epochs_per_cycle=1, batch_size=30, progress=False, **switches)
+    )
     scores = det.fit_score(data)
     assert scores.shape == (60,) and np.isfinite(scores).all()
 
@@ -91,8 +99,9 @@ def test_contrast_detector_flags_population_absent_from_training(make_features_d
             x[:, :, 2:8, :] = 240  # a bright band absent from every training image
         return x
 
-    data = make_features_data(n_close=60, n_open=40,
-                              images=torch.from_numpy(np.concatenate([faces(60, False), faces(40, True)])))
+    data = make_features_data(
+        n_close=60, n_open=40, images=torch.from_numpy(np.concatenate([faces(60, False), faces(40, True)]))
+    )
     data.train_images = torch.from_numpy(faces(200, False))
     det = ContrastDetector(ContrastConfig(input_size=32, epochs=3, batch_size=32, progress=False))
     auroc = openset_metrics(det.fit_score(data.detector_view()), data.is_open)["auroc"]

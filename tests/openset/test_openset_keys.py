@@ -81,8 +81,9 @@ def test_changed_inputs_retrain_and_a_device_change_resumes(make_tiny_image_data
     assert stamps
 
     # lam=0: another folder, trained from scratch
-    lam0 = run_detectors(data, ["cycle"], {"cycle": {**params["cycle"], "lam": 0.0}}, SHARED, tmp_path,
-                         log=False)["cycle"]
+    lam0 = run_detectors(data, ["cycle"], {"cycle": {**params["cycle"], "lam": 0.0}}, SHARED, tmp_path, log=False)[
+        "cycle"
+    ]
     assert lam0.folder != first.folder and not lam0.reused and _last_checkpoints(lam0.folder)
     # new pseudo labels (stage 02 re-run): another folder, trained from scratch
     relabelled = run_detectors(_new_pseudo(data), ["cycle"], params, SHARED, tmp_path, log=False)["cycle"]
@@ -110,7 +111,8 @@ def test_protocol_free_detector_is_fitted_once_for_every_protocol(make_tiny_imag
     reuse = {}
     params = {"contrast": tiny_params["contrast"]}
     honest = run_detectors(data, ["contrast"], params, SHARED, tmp_path, "honest", reuse=reuse, log=False)
-    ref = run_detectors(replace(data, protocol="reference"), ["contrast"], params, SHARED, tmp_path, "reference",
-                        reuse=reuse, log=False)
+    ref = run_detectors(
+        replace(data, protocol="reference"), ["contrast"], params, SHARED, tmp_path, "reference", reuse=reuse, log=False
+    )
     assert honest["contrast"].folder.parent.name == "any_protocol"
     assert ref["contrast"] is honest["contrast"]

@@ -26,8 +26,9 @@ def test_energy_matches_definition(make_features_data):
     expected = -np.log(np.exp(data.logits).sum(1))
     np.testing.assert_allclose(make_detector("energy").score(data), expected, rtol=1e-6)
     t = 2.0
-    np.testing.assert_allclose(make_detector("energy", temperature=t).score(data),
-                               -t * np.log(np.exp(data.logits / t).sum(1)), rtol=1e-6)
+    np.testing.assert_allclose(
+        make_detector("energy", temperature=t).score(data), -t * np.log(np.exp(data.logits / t).sum(1)), rtol=1e-6
+    )
 
 
 def test_tknn_equals_brute_force_neighbour_share(make_features_data):
@@ -64,8 +65,10 @@ def test_tknn_needs_training_features(make_features_data):
         make_detector("tknn").score(data)
 
 
-@pytest.mark.parametrize("name, params, match", [("tknn", {"k": 0}, "k must be"), ("knn", {"k": 0}, "k must be"),
-                                                 ("energy", {"temperature": 0}, "temperature")])
+@pytest.mark.parametrize(
+    "name, params, match",
+    [("tknn", {"k": 0}, "k must be"), ("knn", {"k": 0}, "k must be"), ("energy", {"temperature": 0}, "temperature")],
+)
 def test_out_of_range_parameters(name, params, match):
     with pytest.raises(ValueError, match=match):
         make_detector(name, **params)

@@ -16,8 +16,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_registry_covers_every_detector_including_the_trained_ones():
-    assert set(available_detectors()) == {"msp", "max_logit", "energy", "entropy", "mahalanobis", "knn", "tknn",
-                                          "cycle", "contrast"}
+    assert set(available_detectors()) == {
+        "msp",
+        "max_logit",
+        "energy",
+        "entropy",
+        "mahalanobis",
+        "knn",
+        "tknn",
+        "cycle",
+        "contrast",
+    }
     assert set(stages.DEFAULT_DETECTORS) <= set(available_detectors())
     for name in available_detectors():
         cls = detector_class(name)
@@ -67,34 +76,43 @@ def test_shared_settings_reach_only_detectors_that_have_them():
     assert set(detector_parameters("contrast")) >= {"epochs", "lam", "folds", "batch_size"}
 
 
-@pytest.mark.parametrize("detectors, params, match", [
-    (["msp", "odin"], None, r"unknown detector 'odin'; choose from \['msp'"),
-    (["msp"], {"odin": {}}, r"unknown detector 'odin'"),
-    (["msp"], {"cycle": {"lamda": 0}}, r"detector_params\['cycle'\]: unknown parameter 'lamda'; cycle accepts .*'lam'"),
-    (["msp"], {"tknn": {"K": 3}}, r"unknown parameter 'K'; tknn accepts \['chunk', 'k'\]"),
-    (["msp"], {"msp": {"k": 3}}, r"msp accepts no parameters"),
-    (["msp"], {"cycle": {"select_ratio": 2}}, r"detector_params\['cycle'\]: select_ratio"),
-    (["msp"], {"cycle": {"out_dir": "x"}}, r"set by stage 03"),
-    (["msp"], {"cycle": 3}, r"must be a dict"),
-    ("msp", None, r"must be a list of detector names"),
-    (["msp", "msp"], None, r"more than once"),
-    ([], None, r"empty"),
-])
+@pytest.mark.parametrize(
+    "detectors, params, match",
+    [
+        (["msp", "odin"], None, r"unknown detector 'odin'; choose from \['msp'"),
+        (["msp"], {"odin": {}}, r"unknown detector 'odin'"),
+        (
+            ["msp"],
+            {"cycle": {"lamda": 0}},
+            r"detector_params\['cycle'\]: unknown parameter 'lamda'; cycle accepts .*'lam'",
+        ),
+        (["msp"], {"tknn": {"K": 3}}, r"unknown parameter 'K'; tknn accepts \['chunk', 'k'\]"),
+        (["msp"], {"msp": {"k": 3}}, r"msp accepts no parameters"),
+        (["msp"], {"cycle": {"select_ratio": 2}}, r"detector_params\['cycle'\]: select_ratio"),
+        (["msp"], {"cycle": {"out_dir": "x"}}, r"set by stage 03"),
+        (["msp"], {"cycle": 3}, r"must be a dict"),
+        ("msp", None, r"must be a list of detector names"),
+        (["msp", "msp"], None, r"more than once"),
+        ([], None, r"empty"),
+    ],
+)
 def test_validate_detectors_names_the_problem_and_the_choices(detectors, params, match):
     with pytest.raises(ValueError, match=match):
         validate_detectors(detectors, params)
 
 
 def test_validate_detectors_accepts_the_documented_shape():
-    validate_detectors(list(stages.DEFAULT_DETECTORS),
-                       {"tknn": {"k": 10}, "cycle": {"lam": 0, "cycles": 2}, "contrast": {"epochs": 4}})
+    validate_detectors(
+        list(stages.DEFAULT_DETECTORS), {"tknn": {"k": 10}, "cycle": {"lam": 0, "cycles": 2}, "contrast": {"epochs": 4}}
+    )
 
 
 def test_stage_03_refuses_bad_names_before_any_work(tmp_path):
     """No stage 02 files exist: the bad name must be reported, not the missing files."""
     with pytest.raises(ValueError, match="unknown parameter 'lamda'"):
-        stages.detect_open_set(run_dir=str(tmp_path / "run"), detectors=["msp", "cycle"],
-                               detector_params={"cycle": {"lamda": 0}})
+        stages.detect_open_set(
+            run_dir=str(tmp_path / "run"), detectors=["msp", "cycle"], detector_params={"cycle": {"lamda": 0}}
+        )
     with pytest.raises(ValueError, match="unknown detector 'odin'"):
         stages.detect_open_set(run_dir=str(tmp_path / "run"), detectors=["odin"])
     with pytest.raises(ValueError, match="ablation variant 'typo'"):

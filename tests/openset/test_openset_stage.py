@@ -27,10 +27,18 @@ def _stage02_files(run: Path, data) -> Path:
     all_features = rng.normal(0, 1, (n_train, data.features.shape[1]))
     train_index = np.arange(n_train - len(data.train_features), n_train)
     all_features[train_index] = data.train_features
-    write_npz(out / "outputs.npz", {
-        "eval_logits": data.logits, "eval_features": data.features, "all_train_logits": all_logits,
-        "all_train_features": all_features, "train_index": train_index, "train_targets": data.train_targets,
-        "class_names": np.array([f"c{k}" for k in range(data.num_classes)])})
+    write_npz(
+        out / "outputs.npz",
+        {
+            "eval_logits": data.logits,
+            "eval_features": data.features,
+            "all_train_logits": all_logits,
+            "all_train_features": all_features,
+            "train_index": train_index,
+            "train_targets": data.train_targets,
+            "class_names": np.array([f"c{k}" for k in range(data.num_classes)]),
+        },
+    )
     return run
 
 
@@ -62,8 +70,9 @@ def test_test_split_run_writes_beside_the_full_run(finished_stage02):
     kept = metrics[metrics["eval_subset"] == "all"].reset_index(drop=True)
     pd.testing.assert_frame_equal(kept, metrics_before, check_dtype=False)
     assert (metrics["eval_subset"] == "test").sum() == 2 * len(CHEAP)
-    np.testing.assert_allclose(full.set_index(["protocol", "detector"])["auroc"],
-                               kept.set_index(["protocol", "detector"])["auroc"])
+    np.testing.assert_allclose(
+        full.set_index(["protocol", "detector"])["auroc"], kept.set_index(["protocol", "detector"])["auroc"]
+    )
 
     # re-running the full run replaces its own rows only, and one protocol leaves the other's rows
     stages.detect_open_set(run_dir=run, detectors=["msp"], protocols=["honest"], progress=False)
@@ -123,8 +132,16 @@ def tiny_run(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("openset_stage")
     root = write_synthetic(base / "synthetic", SyntheticConfig(n_train=140, n_valid=28, n_test=56, seed=0))
-    params = dict(dataset="synthetic", data_root=str(root), open_class="surprise", input_size=32, progress=False,
-                  run_dir=str(base / "run"), cache_dir=str(base / "cache"), stem="imagenet")
+    params = dict(
+        dataset="synthetic",
+        data_root=str(root),
+        open_class="surprise",
+        input_size=32,
+        progress=False,
+        run_dir=str(base / "run"),
+        cache_dir=str(base / "cache"),
+        stem="imagenet",
+    )
     stages.train_close_set(**params, epochs=1, batch_size=32)
     table = stages.predict_pseudo_labels(**params)
     return params, table
@@ -146,8 +163,7 @@ def test_stage_02_writes_the_spread_table_and_outputs_atomically(tiny_run):
     assert set(np.load(out / "outputs.npz").files) >= {"eval_logits", "all_train_features", "class_names"}
 
 
-TINY = {"cycle": {"cycles": 1, "epochs_per_cycle": 1, "batch_size": 32},
-        "contrast": {"epochs": 1, "batch_size": 32}}
+TINY = {"cycle": {"cycles": 1, "epochs_per_cycle": 1, "batch_size": 32}, "contrast": {"epochs": 1, "batch_size": 32}}
 
 
 def _stamps(run: Path) -> dict[str, int]:
@@ -176,13 +192,15 @@ def test_stage_03_result_keys_retrain_on_new_inputs_and_resume_on_another_device
     assert len(np.load(run / "03_detect" / "detector_features_honest.npy")) == len(honest)
     stamps = _stamps(run)
 
-    moved = stages.detect_open_set(**{**params, "device": "cpu:0"}, detectors=["msp", "cycle", "contrast"],
-                                   detector_params=TINY)
+    moved = stages.detect_open_set(
+        **{**params, "device": "cpu:0"}, detectors=["msp", "cycle", "contrast"], detector_params=TINY
+    )
     assert _stamps(run) == stamps  # resumed: not one epoch trained
     np.testing.assert_allclose(moved["auroc"], first["auroc"])
 
-    stages.detect_open_set(**params, detectors=["cycle"], protocols=["honest"],
-                           detector_params={"cycle": {**TINY["cycle"], "lam": 0.0}})
+    stages.detect_open_set(
+        **params, detectors=["cycle"], protocols=["honest"], detector_params={"cycle": {**TINY["cycle"], "lam": 0.0}}
+    )
     assert len(_folders(run, "cycle")) == 3  # lam=0: a fresh folder, trained
     assert {k: v for k, v in _stamps(run).items() if k in stamps} == stamps  # the old result untouched
 
@@ -193,8 +211,7 @@ def test_stage_03_result_keys_retrain_on_new_inputs_and_resume_on_another_device
     table.loc[0, "pseudo"] = (table.loc[0, "pseudo"] + 1) % 6
     table.to_csv(csv, index=False)
     try:
-        stages.detect_open_set(**params, detectors=["cycle", "contrast"], protocols=["honest"],
-                               detector_params=TINY)
+        stages.detect_open_set(**params, detectors=["cycle", "contrast"], protocols=["honest"], detector_params=TINY)
     finally:
         csv.write_bytes(original)
     assert len(_folders(run, "cycle")) == 4  # new pseudo labels: retrained
@@ -209,14 +226,20 @@ def test_ablation_shares_stage_03_keyed_results(tiny_run):
     run = Path(params["run_dir"])
     stages.detect_open_set(**params, detectors=["cycle"], protocols=["honest"], detector_params=TINY)
     stamps = _stamps(run)
-    table = stages.ablate_cycle(**params, protocols=["honest"], detector_params=TINY,
-                                variants={k: stages.CYCLE_ABLATIONS[k] for k in ("paper", "test_split_only")})
+    table = stages.ablate_cycle(
+        **params,
+        protocols=["honest"],
+        detector_params=TINY,
+        variants={k: stages.CYCLE_ABLATIONS[k] for k in ("paper", "test_split_only")},
+    )
     rows = table.set_index("variant")
     assert rows.loc["paper", "folder"].startswith("03_detect/all/honest/cycle-")
     assert {k: v for k, v in _stamps(run).items() if k in stamps} == stamps
     assert rows.loc["test_split_only", "folder"].startswith("03_detect/test/honest/cycle-")
-    assert rows.loc["test_split_only", "n"] == (pd.read_csv(run / "02_pseudo_labels" / "pseudo_labels.csv")
-                                                ["origin"] == "test").sum()
+    assert (
+        rows.loc["test_split_only", "n"]
+        == (pd.read_csv(run / "02_pseudo_labels" / "pseudo_labels.csv")["origin"] == "test").sum()
+    )
     assert (run / "ablation.csv").is_file()
 
 
@@ -224,10 +247,16 @@ def test_manifest_records_what_each_subset_applied(finished_stage02):
     from ferlib.manifest import read_manifest
 
     run = str(finished_stage02)
-    stages.detect_open_set(run_dir=run, detectors=["tknn"], detector_params={"tknn": {"k": 5, "chunk": 64}},
-                           protocols=["honest"], progress=False)
-    stages.detect_open_set(run_dir=run, detectors=["tknn"], detector_params={"tknn": {"k": 7}},
-                           protocols=["honest"], progress=False)
+    stages.detect_open_set(
+        run_dir=run,
+        detectors=["tknn"],
+        detector_params={"tknn": {"k": 5, "chunk": 64}},
+        protocols=["honest"],
+        progress=False,
+    )
+    stages.detect_open_set(
+        run_dir=run, detectors=["tknn"], detector_params={"tknn": {"k": 7}}, protocols=["honest"], progress=False
+    )
     stages.detect_open_set(run_dir=run, detectors=["msp"], eval_subset="test", progress=False)
     detection = read_manifest(run)["detection"]
     assert detection["all"]["detector_params"] == {"tknn": {"k": 7}}  # not merged with the earlier run's

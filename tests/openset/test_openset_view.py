@@ -51,3 +51,27 @@ def test_a_detector_reading_the_answer_is_stopped(make_features_data, monkeypatc
     assert np.array_equal(registry.make_detector("cheat").score(data), data.is_open)  # on the full table it cheats
     with pytest.raises(KeyError, match="no label"):
         run_detectors(data, ["cheat"], log=False)
+
+
+class ByPosition(Detector):
+    """Scores a row by its position: the evaluation table lists the open class's training
+    images last, so without a shuffle position alone would find them."""
+
+    name = "by_position"
+
+    def score(self, data):
+        return np.arange(len(data), dtype=float)
+
+
+def test_row_order_gives_nothing_away(make_features_data, monkeypatch):
+    from ferlib.metrics import openset_metrics
+    from ferlib.openset import registry
+
+    monkeypatch.setitem(registry.DETECTORS, "by_position", f"{__name__}:ByPosition")
+    data = make_features_data(n_close=300, n_open=100)  # open rows last, as in stage 02's table
+    assert openset_metrics(np.arange(len(data), dtype=float), data.is_open)["auroc"] == 1.0
+    scores = run_detectors(data, ["by_position"], log=False)["by_position"].scores
+    assert abs(openset_metrics(scores, data.is_open)["auroc"] - 0.5) < 0.1
+    # the shuffle is undone: a row-wise detector's scores are those of the full table, row by row
+    direct = registry.make_detector("mahalanobis").fit(data).score(data)
+    np.testing.assert_allclose(run_detectors(data, ["mahalanobis"], log=False)["mahalanobis"].scores, direct)
