@@ -20,6 +20,11 @@ from torch import nn
 
 
 def _update(h: hashlib.blake2b, t: torch.Tensor) -> None:
+    if hasattr(t, "iter_chunks"):  # a lazy row view (ferlib.data.cache.RowView): same digest, bounded memory
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        for chunk in t.iter_chunks():
+            h.update(chunk.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        return
     t = t.detach().cpu().contiguous()
     h.update(f"{t.dtype}{tuple(t.shape)}".encode())
     if t.numel():
@@ -34,7 +39,8 @@ def tensor_digest(*tensors: torch.Tensor | np.ndarray | None) -> str:
         if t is None:
             h.update(b"None\0")
         else:
-            _update(h, t if isinstance(t, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(t)))
+            direct = isinstance(t, torch.Tensor) or hasattr(t, "iter_chunks")
+            _update(h, t if direct else torch.as_tensor(np.ascontiguousarray(t)))
     return h.hexdigest()
 
 

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 #: Parameters that say where or how visibly a stage runs, not what it computes: they are left
 #: out of every result key (train on a GPU box, then render the notebooks on a laptop).
-UNHASHED_PARAMS = frozenset({"run_dir", "device", "progress"})
+UNHASHED_PARAMS = frozenset({"run_dir", "device", "progress", "cache_memmap"})
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -294,9 +294,9 @@ def _check_protocols(name: str, value: Any) -> None:
 
 
 def _check_arch(name: str, value: Any) -> None:
-    from ferlib.models import ARCHS
+    from ferlib.models import TRUNKS
 
-    _choices(name, value, sorted(ARCHS), "architecture")
+    _choices(name, value, sorted(TRUNKS), "architecture")
 
 
 def _check_embed_method(name: str, value: Any) -> None:
@@ -330,6 +330,16 @@ def _check_optional_count(name: str, value: Any) -> None:
         _int_range(0)(name, value)
 
 
+def _optional(check: Callable[[str, Any], None]) -> Callable[[str, Any], None]:
+    """``check``, with None accepted (e.g. ``lr=None``: the recipe's value)."""
+
+    def optional(name: str, value: Any) -> None:
+        if value is not None:
+            check(name, value)
+
+    return optional
+
+
 #: name -> check(name, value); a check raises ParameterError. Applied to every stage that
 #: has a parameter of that name, so a name has one meaning across the kit.
 CHECKS: dict[str, Callable[[str, Any], None]] = {
@@ -342,9 +352,9 @@ CHECKS: dict[str, Callable[[str, Any], None]] = {
     "input_size": _int_range(32, 256),
     "epochs": _int_range(1),
     "batch_size": _int_range(2),
-    "lr": _real(0.0, 1.0, low_open=True, high_open=False),
-    "weight_decay": _real(0.0, None, low_open=False, high_open=True),
-    "lr_gamma": _real(0.0, 1.0, low_open=True, high_open=False),
+    "lr": _optional(_real(0.0, 1.0, low_open=True, high_open=False)),
+    "weight_decay": _optional(_real(0.0, None, low_open=False, high_open=True)),
+    "lr_gamma": _optional(_real(0.0, 1.0, low_open=True, high_open=False)),
     "val_fraction": _real(0.0, 1.0, low_open=True, high_open=True),
     "pretrained": _check_pretrained,
     "protocols": _check_protocols,
@@ -378,6 +388,18 @@ def _check_objective(arguments: Mapping[str, Any]) -> None:
     validate_objective(arguments["objective"], arguments.get("objective_params") or {})
 
 
+def _check_recipe(arguments: Mapping[str, Any]) -> None:
+    from ferlib.stages import _recipe
+
+    explicit = {k: arguments.get(k) for k in ("lr", "weight_decay", "lr_gamma")}
+    _recipe(arguments["recipe"], arguments.get("recipe_params"), **explicit)
+
+
+def _check_cache_memmap(arguments: Mapping[str, Any]) -> None:
+    if arguments["cache_memmap"] and not arguments.get("cache_dir"):
+        raise ParameterError("cache_memmap=True needs a cache_dir (the folder of the memory-mapped cache files)")
+
+
 def _check_head(arguments: Mapping[str, Any]) -> None:
     from ferlib.models import validate_head
 
@@ -391,6 +413,8 @@ JOINT_CHECKS: tuple[tuple[str, Callable[[Mapping[str, Any]], None]], ...] = (
     ("detectors", _check_detectors),
     ("objective", _check_objective),
     ("head", _check_head),
+    ("cache_memmap", _check_cache_memmap),
+    ("recipe", _check_recipe),
 )
 
 

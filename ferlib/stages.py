@@ -36,6 +36,7 @@ from ferlib.openset.keys import FingerprintCache
 from ferlib.openset.registry import detector_class, validate_detectors
 from ferlib.openset.scoring import DetectorResult, run_detectors
 from ferlib.params import checked
+from ferlib.recipes import recipe_settings
 from ferlib.train import TensorData, TrainConfig, fit, load_history, predict
 
 #: every registered detector (ferlib.openset.registry): what stage 03 runs by default
@@ -57,8 +58,8 @@ def _validation(s: Splits) -> tuple[TensorData, TensorData, str]:
     train_rows, train_targets = s.training()
     val_rows, val_targets = s.validation()
     return (
-        TensorData(s.train.images[torch.as_tensor(train_rows)], train_targets),
-        TensorData(s.valid.images[torch.as_tensor(val_rows)], val_targets),
+        TensorData(s.train.rows(train_rows), train_targets),  # a lazy view when memory-mapped
+        TensorData(s.valid.rows(val_rows), val_targets),
         s.validation_source,
     )
 
@@ -78,12 +79,15 @@ def train_close_set(
     input_size: int = 48,
     epochs: int = 10,
     batch_size: int = 128,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    lr_gamma: float = 0.9,
+    recipe: str = "reference",
+    recipe_params: dict | None = None,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    lr_gamma: float | None = None,
     pretrained: str | None = None,
     val_fraction: float = 0.1,
     cache_dir: str | None = "outputs/cache",
+    cache_memmap: bool = False,
     stem: str = "auto",
     head: str = "linear",
     head_params: dict | None = None,
@@ -116,25 +120,35 @@ def train_close_set(
     run_dir : str
         Folder of this run: every file of every stage goes under it.
     arch : str
-        Trunk architecture: resnet18 or resnet50.
+        Trunk architecture: resnet18, resnet50 (for face-pretrained weights) or smallface (a small
+        network for 40-64 px faces trained from scratch; 48 px gives a 6x6 attention map).
     input_size : int
         Image side in pixels (32..256); below 160 px a small-input stem is used (see stem).
     epochs : int
         Training epochs (>= 1); the best epoch on the validation split is kept.
     batch_size : int
         Training batch size (>= 2).
-    lr : float
-        Adam learning rate, in (0, 1].
-    weight_decay : float
-        Adam weight decay (>= 0).
-    lr_gamma : float
-        Learning-rate decay per epoch (lr * lr_gamma ** epoch), in (0, 1].
+    recipe : str
+        Named training recipe (ferlib.recipes): reference (Adam, lr 1e-3 * 0.9 ** epoch) or fast (SGD-Nesterov,
+        warm-up + one-cycle decay, label smoothing, weight EMA, flip test-time augmentation; for smallface).
+    recipe_params : dict or None
+        Single recipe settings to override, e.g. {'ema_decay': 0, 'label_smoothing': 0.0}; fields: optimizer,
+        lr, momentum, weight_decay, schedule, lr_gamma, cycle_epochs, lr_min, warmup_epochs, label_smoothing,
+        ema_decay, flip_tta.
+    lr : float or None
+        Learning rate, in (0, 1]; None: the recipe's (reference: 1e-3).
+    weight_decay : float or None
+        Weight decay (>= 0); None: the recipe's (reference: 1e-4).
+    lr_gamma : float or None
+        Learning-rate decay per epoch of the exponential schedule, in (0, 1]; None: the recipe's (0.9).
     pretrained : str or None
         Path to a state dict to start from (e.g. resnet18_msceleb.pth); None: from scratch.
     val_fraction : float
         Share of the training data carved out as validation split when the data set has none.
     cache_dir : str or None
         Folder of the decoded uint8 image cache (shared by runs); None: decode into memory only.
+    cache_memmap : bool
+        Keep the uint8 cache in a memory-mapped file per split under cache_dir (sets larger than memory); same results.
     stem : str
         "auto" (small-input stem below 160 px), "small" or "imagenet".
     head : str
@@ -156,6 +170,7 @@ def train_close_set(
     out = Path(run_dir) / "01_close_set"
     loss = make_objective(objective, **(objective_params or {}))  # names checked before any decoding
     head_params = validate_head(head, head_params)
+    settings = _recipe(recipe, recipe_params, lr=lr, weight_decay=weight_decay, lr_gamma=lr_gamma)
     s = load_splits(
         dataset,
         data_root,
@@ -164,6 +179,7 @@ def train_close_set(
         cache_dir,
         class_map=class_map,
         data_options=data_options,
+        memmap=cache_memmap,
         val_fraction=val_fraction,
         seed=seed,
     )
@@ -180,9 +196,7 @@ def train_close_set(
     cfg = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        lr_gamma=lr_gamma,
+        **settings,
         seed=seed,
         device=device,
         amp=amp,
@@ -190,7 +204,7 @@ def train_close_set(
     )
     result = fit(model, train, val, cfg, loss, out_dir=out, desc="close-set")
     rows, targets = _close_rows(s.test, s.label_map)
-    pred = predict(model, s.test.images[torch.as_tensor(rows)], device=device, progress=progress, amp=amp)
+    pred = predict(model, s.test.rows(rows), device=device, progress=progress, amp=amp, tta=cfg.flip_tta)
     y_pred = pred.logits.argmax(1).numpy()
     results = {
         "test_acc": accuracy(targets, y_pred),
@@ -212,6 +226,8 @@ def train_close_set(
         "head_params": head_params,
         "objective": objective,
         "objective_params": {k: v for k, v in loss.config().items() if k != "name"},
+        "recipe": recipe,
+        "recipe_settings": settings,  # flip_tta here: stage 02 predicts as stage 01 tested
     }
     write_json(out / "results.json", results)
     update_manifest(
@@ -224,6 +240,17 @@ def train_close_set(
         f"(best epoch {result.best_epoch}, {results['wall_seconds'] / 60:.1f} min)"
     )
     return {**results, "history": result.history}
+
+
+def _recipe(name: str, params: dict | None, **explicit: float | None) -> dict:
+    """The recipe's settings with ``recipe_params`` and the stage's explicit ``lr``,
+    ``weight_decay``, ``lr_gamma`` (None: the recipe's) applied; the same field given twice
+    is refused, naming both places."""
+    given = {k: v for k, v in explicit.items() if v is not None}
+    twice = sorted(set(given) & set(params or {}))
+    if twice:
+        raise ValueError(f"{', '.join(twice)} given both as stage parameter and in recipe_params; give it once")
+    return recipe_settings(name, {**(params or {}), **given})
 
 
 def load_close_set(run_dir: str) -> tuple[dict, pd.DataFrame]:
@@ -277,6 +304,7 @@ def predict_pseudo_labels(
     arch: str = "resnet18",
     input_size: int = 48,
     cache_dir: str | None = "outputs/cache",
+    cache_memmap: bool = False,
     stem: str = "auto",
     amp: bool = False,
     progress: bool = True,
@@ -314,6 +342,8 @@ def predict_pseudo_labels(
         Image side in pixels, as in stage 01.
     cache_dir : str or None
         Folder of the decoded uint8 image cache (shared by runs); None: decode into memory only.
+    cache_memmap : bool
+        Keep the uint8 cache in a memory-mapped file per split under cache_dir (sets larger than memory); same results.
     stem : str
         The stem of stage 01's model: "auto", "small" or "imagenet".
     amp : bool
@@ -325,7 +355,15 @@ def predict_pseudo_labels(
         raise ValueError("stage 02 needs an open class (open_class is none)")
     out = Path(run_dir) / "02_pseudo_labels"
     s = load_splits(
-        dataset, data_root, open_class, input_size, cache_dir, class_map=class_map, data_options=data_options, seed=seed
+        dataset,
+        data_root,
+        open_class,
+        input_size,
+        cache_dir,
+        class_map=class_map,
+        data_options=data_options,
+        seed=seed,
+        memmap=cache_memmap,
     )
     names = s.label_map.names
     model = _close_model(run_dir, arch, input_size, len(names), device, stem)
@@ -462,6 +500,7 @@ def _detector_inputs(
     cache_dir: str | None,
     class_map: dict[str, str] | None = None,
     data_options: dict | None = None,
+    cache_memmap: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The evaluation and close training images, decoded only when a selected detector's
     class attributes ask for them (post-hoc detectors need no data set at all)."""
@@ -469,12 +508,17 @@ def _detector_inputs(
     if not any(c.needs_images or c.needs_train_images for c in classes):
         return None, None
     s = load_splits(
-        dataset, data_root, open_class, input_size, cache_dir, class_map=class_map, data_options=data_options
+        dataset,
+        data_root,
+        open_class,
+        input_size,
+        cache_dir,
+        class_map=class_map,
+        data_options=data_options,
+        memmap=cache_memmap,
     )
     images = _eval_images(s) if any(c.needs_images for c in classes) else None
-    train_images = (
-        s.train.images[torch.as_tensor(s.split.train_index)] if any(c.needs_train_images for c in classes) else None
-    )
+    train_images = s.train.rows(s.split.train_index) if any(c.needs_train_images for c in classes) else None
     return images, train_images
 
 
@@ -507,6 +551,7 @@ def detect_open_set(
     run_dir: str = "outputs/demo",
     input_size: int = 48,
     cache_dir: str | None = "outputs/cache",
+    cache_memmap: bool = False,
     protocols: Sequence[str] = ("honest", "reference"),
     detectors: Sequence[str] = DEFAULT_DETECTORS,
     eval_subset: str = "all",
@@ -551,6 +596,8 @@ def detect_open_set(
         Image side in pixels (as in stage 01).
     cache_dir : str | None
         Folder of the decoded-image cache; None = no cache.
+    cache_memmap : bool
+        Keep the uint8 cache in a memory-mapped file per split under cache_dir (sets larger than memory); same results.
     protocols : list[str]
         Evaluation protocols: "honest" (index-aligned pseudo labels) and/or "reference"
         (the released code's shuffled pseudo labels).
@@ -575,7 +622,15 @@ def detect_open_set(
     validate_detectors(detectors, detector_params)  # names and keys, before any work
     out = Path(run_dir) / "03_detect"
     images, train_images = _detector_inputs(
-        detectors, dataset, data_root, open_class, input_size, cache_dir, class_map, data_options
+        detectors,
+        dataset,
+        data_root,
+        open_class,
+        input_size,
+        cache_dir,
+        class_map,
+        data_options,
+        cache_memmap=cache_memmap,
     )
     shared = {"input_size": input_size, "stem": stem, "seed": seed, "device": device, "amp": amp, "progress": progress}
     suffix = _subset_suffix(eval_subset)
@@ -645,6 +700,7 @@ def ablate_cycle(
     run_dir: str = "outputs/run",
     input_size: int = 48,
     cache_dir: str | None = "outputs/cache",
+    cache_memmap: bool = False,
     protocols: Sequence[str] = ("honest",),
     variants: dict[str, dict] | None = None,
     detector_params: dict[str, dict] | None = None,
@@ -664,6 +720,8 @@ def ablate_cycle(
     Parameters
     ----------
     dataset, data_root, open_class, seed, class_map, data_options, device, run_dir, input_size, cache_dir, stem, amp
+        As in :func:`detect_open_set`.
+    cache_memmap
         As in :func:`detect_open_set`.
     progress
         As in :func:`detect_open_set`.
@@ -692,7 +750,15 @@ def ablate_cycle(
             raise ValueError(f"ablation variant {name!r}: {exc}") from None
         plans[name] = (subset, params, overrides)
     images, _ = _detector_inputs(
-        ["cycle"], dataset, data_root, open_class, input_size, cache_dir, class_map, data_options
+        ["cycle"],
+        dataset,
+        data_root,
+        open_class,
+        input_size,
+        cache_dir,
+        class_map,
+        data_options,
+        cache_memmap=cache_memmap,
     )
     shared = {"input_size": input_size, "stem": stem, "seed": seed, "device": device, "amp": amp, "progress": progress}
     out = Path(run_dir) / "03_detect"

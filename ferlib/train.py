@@ -4,7 +4,9 @@ Every method in the kit trains through :func:`fit`. Methods differ by the *objec
 they pass in (cross-entropy, CAM flip consistency, RUL mixup, diversity...) and by the
 rows they train on, never by a copied loop. The loop owns what every method needs and
 none should re-implement: seeding, whole-batch augmentation on tensors (no image decoding
-inside an epoch), Adam with a learning-rate schedule, selection of the best epoch on a
+inside an epoch), the recipe's optimiser (Adam or SGD-Nesterov), learning-rate schedule
+with warm-up, label smoothing and weight EMA (:class:`TrainConfig`; named settings in
+:mod:`ferlib.recipes`), selection of the best epoch on a
 validation split, a checkpoint every epoch so that a killed run resumes, per-epoch metrics
 as CSV and JSON, tqdm progress, and a ``device`` parameter (CPU by default).
 
@@ -17,6 +19,7 @@ to a CPU resumes.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -54,48 +57,132 @@ __all__ = [
 NOT_IN_KEY = ("epochs", "device", "progress", "eval_batch_size")
 #: bump when the loop's arithmetic changes so old checkpoints are not resumed
 LOOP_VERSION = 2
+#: schedules that run to zero over ``epochs``: for these ``epochs`` enters the key
+RUN_LENGTH_SCHEDULES = ("cosine", "onecycle")
+SCHEDULES = ("exponential", "cyclic", "constant", *RUN_LENGTH_SCHEDULES)
+OPTIMIZERS = ("adam", "sgd")
+#: objectives whose loss is ``CE(logits, y) + terms that do not involve the targets``:
+#: label smoothing is applied to their cross-entropy term (see :func:`_smoothed`)
+SMOOTHABLE_OBJECTIVES = ("ce", "cam_flip")
 
 
 @dataclass
 class TrainConfig:
     """Optimisation settings. Defaults follow the reference close-set recipe (METHODS.md)
-    except batch size and epochs, which are sized for a CPU."""
+    except batch size and epochs, which are sized for a CPU; :mod:`ferlib.recipes` names
+    tuned sets of them. Each recipe switch is off at its default, so its contribution can
+    be measured by turning it on alone:
+
+    - ``optimizer``: ``adam`` or ``sgd`` (Nesterov momentum ``momentum``; coupled weight decay).
+    - ``schedule``: ``exponential`` / ``cyclic`` / ``constant`` (per epoch, extendable), or
+      ``cosine`` / ``onecycle`` (cosine or linear decay to zero at the end of ``epochs``,
+      so ``epochs`` then enters the key); ``warmup_epochs`` ramps any schedule up linearly
+      from zero. All of it is the stateless :meth:`lr_at`, so resuming is exact.
+    - ``label_smoothing``: targets ``(1 - eps) * onehot + eps / K`` in the cross-entropy.
+    - ``ema_decay``: exponential moving average of the weights (and BatchNorm statistics)
+      after every step; validation, selection, ``best.pt`` and the returned model use the
+      EMA copy; 0 turns it off.
+    - ``flip_tta``: validation (and the stages' predictions) average the logits of each
+      image and its mirror (:func:`predict` ``tta=True``).
+    """
 
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    schedule: str = "exponential"  # "exponential" | "cyclic" | "constant"
+    schedule: str = "exponential"  # "exponential" | "cyclic" | "constant" | "cosine" | "onecycle"
     lr_gamma: float = 0.9  # exponential: lr * gamma**epoch (ExponentialLR)
     cycle_epochs: int = 5  # cyclic: cosine from lr to lr_min over each cycle, then restart
     lr_min: float = 1e-5
+    optimizer: str = "adam"  # "adam" | "sgd" (Nesterov)
+    momentum: float = 0.9  # sgd only
+    warmup_epochs: float = 0.0  # linear ramp from 0 to lr over this many epochs
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # 0: off; e.g. 0.999
+    flip_tta: bool = False
     seed: int = 0
     device: str = "cpu"
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     eval_batch_size: int = 512
     channels_last: bool = True
+    #: resize each batch to this size on the device (antialiased) when the cache is stored
+    #: at another size; None: the stored size (ferlib.data.augment.to_float)
+    input_size: int | None = None
     amp: bool = False  # bfloat16 autocast on CUDA (ignored on CPU, where it is slower)
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field for a setting the loop cannot run."""
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        checks = {
+            "momentum": 0 <= self.momentum < 1,
+            "warmup_epochs": self.warmup_epochs >= 0,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+            "ema_decay": 0 <= self.ema_decay < 1,
+            "lr": self.lr > 0,
+            "weight_decay": self.weight_decay >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)!r} is out of range")
+
     def lr_at(self, epoch_float: float) -> float:
-        """Learning rate at a fractional epoch; stateless, so resuming needs no scheduler state."""
+        """Learning rate at a fractional epoch; stateless, so resuming needs no scheduler state.
+
+        Warm-up multiplies the schedule by ``epoch_float / warmup_epochs`` until it reaches
+        1; ``cosine`` and ``onecycle`` decay from ``lr`` at the end of the warm-up to zero
+        at ``epochs`` (cosine, or linearly as the speed runs' one-cycle triangle)."""
+        warm = min(1.0, epoch_float / self.warmup_epochs) if self.warmup_epochs > 0 else 1.0
         if self.schedule == "exponential":
-            return self.lr * self.lr_gamma ** math.floor(epoch_float)
+            return warm * self.lr * self.lr_gamma ** math.floor(epoch_float)
         if self.schedule == "cyclic":
             t = (epoch_float % self.cycle_epochs) / self.cycle_epochs
-            return self.lr_min + 0.5 * (self.lr - self.lr_min) * (1 + math.cos(math.pi * t))
+            return warm * (self.lr_min + 0.5 * (self.lr - self.lr_min) * (1 + math.cos(math.pi * t)))
         if self.schedule == "constant":
-            return self.lr
-        raise ValueError(f"schedule must be exponential, cyclic or constant, got {self.schedule!r}")
+            return warm * self.lr
+        if self.schedule in RUN_LENGTH_SCHEDULES:
+            span = max(self.epochs - self.warmup_epochs, 1e-12)
+            t = min(1.0, max(0.0, (epoch_float - self.warmup_epochs) / span))
+            decay = 0.5 * (1 + math.cos(math.pi * t)) if self.schedule == "cosine" else 1.0 - t
+            return warm * self.lr * decay
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
 
     def key_fields(self) -> dict:
-        """The settings that change the trajectory (all but :data:`NOT_IN_KEY`)."""
-        return {k: v for k, v in asdict(self).items() if k not in NOT_IN_KEY}
+        """The settings that change the trajectory (all but :data:`NOT_IN_KEY`; ``epochs``
+        too when the schedule runs to zero over them). Recipe fields at their off value are
+        left out, so checkpoints written before they existed still resume."""
+        fields = {k: v for k, v in asdict(self).items() if k not in NOT_IN_KEY}
+        if self.schedule in RUN_LENGTH_SCHEDULES:
+            fields["epochs"] = self.epochs
+        for name, off in _RECIPE_OFF.items():
+            if fields.get(name) == off:
+                del fields[name]
+        if self.optimizer != "sgd":
+            del fields["momentum"]  # Adam does not read it
+        return fields
+
+
+#: the value at which each recipe switch changes nothing (the loop as it was before them)
+_RECIPE_OFF: dict[str, object] = {
+    "optimizer": "adam",
+    "warmup_epochs": 0.0,
+    "label_smoothing": 0.0,
+    "ema_decay": 0.0,
+    "flip_tta": False,
+}
 
 
 @dataclass
 class TensorData:
-    """Decoded images (uint8, N x 3 x S x S) and contiguous int64 targets, side by side."""
+    """Decoded images (uint8, N x C x S x S, C = 1 for a gray cache or 3; a tensor or a lazy
+    :class:`~ferlib.data.cache.RowView` of a memory-mapped cache) and contiguous int64
+    targets, side by side."""
 
     images: torch.Tensor
     targets: torch.Tensor
@@ -142,8 +229,64 @@ def _autocast(cfg: TrainConfig):
 
 
 def _batch(images: torch.Tensor, index: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    x = to_float(images[index].to(cfg.device, non_blocking=True))
+    x = to_float(images[index].to(cfg.device, non_blocking=True), size=cfg.input_size)
     return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _check_smoothing(objective: object, cfg: TrainConfig) -> None:
+    name = objective_config(objective).get("name")
+    if cfg.label_smoothing > 0 and name not in SMOOTHABLE_OBJECTIVES:
+        raise ValueError(
+            f"label_smoothing={cfg.label_smoothing} needs an objective whose loss is cross-entropy plus "
+            f"target-free terms ({', '.join(SMOOTHABLE_OBJECTIVES)}); objective {name!r} is not one"
+        )
+
+
+def _smoothed(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """The objective's loss with its cross-entropy term label-smoothed.
+
+    For the objectives of :data:`SMOOTHABLE_OBJECTIVES` the loss is ``CE(logits, y) + R``
+    with ``R`` free of targets, and smoothed CE is ``(1 - eps) CE + eps * mean_k(-log p_k)``,
+    so adding ``eps * (mean_k(-log p_k) - CE)`` gives exactly the smoothed loss; doing it
+    here keeps one implementation for every such objective."""
+    logp = F.log_softmax(logits.float(), dim=1)
+    ce = F.nll_loss(logp, y)
+    return loss + eps * (-logp.mean(dim=1).mean() - ce)
+
+
+class WeightEMA:
+    """Exponential moving average of a model's floating-point state (weights and BatchNorm
+    running statistics; integer buffers are copied).
+
+    The decay warms up as ``min(decay, (1 + t) / (10 + t))`` over the global step ``t``, so
+    early averages are not dominated by the random initialisation; ``t`` is derived from
+    (epoch, step), so a resumed run continues the same sequence."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model)
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        src = model.state_dict()
+        floats_e, floats_s = [], []
+        for name, value in self.model.state_dict().items():
+            if value.dtype.is_floating_point:
+                floats_e.append(value)
+                floats_s.append(src[name].to(value.dtype))
+            else:
+                value.copy_(src[name])
+        torch._foreach_lerp_(floats_e, floats_s, 1.0 - d)
 
 
 def training_key(
@@ -239,12 +382,15 @@ def fit(
     check = getattr(objective, "check", None)
     if callable(check):
         check(model)  # e.g. cam_flip on a head without CAM: fail before any epoch
+    _check_smoothing(objective, cfg)
     key, ingredients = training_key(model, train, val, cfg, objective)
     torch.manual_seed(cfg.seed)
     if cfg.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
     model = _to_device(model, cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = _make_optimizer(model, cfg)
+    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    evaluated = ema.model if ema is not None else model  # validated, selected and saved as best
     gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 1)
     out = Path(out_dir) if out_dir is not None else None
@@ -256,6 +402,8 @@ def fit(
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
+            if ema is not None:
+                ema.model.load_state_dict(ckpt["ema"])
             gen.set_state(ckpt["generator"])
             _restore_aug_generator(aug_gen, ckpt, cfg, desc)
             history, best_acc, best_epoch = ckpt["history"], ckpt["best_acc"], ckpt["best_epoch"]
@@ -287,11 +435,15 @@ def fit(
             y = train.targets[index].to(cfg.device)
             with _autocast(cfg):
                 loss, logits = objective(model, x, y, index)
+            if cfg.label_smoothing > 0:
+                loss = _smoothed(loss, logits, y, cfg.label_smoothing)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {step}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update(model, epoch * n_batches + step)
             total_loss += loss.item() * len(index)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(index)
@@ -304,13 +456,15 @@ def fit(
         }
         if val is not None and len(val):
             pred = predict(
-                model,
+                evaluated,
                 val.images,
                 cfg.eval_batch_size,
                 cfg.device,
                 progress=False,
                 channels_last=cfg.channels_last,
                 amp=cfg.amp,
+                tta=cfg.flip_tta,
+                input_size=cfg.input_size,
             )
             row["val_loss"] = F.cross_entropy(pred.logits, val.targets).item()
             row["val_acc"] = (pred.logits.argmax(1) == val.targets).float().mean().item()
@@ -322,7 +476,7 @@ def fit(
         if improved:
             best_acc, best_epoch = row.get("val_acc", 0.0), epoch + 1
             if out is not None:
-                torch_save(out / "best.pt", model.state_dict())
+                torch_save(out / "best.pt", evaluated.state_dict())
         if out is not None:
             torch_save(
                 out / "last.pt",
@@ -331,6 +485,7 @@ def fit(
                     "epoch": epoch,
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
+                    **({"ema": ema.model.state_dict()} if ema is not None else {}),
                     "generator": gen.get_state(),
                     "aug_generator": aug_gen.get_state(),
                     "aug_device_type": _device_type(cfg.device),
@@ -346,10 +501,12 @@ def fit(
             msg = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
             print(f"{desc} epoch {epoch + 1}/{cfg.epochs}: {msg}")
         for callback in callbacks:
-            callback(EpochInfo(epoch + 1, model, row))
+            callback(EpochInfo(epoch + 1, evaluated, row))
 
     if out is not None and (out / "best.pt").exists() and val is not None:
         model.load_state_dict(torch.load(out / "best.pt", map_location="cpu"))
+    elif ema is not None:
+        model.load_state_dict(ema.model.state_dict())  # the averaged weights are the result
     return FitResult(pd.DataFrame(history), best_epoch, out)
 
 
@@ -370,8 +527,15 @@ def predict(
     channels_last: bool = True,
     desc: str = "predict",
     amp: bool = False,
+    tta: bool = False,
+    input_size: int | None = None,
 ) -> Prediction:
     """Logits and pooled features in eval mode with deterministic transforms, in row order.
+
+    ``flip`` predicts the mirrored images instead; ``tta`` (flip test-time augmentation)
+    averages the logits and the pooled features of each image and its mirror, which a
+    face's left-right symmetry makes a free second opinion. ``input_size``: resize each
+    batch on the device (as :attr:`TrainConfig.input_size`); ``None`` keeps the stored size.
 
     Outputs are indexed exactly like ``images``: there is no shuffling anywhere on this
     path, which is what makes pseudo labels index-aligned (the reference code's loader
@@ -379,27 +543,33 @@ def predict(
     """
     was_training = model.training
     model.eval()
-    cfg = TrainConfig(device=device, channels_last=channels_last, amp=amp)
+    cfg = TrainConfig(device=device, channels_last=channels_last, amp=amp, input_size=input_size)
     logits, feats = [], []
     for start in progress_bar(range(0, len(images), batch_size), desc=desc, leave=False, disable=not progress):
         index = torch.arange(start, min(start + batch_size, len(images)))
         x = _batch(images, index, cfg)
         if flip:
             x = torch.flip(x, dims=[3])
-        with _autocast(cfg):
-            out = model.forward_all(x) if hasattr(model, "forward_all") else None
-        if out is None:
-            with _autocast(cfg):
-                lg = model(x)
-            logits.append(lg.float().cpu())
-            feats.append(torch.empty(len(index), 0))
-        else:
-            logits.append(out.logits.float().cpu())
-            feats.append(out.features.float().cpu())
+        lg, ft = _forward_eval(model, x, cfg)
+        if tta:
+            lg2, ft2 = _forward_eval(model, torch.flip(x, dims=[3]), cfg)
+            lg, ft = (lg + lg2) / 2, (ft + ft2) / 2
+        logits.append(lg.cpu())
+        feats.append(ft.cpu())
     model.train(was_training)
     if not logits:
         return Prediction(torch.empty(0, 0), torch.empty(0, 0))
     return Prediction(torch.cat(logits), torch.cat(feats))
+
+
+def _forward_eval(model: nn.Module, x: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float logits, float pooled features) of one batch; features are empty (B, 0) for a
+    plain module without ``forward_all``."""
+    with _autocast(cfg):
+        if hasattr(model, "forward_all"):
+            out = model.forward_all(x)
+            return out.logits.float(), out.features.float()
+        return model(x).float(), torch.empty(len(x), 0, device=x.device)
 
 
 def load_history(out_dir: str | Path) -> pd.DataFrame:

@@ -39,18 +39,20 @@ def _raise(*args, **kwargs):
 def test_cache_shapes_dtypes_and_pixels(make_folders):
     ds = load_folders(make_folders(LAYOUT, size=8), "train")
     cache = build_cache(ds, 8, progress=False)
-    assert cache.images.shape == (10, 3, 8, 8) and cache.images.dtype == torch.uint8
+    # a grayscale set is stored with one channel
+    assert cache.images.shape == (10, 1, 8, 8) and cache.images.dtype == torch.uint8
+    assert cache.channels == 1
     assert cache.labels.dtype == torch.int64
     assert cache.labels.tolist() == ds.labels.tolist()
     assert cache.paths == ds.relpaths()
     assert cache.source_index.tolist() == list(range(10))
     assert cache.classes == ds.classes and len(cache) == 10
-    # native size: exact pixels, grayscale replicated to the three channels
+    # native size: exact pixels
     for k in (0, 9):
         expected = torch.from_numpy(np.array(Image.open(ds.paths[k])))
-        assert all(torch.equal(cache.images[k, c], expected) for c in range(3))
-    # same pixels as the per-item decoder of the data set
-    assert torch.equal(cache.images[3], ds[3][0])
+        assert torch.equal(cache.images[k, 0], expected)
+    # same pixels as the per-item decoder of the data set (which replicates gray to RGB)
+    assert torch.equal(cache.images[3].expand(3, -1, -1), ds[3][0])
 
 
 def test_cache_resizes_with_antialias_and_keeps_rgb_order(tmp_path):
@@ -62,7 +64,7 @@ def test_cache_resizes_with_antialias_and_keeps_rgb_order(tmp_path):
     stripes[..., 2] = 40
     Image.fromarray(stripes).save(path)
     cache = build_cache(load_folders(root, "train"), 8, progress=False)
-    assert cache.images.shape == (1, 3, 8, 8)
+    assert cache.images.shape == (1, 3, 8, 8) and cache.channels == 3  # colour keeps three
     red, green, blue = cache.images[0].int()
     # antialiased: stripes average to ~128 (point sampling would give 0 or 255 columns)
     assert (red[:, 1:-1] - 128).abs().max() <= 2 and (red - 128).abs().max() <= 12
@@ -122,7 +124,7 @@ def test_few_unreadable_images_warn_and_are_skipped(make_folders, tmp_path):
     assert cache.labels.tolist() == ds.labels[keep].tolist()
     assert cache.paths == [ds.relpaths()[i] for i in keep]
     assert cache.skipped == bad
-    assert torch.equal(cache.images[7], ds[8][0])  # rows after a skip are shifted by one
+    assert torch.equal(cache.images[7].expand(3, -1, -1), ds[8][0])  # rows after a skip shift by one
     # reloading from disk warns again (the data set is still broken)
     with pytest.warns(UnreadableImageWarning, match="skipped 2"):
         again = build_cache(ds, 8, cache_dir=cache_dir, max_bad_fraction=0.05, progress=False)

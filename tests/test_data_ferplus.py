@@ -54,8 +54,8 @@ def test_paths_exist_under_root(ferplus_root):
 def test_cache_of_real_images(ferplus_root):
     ds = load_ferplus(ferplus_root, "valid").subset(np.arange(0, 3500, 50))
     cache = build_cache(ds, 48, progress=False)
-    assert cache.images.shape == (70, 3, 48, 48)
+    assert cache.images.shape == (70, 1, 48, 48)  # grayscale: one channel
     for k in (0, 69):
         gray = torch.from_numpy(np.array(Image.open(ds.paths[k]).convert("L")))
-        assert all(torch.equal(cache.images[k, c], gray) for c in range(3))
+        assert torch.equal(cache.images[k, 0], gray)
     assert cache.images.float().std() > 20  # real faces, not blank tiles

@@ -118,7 +118,7 @@ def _train(**changes):
         ({"batch_size": 1}, ["batch_size=1", ">= 2"]),
         ({"lr": 0}, ["lr=0", "(0.0, 1.0]"]),
         ({"lr": 2.0}, ["lr=2.0"]),
-        ({"lr": "1e-3"}, ["lr='1e-3'", "expected float, got str"]),
+        ({"lr": "1e-3"}, ["lr='1e-3'", "expected float | None, got str"]),
         ({"weight_decay": -1e-4}, ["weight_decay=-0.0001", "[0.0, inf)"]),
         ({"val_fraction": 1.0}, ["val_fraction=1.0", "(0.0, 1.0)"]),
         ({"input_size": 16}, ["input_size=16", "in 32..256"]),

@@ -307,3 +307,169 @@ def test_run_started_on_gpu_resumes_on_cpu(tmp_path, capsys):
     hist = load_history(tmp_path)
     assert list(hist["epoch"]) == [1, 2]
     assert hist.iloc[0].to_dict() == first  # epoch 1 is the GPU's, not retrained
+
+
+# ----------------------------------------------------------------------------- recipe switches
+
+
+def _small():
+    torch.manual_seed(0)
+    return build_model(ModelConfig("smallface", num_classes=2, input_size=32), verbose=False)
+
+
+def test_warmup_starts_small_and_run_length_schedules_end_at_zero():
+    cfg = TrainConfig(lr=0.1, epochs=10, schedule="cosine", warmup_epochs=2)
+    assert cfg.lr_at(0.0) < 0.01 * cfg.lr
+    assert cfg.lr_at(1.0) == pytest.approx(0.05)
+    assert cfg.lr_at(2.0) == pytest.approx(0.1)
+    assert cfg.lr_at(6.0) == pytest.approx(0.05)  # cosine half way through the decay
+    assert cfg.lr_at(10.0) == pytest.approx(0.0, abs=1e-12)
+    one = TrainConfig(lr=0.1, epochs=10, schedule="onecycle", warmup_epochs=2)
+    assert one.lr_at(6.0) == pytest.approx(0.05) and one.lr_at(10.0) == pytest.approx(0.0)
+    # warm-up also ramps the per-epoch schedules; without it they are as before
+    assert TrainConfig(lr=1.0, warmup_epochs=1).lr_at(0.5) == pytest.approx(0.5)
+    assert TrainConfig(lr=1.0).lr_at(0.0) == 1.0
+
+
+def test_run_length_schedules_key_the_epochs_others_do_not():
+    assert "epochs" in TrainConfig(schedule="onecycle").key_fields()
+    assert "epochs" not in TrainConfig().key_fields()
+    # switches at their off value leave the key of the reference recipe as it was
+    assert not {"optimizer", "momentum", "warmup_epochs", "label_smoothing", "ema_decay", "flip_tta"} & set(
+        TrainConfig().key_fields()
+    )
+    on = TrainConfig(optimizer="sgd", warmup_epochs=1, label_smoothing=0.1, ema_decay=0.9, flip_tta=True)
+    assert {"optimizer", "momentum", "warmup_epochs", "label_smoothing", "ema_decay", "flip_tta"} <= set(
+        on.key_fields()
+    )
+
+
+@pytest.mark.parametrize(
+    "field, value", [("optimizer", "lamb"), ("schedule", "step"), ("label_smoothing", 1.0), ("ema_decay", -0.1)]
+)
+def test_bad_recipe_settings_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_label_smoothing_changes_the_loss():
+    """The loop's loss is smoothed cross-entropy, exactly (1 - eps) CE + eps * mean_k(-log p_k)."""
+    from ferlib.train import _smoothed
+
+    train = _toy(32)
+    losses = {}
+    for eps in (0.0, 0.2):
+        cfg = TrainConfig(epochs=1, label_smoothing=eps, **CFG)
+        losses[eps] = fit(_small(), train, None, cfg).history["train_loss"].iloc[0]
+    assert losses[0.2] != pytest.approx(losses[0.0])
+    logits, y = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    want = torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.3)
+    torch.testing.assert_close(_smoothed(ce, logits, y, 0.3), want)
+
+
+def test_label_smoothing_refuses_an_objective_it_cannot_smooth():
+    class Odd:
+        def __call__(self, model, x, y, index):
+            logits = model(x)
+            return logits.pow(2).mean(), logits
+
+    cfg = TrainConfig(epochs=1, label_smoothing=0.1, **CFG)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        fit(_small(), _toy(8), None, cfg, objective=Odd())
+
+
+def test_ema_weights_differ_from_raw_and_are_the_result(tmp_path):
+    train, val = _toy(), _toy(32, seed=1)
+    sgd = {**CFG, "lr": 0.05, "optimizer": "sgd"}
+    seen = []
+    model = _small()
+    result = fit(
+        model, train, val, TrainConfig(epochs=2, ema_decay=0.9, **sgd), out_dir=tmp_path, callbacks=[seen.append]
+    )
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+    name = "head.fc.weight"
+    assert not torch.allclose(ckpt["ema"][name], ckpt["model"][name])  # the average is not the last step
+    # best.pt and the returned model (hence predict) hold EMA weights, never the raw ones
+    best = torch.load(tmp_path / "best.pt")
+    assert seen[0].model is not model  # validated and handed to callbacks: the EMA copy
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, best[k])
+    if result.best_epoch == 2:  # the last epoch was best: best.pt is the final EMA copy
+        torch.testing.assert_close(best[name], ckpt["ema"][name])
+    raw = _small()
+    fit(raw, train, val, TrainConfig(epochs=2, **sgd))
+    assert not torch.allclose(model.state_dict()[name], raw.state_dict()[name])
+
+
+def test_ema_without_validation_returns_the_average():
+    model = _small()
+    cfg = TrainConfig(epochs=1, ema_decay=0.5, **CFG)
+    seen = []
+    fit(
+        model,
+        _toy(),
+        None,
+        cfg,
+        callbacks=[lambda info: seen.append({k: v.clone() for k, v in info.model.state_dict().items()})],
+    )
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, seen[-1][k])
+
+
+def test_resume_with_ema_is_exact(tmp_path):
+    """EMA, SGD-Nesterov, warm-up, one-cycle, smoothing, augmentation over 3 epochs:
+    a run killed after epoch 1 and resumed equals an uninterrupted one."""
+    train = _toy()
+    base = {
+        **CFG,
+        "lr": 0.05,
+        "optimizer": "sgd",
+        "schedule": "onecycle",
+        "warmup_epochs": 0.5,
+        "ema_decay": 0.9,
+        "label_smoothing": 0.1,
+        "augment": AugmentConfig(),
+    }
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(info):
+        if info.epoch == 1:
+            raise Stop
+
+    a = _small()
+    with pytest.raises(Stop):
+        fit(a, train, None, TrainConfig(epochs=3, **base), out_dir=tmp_path / "a", callbacks=[stop_after_first])
+    a = _small()
+    fit(a, train, None, TrainConfig(epochs=3, **base), out_dir=tmp_path / "a")
+    assert len(load_history(tmp_path / "a")) == 3
+    b = _small()
+    fit(b, train, None, TrainConfig(epochs=3, **base), out_dir=tmp_path / "b")
+    last_a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    last_b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    for part in ("model", "ema"):
+        for k, v in last_a[part].items():
+            torch.testing.assert_close(v, last_b[part][k])
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(v, b.state_dict()[k])
+
+
+def test_flip_tta_averages_the_mirror():
+    model = _small().eval()
+    images = _toy(6).images
+    plain = predict(model, images, progress=False)
+    mirror = predict(model, images, flip=True, progress=False)
+    both = predict(model, images, tta=True, progress=False)
+    torch.testing.assert_close(both.logits, (plain.logits + mirror.logits) / 2)
+    torch.testing.assert_close(both.features, (plain.features + mirror.features) / 2)
+    assert not torch.allclose(both.logits, plain.logits)
+
+
+def test_sgd_optimizer_is_nesterov():
+    from ferlib.train import _make_optimizer
+
+    opt = _make_optimizer(_small(), TrainConfig(optimizer="sgd", momentum=0.8))
+    assert isinstance(opt, torch.optim.SGD)
+    assert opt.param_groups[0]["nesterov"] and opt.param_groups[0]["momentum"] == 0.8

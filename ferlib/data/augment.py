@@ -27,17 +27,50 @@ def to_float(
     x_uint8: Tensor,
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
+    size: int | None = None,
 ) -> Tensor:
-    """uint8 images ``(B, 3, S, S)`` (or one ``(3, S, S)``) -> float32, ``(x/255 - mean)/std``.
+    """uint8 images ``(B, C, S, S)`` (or one ``(C, S, S)``) -> float32, ``(x/255 - mean)/std``.
+
+    ``C`` is 1 (a grayscale cache) or 3. One channel is expanded to ``len(mean)`` channels
+    here, per batch and on the batch's device, so the cache stores a third of the bytes
+    while the model still sees three channels; the numbers are identical to those of a
+    three-channel copy of the same gray image (the same operations on the same values).
+
+    ``size``: resize to ``size x size`` first (bilinear, antialiased, deterministic), for
+    a cache stored at another size than the model's input; ``None`` keeps the stored size.
 
     Refuses non-uint8 input: normalising twice is a silent bug (the network still
     trains, just worse), so it is an error here.
     """
     if x_uint8.dtype != torch.uint8:
         raise TypeError(f"to_float expects uint8 images, got {x_uint8.dtype}")
+    if x_uint8.dim() not in (3, 4) or x_uint8.shape[-3] not in (1, len(mean)):
+        raise ValueError(
+            f"to_float expects (B, C, S, S) or (C, S, S) images with C = 1 or {len(mean)}, got {tuple(x_uint8.shape)}"
+        )
     m = torch.as_tensor(mean, dtype=torch.float32, device=x_uint8.device).view(-1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32, device=x_uint8.device).view(-1, 1, 1)
-    return x_uint8.to(torch.float32).div_(255.0).sub_(m).div_(s)
+    x = x_uint8.to(torch.float32).div_(255.0)
+    if size is not None:
+        x = resize(x, size)
+    if x.shape[-3] != len(mean):
+        return (x.expand(*x.shape[:-3], len(mean), *x.shape[-2:]) - m) / s
+    return x.sub_(m).div_(s)
+
+
+def resize(x: Tensor, size: int) -> Tensor:
+    """Float images ``(B, C, H, W)`` or ``(C, H, W)`` resized to ``size x size``: bilinear with
+    antialiasing (a downscale averages, like PIL's filter that built the cache), which is
+    deterministic on CPU and CUDA; returns ``x`` itself when it already has that size."""
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    batch = x if x.dim() == 4 else x.unsqueeze(0)
+    out = torch.nn.functional.interpolate(
+        batch, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+    return out if x.dim() == 4 else out.squeeze(0)
 
 
 def hflip(x: Tensor) -> Tensor:
@@ -77,8 +110,7 @@ class AugmentConfig:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
         lo, hi = self.erasing_scale
         if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(
-                f"erasing_scale must satisfy 0 <= lo <= hi <= 1, got {self.erasing_scale}")
+            raise ValueError(f"erasing_scale must satisfy 0 <= lo <= hi <= 1, got {self.erasing_scale}")
         lo, hi = self.erasing_ratio
         if not 0.0 < lo <= hi:
             raise ValueError(f"erasing_ratio must satisfy 0 < lo <= hi, got {self.erasing_ratio}")
@@ -100,7 +132,7 @@ def _erase_boxes(
     s_lo, s_hi = cfg.erasing_scale
     area = h * w * (s_lo + (s_hi - s_lo) * u[:, :_ERASE_ATTEMPTS])
     r_lo, r_hi = math.log(cfg.erasing_ratio[0]), math.log(cfg.erasing_ratio[1])
-    ratio = torch.exp(r_lo + (r_hi - r_lo) * u[:, _ERASE_ATTEMPTS:2 * _ERASE_ATTEMPTS])
+    ratio = torch.exp(r_lo + (r_hi - r_lo) * u[:, _ERASE_ATTEMPTS : 2 * _ERASE_ATTEMPTS])
     eh = torch.round(torch.sqrt(area * ratio)).long()
     ew = torch.round(torch.sqrt(area / ratio)).long()
     fits = (eh < h) & (ew < w) & (eh > 0) & (ew > 0)
@@ -123,9 +155,7 @@ def _on_device(generator: torch.Generator | None, device: torch.device) -> torch
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def augment_batch(
-    x: Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
-) -> Tensor:
+def augment_batch(x: Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> Tensor:
     """Augment a normalised float batch ``(B, C, H, W)``; returns a new tensor.
 
     Per sample: with probability ``cfg.flip_or_noise_p`` a horizontal flip or Gaussian
@@ -138,8 +168,7 @@ def augment_batch(
     a 224 px batch); with a generator on another device, from a generator seeded by it.
     """
     if x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(f"augment_batch expects a float (B, C, H, W) batch, got {x.dtype} "
-                         f"{tuple(x.shape)}")
+        raise ValueError(f"augment_batch expects a float (B, C, H, W) batch, got {x.dtype} {tuple(x.shape)}")
     b, _, h, w = x.shape
     rdev = generator.device if generator is not None else x.device
 
@@ -153,8 +182,7 @@ def augment_batch(
         rows = torch.nonzero(noisy).squeeze(1)
         if rows.numel():
             noise_gen = _on_device(generator, x.device)
-            noise = torch.randn((rows.numel(), *x.shape[1:]), generator=noise_gen,
-                                device=x.device, dtype=x.dtype)
+            noise = torch.randn((rows.numel(), *x.shape[1:]), generator=noise_gen, device=x.device, dtype=x.dtype)
             out = out.index_add(0, rows, noise, alpha=cfg.noise_std)
 
     if cfg.erasing_p > 0:

@@ -126,8 +126,7 @@ class FERDataset(Dataset):
         yield self.name
         yield self.split
         groups = [None] * len(self) if self.groups is None else self.groups.tolist()
-        for rel, path, label, group in zip(self.relpaths(), self.paths, self.labels.tolist(),
-                                           groups):
+        for rel, path, label, group in zip(self.relpaths(), self.paths, self.labels.tolist(), groups):
             try:
                 size = path.stat().st_size
             except OSError as exc:
@@ -140,8 +139,7 @@ class FERDataset(Dataset):
         bins = np.bincount(self.labels, minlength=len(Emotion))
         return {c: int(bins[int(c)]) for c in self.classes}
 
-    def subset(self, indices: Sequence[int] | np.ndarray,
-               classes: Iterable[Emotion] | None = None) -> FERDataset:
+    def subset(self, indices: Sequence[int] | np.ndarray, classes: Iterable[Emotion] | None = None) -> FERDataset:
         """A new data set with the given rows (same name, split and root; same classes
         unless ``classes`` is given)."""
         idx = np.asarray(indices)
@@ -173,8 +171,11 @@ class FERDataset(Dataset):
         mask = np.isin(self.labels, [int(c) for c in keep])
         if not mask.any():
             found = sorted(c.label for c, n in self.counts().items() if n)
-            raise DataError(self.root, f"{self.name}/{self.split}: no sample of the experiment's "
-                                       f"classes {sorted(c.label for c in keep)}; found {found}")
+            raise DataError(
+                self.root,
+                f"{self.name}/{self.split}: no sample of the experiment's "
+                f"classes {sorted(c.label for c in keep)}; found {found}",
+            )
         return self.subset(mask, classes=[c for c in self.classes if c in keep]), dropped
 
     def __repr__(self) -> str:
@@ -251,9 +252,7 @@ def _resolve_loader(name: str, root: Any) -> Callable[..., FERDataset]:
     try:
         target = _LOADERS[name]
     except KeyError:
-        raise DataError(
-            root, f"unknown data set {name!r}; known: {', '.join(available_datasets())}"
-        ) from None
+        raise DataError(root, f"unknown data set {name!r}; known: {', '.join(available_datasets())}") from None
     if callable(target):
         return target
     module_name, func_name = target.split(":")
@@ -264,8 +263,11 @@ def loader_options(name: str) -> tuple[str, ...]:
     """The options (keyword parameters besides ``root`` and ``split``) loader ``name`` takes."""
     loader = _resolve_loader(name, name)
     params = inspect.signature(loader).parameters.values()
-    return tuple(p.name for p in params if p.name not in ("root", "split")
-                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return tuple(
+        p.name
+        for p in params
+        if p.name not in ("root", "split") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    )
 
 
 def check_options(name: str, options: Mapping[str, Any], where: Any = None) -> None:

@@ -60,14 +60,17 @@ def resolve_class_map(
     if class_map is None:
         return {}
     if not isinstance(class_map, Mapping):
-        raise DataError(where, f"class_map must be a dict (label -> emotion or 'drop'), "
-                               f"got {type(class_map).__name__}: {class_map!r}")
+        raise DataError(
+            where,
+            f"class_map must be a dict (label -> emotion or 'drop'), got {type(class_map).__name__}: {class_map!r}",
+        )
     resolved: dict[str, Emotion | None] = {}
     for key, value in class_map.items():
         key = str(key)
         if known is not None and key not in known:
-            raise DataError(where, f"class_map key {key!r} is not a label of this data set; "
-                                   f"its labels are: {', '.join(known)}")
+            raise DataError(
+                where, f"class_map key {key!r} is not a label of this data set; its labels are: {', '.join(known)}"
+            )
         try:
             resolved[key] = parse_target(value)
         except ValueError as exc:

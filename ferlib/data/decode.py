@@ -42,6 +42,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".pnm", ".webp"}
 )
 
+
 def _scale_16bit(im: Image.Image) -> Image.Image:
     """16-bit (or PIL's 32-bit ``I`` holding 16-bit data) gray -> ``L``, rounded, clipped."""
     values = np.asarray(im).astype(np.int64)

@@ -35,14 +35,30 @@ SPLIT_DIRS: dict[str, str] = {
 #: Vote columns of ``label.csv``, in file order. The first eight are emotions, listed
 #: here by name (not by position) so the mapping to :class:`Emotion` is explicit.
 VOTE_ORDER: tuple[str, ...] = (
-    "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
-    "unknown", "NF",
+    "neutral",
+    "happiness",
+    "surprise",
+    "sadness",
+    "anger",
+    "disgust",
+    "fear",
+    "contempt",
+    "unknown",
+    "NF",
 )
 
 #: Vote column -> canonical emotion; ``None`` for the two non-emotion columns.
 VOTE_TO_EMOTION: tuple[Emotion | None, ...] = (
-    Emotion.NEUTRAL, Emotion.HAPPINESS, Emotion.SURPRISE, Emotion.SADNESS, Emotion.ANGER,
-    Emotion.DISGUST, Emotion.FEAR, Emotion.CONTEMPT, None, None,
+    Emotion.NEUTRAL,
+    Emotion.HAPPINESS,
+    Emotion.SURPRISE,
+    Emotion.SADNESS,
+    Emotion.ANGER,
+    Emotion.DISGUST,
+    Emotion.FEAR,
+    Emotion.CONTEMPT,
+    None,
+    None,
 )
 
 #: Known upstream defect: ``fer2013new.csv`` names this file twice; ``label.csv`` keeps the
@@ -100,8 +116,9 @@ def load_ferplus(
     split_dir = root_path / SPLIT_DIRS[split]
     label_file = split_dir / "label.csv"
     if not split_dir.is_dir():
-        raise MissingSplitError(label_file, f"FERPlus label file not found: no folder "
-                                            f"{SPLIT_DIRS[split]} (split {split!r} absent)")
+        raise MissingSplitError(
+            label_file, f"FERPlus label file not found: no folder {SPLIT_DIRS[split]} (split {split!r} absent)"
+        )
     if not label_file.is_file():
         raise DataError(label_file, "FERPlus label file not found")
     on_disk = list_files(split_dir)
@@ -126,9 +143,7 @@ def load_ferplus(
             try:
                 votes = [int(v) for v in row[2:]]
             except ValueError:
-                raise DataError(
-                    label_file, f"vote counts must be integers, got {row[2:]!r}", line_no
-                ) from None
+                raise DataError(label_file, f"vote counts must be integers, got {row[2:]!r}", line_no) from None
             if min(votes) < 0 or sum(votes) == 0:
                 raise DataError(
                     label_file,
@@ -136,9 +151,7 @@ def load_ferplus(
                     line_no,
                 )
             if name not in on_disk:
-                raise DataError(
-                    label_file, f"labelled image {name!r} not found in {split_dir}", line_no
-                )
+                raise DataError(label_file, f"labelled image {name!r} not found in {split_dir}", line_no)
             rel = f"{SPLIT_DIRS[split]}/{name}"
             if rel in excluded or name in excluded:
                 continue

@@ -35,8 +35,7 @@ def list_images(folder: Path) -> list[str]:
     """
     with os.scandir(folder) as it:
         names = sorted(
-            e.name for e in it
-            if e.is_file() and not e.name.startswith(".") and e.name.lower() not in OS_CLUTTER
+            e.name for e in it if e.is_file() and not e.name.startswith(".") and e.name.lower() not in OS_CLUTTER
         )
     images = [n for n in names if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
     if names and not images:
@@ -101,8 +100,9 @@ def folder_emotions(
         except ValueError as exc:
             if class_map is None:
                 raise DataError(
-                    folder, f"folder name {folder.name!r} is not an emotion: {exc}; "
-                            f"map it with class_map={{{folder.name!r}: '<emotion or drop>'}}"
+                    folder,
+                    f"folder name {folder.name!r} is not an emotion: {exc}; "
+                    f"map it with class_map={{{folder.name!r}: '<emotion or drop>'}}",
                 ) from None
             raise DataError(
                 folder,

@@ -126,11 +126,11 @@ def dataset_options(
     accepted = loader_options(name)
     if class_map is not None:
         if "class_map" in options:
-            raise DataError(root, "class_map given both as a parameter and in data_options; "
-                                  "give it once")
+            raise DataError(root, "class_map given both as a parameter and in data_options; give it once")
         if "class_map" not in accepted:
-            raise DataError(root, f"data set {dataset!r} takes no class_map; its options are: "
-                                  f"{', '.join(accepted) or '(none)'}")
+            raise DataError(
+                root, f"data set {dataset!r} takes no class_map; its options are: {', '.join(accepted) or '(none)'}"
+            )
         resolve_class_map(class_map, root)  # values checked now; keys by the loader
         options["class_map"] = class_map
     if "num_classes" in accepted:
@@ -156,6 +156,7 @@ def load_splits(
     data_options: Mapping[str, Any] | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
+    memmap: bool = False,
 ) -> Splits:
     """Load train/valid/test, decode each once into the uint8 cache, apply the protocol.
 
@@ -167,6 +168,8 @@ def load_splits(
       ``{"folds": 10, "fold": 3}`` for ``subjects``). Unknown keys fail at once.
     - ``val_fraction``, ``seed``: the validation carve for data sets without a validation
       split (see the module docstring); ignored when the data set has one.
+    - ``memmap``: keep each split's uint8 cache in a memory-mapped file under ``cache_dir``
+      (:func:`~ferlib.data.cache.build_cache`); the same tensors, for sets larger than memory.
 
     The synthetic default writes itself under ``data_root`` on first use, then goes
     through the same class-folder loader as a user's data.
@@ -194,18 +197,23 @@ def load_splits(
         ds, left_out = ds.keep_classes(experiment)
         for emotion, n in left_out.items():
             dropped[f"{split}/{emotion.label}"] = n
-            print(f"{dataset}/{split}: dropped {n} {emotion.label} sample(s), not one of the "
-                  f"experiment's {len(experiment)} classes (num_classes={num_classes})", flush=True)
+            print(
+                f"{dataset}/{split}: dropped {n} {emotion.label} sample(s), not one of the "
+                f"experiment's {len(experiment)} classes (num_classes={num_classes})",
+                flush=True,
+            )
         datasets[split] = ds
 
     cache_path = Path(cache_dir) if cache_dir else None
-    caches = {split: build_cache(ds, input_size, cache_dir=cache_path)
-              for split, ds in datasets.items() if ds is not None}
+    caches = {
+        split: build_cache(ds, input_size, cache_dir=cache_path, memmap=memmap)
+        for split, ds in datasets.items()
+        if ds is not None
+    }
     train, test = caches["train"], caches["test"]
     present = set(train.labels.tolist()) | set(test.labels.tolist())
     classes = tuple(e for e in experiment if int(e) in present)
-    split = openset_split(train.labels.numpy(), test.labels.numpy(), classes,
-                          parse_open_class(open_class))
+    split = openset_split(train.labels.numpy(), test.labels.numpy(), classes, parse_open_class(open_class))
 
     if "valid" in caches:
         valid = caches["valid"]
@@ -221,17 +229,31 @@ def load_splits(
         valid = train.subset(held[is_close])
         train_rows = np.setdiff1d(split.train_index, held).astype(np.int64)
         how = "whole subjects" if groups is not None else "stratified by class"
-        source = (f"{val_fraction:.0%} of the training split carved ({how}, seed {seed}; "
-                  f"{len(valid)} close-class images): the data set has no validation split")
+        source = (
+            f"{val_fraction:.0%} of the training split carved ({how}, seed {seed}; "
+            f"{len(valid)} close-class images): the data set has no validation split"
+        )
     print(f"{dataset}: validation = {source}", flush=True)
 
-    fingerprint = hash_strings([
-        train.fingerprint, test.fingerprint,
-        caches["valid"].fingerprint if "valid" in caches else "valid:carved",
-        f"num_classes={num_classes}", _options_key(options),
-    ])
-    return Splits(train=train, valid=valid, test=test, split=split, fingerprint=fingerprint,
-                  train_rows=train_rows, validation_source=source, dropped=dropped)
+    fingerprint = hash_strings(
+        [
+            train.fingerprint,
+            test.fingerprint,
+            caches["valid"].fingerprint if "valid" in caches else "valid:carved",
+            f"num_classes={num_classes}",
+            _options_key(options),
+        ]
+    )
+    return Splits(
+        train=train,
+        valid=valid,
+        test=test,
+        split=split,
+        fingerprint=fingerprint,
+        train_rows=train_rows,
+        validation_source=source,
+        dropped=dropped,
+    )
 
 
 __all__ = [

@@ -87,31 +87,25 @@ def load_rafdb(
             if not parts:
                 continue  # blank line
             if len(parts) != 2:
-                raise DataError(
-                    label_file, f"expected '<image name> <label>', got {line.rstrip()!r}", line_no
-                )
+                raise DataError(label_file, f"expected '<image name> <label>', got {line.rstrip()!r}", line_no)
             name, raw = parts
             try:
                 value = int(raw)
             except ValueError:
-                raise DataError(
-                    label_file, f"label must be an integer, got {raw!r}", line_no) from None
+                raise DataError(label_file, f"label must be an integer, got {raw!r}", line_no) from None
             if value not in RAFDB_TO_EMOTION:
-                raise DataError(
-                    label_file, f"label {value} out of range (RAF-DB labels are 1..7)", line_no
-                )
+                raise DataError(label_file, f"label {value} out of range (RAF-DB labels are 1..7)", line_no)
             if not (name.startswith("train_") or name.startswith("test_")):
                 raise DataError(
-                    label_file, f"image name {name!r} starts with neither 'train_' nor 'test_'",
+                    label_file,
+                    f"image name {name!r} starts with neither 'train_' nor 'test_'",
                     line_no,
                 )
             if not name.startswith(prefix) or label_emotion[value] is None:
                 continue
             file_name = f"{Path(name).stem}_aligned{Path(name).suffix}" if aligned else name
             if file_name not in on_disk:
-                raise DataError(
-                    label_file, f"labelled image {file_name!r} not found in {image_dir}", line_no
-                )
+                raise DataError(label_file, f"labelled image {file_name!r} not found in {image_dir}", line_no)
             paths.append(on_disk[file_name])
             labels.append(int(label_emotion[value]))
 

@@ -123,14 +123,10 @@ class OpenSetSplit:
     @property
     def eval_origin(self) -> np.ndarray:
         """``"test"`` or ``"train"`` per evaluation sample (the scores table's ``origin``)."""
-        return np.asarray(
-            ["test"] * len(self.eval_test_index) + ["train"] * len(self.eval_train_index)
-        )
+        return np.asarray(["test"] * len(self.eval_test_index) + ["train"] * len(self.eval_train_index))
 
 
-def openset_split(
-    train_labels, test_labels, classes, open_class: Emotion | str | int | None
-) -> OpenSetSplit:
+def openset_split(train_labels, test_labels, classes, open_class: Emotion | str | int | None) -> OpenSetSplit:
     """Build the open-set split for ``open_class`` among ``classes``.
 
     ``classes``: every class of the experiment (e.g. the basic seven); the close classes
@@ -147,8 +143,7 @@ def openset_split(
     for name, arr in (("training", train), ("test", test)):
         stray = np.setdiff1d(np.unique(arr), allowed)
         if stray.size:
-            raise ValueError(f"{name} labels {stray.tolist()} are not in classes "
-                             f"{[c.label for c in all_classes]}")
+            raise ValueError(f"{name} labels {stray.tolist()} are not in classes {[c.label for c in all_classes]}")
 
     if open_class is None:
         label_map = LabelMap(all_classes)
@@ -179,9 +174,7 @@ def openset_split(
     )
 
 
-def carve_validation(
-    targets, fraction: float, seed: int, groups=None
-) -> tuple[np.ndarray, np.ndarray]:
+def carve_validation(targets, fraction: float, seed: int, groups=None) -> tuple[np.ndarray, np.ndarray]:
     """Stratified, deterministic hold-out: positions ``(train, val)`` into ``targets``.
 
     Each class contributes ``round(fraction * n_class)`` samples to validation, at least
@@ -218,8 +211,7 @@ def carve_validation(
     return np.flatnonzero(mask).astype(np.int64), val.astype(np.int64)
 
 
-def carve_groups(groups, fraction: float, seed: int, n: int | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def carve_groups(groups, fraction: float, seed: int, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Subject-grouped hold-out: positions ``(train, val)``, no group on both sides.
 
     Groups are taken in a seeded random order until at least ``round(fraction * n)``

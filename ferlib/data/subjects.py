@@ -57,11 +57,9 @@ def _compile(pattern: str, where: Path) -> re.Pattern[str]:
     try:
         compiled = re.compile(pattern)
     except re.error as exc:
-        raise DataError(where, f"subject_pattern {pattern!r} is not a regular expression "
-                               f"({exc})") from None
+        raise DataError(where, f"subject_pattern {pattern!r} is not a regular expression ({exc})") from None
     if compiled.groups < 1:
-        raise DataError(where, f"subject_pattern {pattern!r} needs a group around the subject, "
-                               f"e.g. r'^(S\\d+)_'")
+        raise DataError(where, f"subject_pattern {pattern!r} needs a group around the subject, e.g. r'^(S\\d+)_'")
     return compiled
 
 
@@ -77,16 +75,22 @@ def subjects_of(names: list[str], subject_pattern: str, where: Path) -> list[str
             compiled = re.compile(preset)
             if all(compiled.search(n) for n in names):
                 return [compiled.search(n).group(1) for n in names]
-        raise DataError(where, f"no subject pattern ({presets}) matches every file name "
-                               f"(first: {names[0]!r}); pass data_options={{'subject_pattern': "
-                               f"r'<regex with the subject in group 1>'}}")
+        raise DataError(
+            where,
+            f"no subject pattern ({presets}) matches every file name "
+            f"(first: {names[0]!r}); pass data_options={{'subject_pattern': "
+            f"r'<regex with the subject in group 1>'}}",
+        )
     compiled = _compile(SUBJECT_PATTERNS.get(subject_pattern, subject_pattern), where)
     out = []
     for name in names:
         match = compiled.search(name)
         if match is None or not match.group(1):
-            raise DataError(where / name, f"subject_pattern {subject_pattern!r} finds no subject "
-                                          f"in this file name (presets: {presets}, or 'auto')")
+            raise DataError(
+                where / name,
+                f"subject_pattern {subject_pattern!r} finds no subject "
+                f"in this file name (presets: {presets}, or 'auto')",
+            )
         out.append(match.group(1))
     return out
 
@@ -137,8 +141,9 @@ def load_subjects(
     """
     root_path = check_root(root)
     if split == "valid":
-        raise MissingSplitError(root_path, "a subject-split data set has no validation split; "
-                                           "one is carved from the training subjects")
+        raise MissingSplitError(
+            root_path, "a subject-split data set has no validation split; one is carved from the training subjects"
+        )
     check_split(split, root_path, allowed=("train", "test"))
     if folds == 1 or folds < 0:
         raise DataError(root_path, f"folds must be 0 (held-out fraction) or >= 2, got {folds}")
@@ -153,8 +158,10 @@ def load_subjects(
         raise DataError(root_path, "no images found in its class folders")
     groups = np.asarray(subjects_of([p.name for p in paths], subject_pattern, root_path))
     if len(np.unique(groups)) < 2:
-        raise DataError(root_path, f"only one subject ({groups[0]!r}) under subject_pattern "
-                                   f"{subject_pattern!r}: cannot split by subject")
+        raise DataError(
+            root_path,
+            f"only one subject ({groups[0]!r}) under subject_pattern {subject_pattern!r}: cannot split by subject",
+        )
     if folds:
         try:
             is_test = fold_of_subjects(groups, folds, split_seed) == fold

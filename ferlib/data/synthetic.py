@@ -119,8 +119,21 @@ _SUPERSAMPLE = 2
 _META = "synthetic.json"
 
 AU_NAMES: tuple[str, ...] = (
-    "AU1", "AU2", "AU4", "AU5", "AU6", "AU7", "AU9", "AU10",
-    "AU12", "AU15", "AU20", "AU23", "AU24", "AU25", "AU26",
+    "AU1",
+    "AU2",
+    "AU4",
+    "AU5",
+    "AU6",
+    "AU7",
+    "AU9",
+    "AU10",
+    "AU12",
+    "AU15",
+    "AU20",
+    "AU23",
+    "AU24",
+    "AU25",
+    "AU26",
 )
 _AU = {name: i for i, name in enumerate(AU_NAMES)}
 
@@ -131,10 +144,8 @@ PROTOTYPES: dict[Emotion, dict[str, float]] = {
     Emotion.SURPRISE: {"AU1": 1.0, "AU2": 1.0, "AU5": 0.9, "AU25": 0.6, "AU26": 0.9},
     Emotion.SADNESS: {"AU1": 1.0, "AU4": 0.6, "AU7": 0.3, "AU15": 1.0},
     Emotion.ANGER: {"AU4": 1.0, "AU5": 0.5, "AU7": 0.7, "AU23": 0.6, "AU24": 0.9},
-    Emotion.DISGUST: {"AU4": 0.5, "AU7": 0.4, "AU9": 1.0, "AU10": 0.9, "AU15": 0.5,
-                      "AU25": 0.3},
-    Emotion.FEAR: {"AU1": 1.0, "AU2": 0.7, "AU4": 0.7, "AU5": 1.0, "AU20": 1.0,
-                   "AU25": 0.6, "AU26": 0.5},
+    Emotion.DISGUST: {"AU4": 0.5, "AU7": 0.4, "AU9": 1.0, "AU10": 0.9, "AU15": 0.5, "AU25": 0.3},
+    Emotion.FEAR: {"AU1": 1.0, "AU2": 0.7, "AU4": 0.7, "AU5": 1.0, "AU20": 1.0, "AU25": 0.6, "AU26": 0.5},
 }
 
 
@@ -182,9 +193,7 @@ class SyntheticConfig:
         try:
             lo, hi = (float(v) for v in self.intensity)
         except (TypeError, ValueError):
-            raise ValueError(
-                f"SyntheticConfig.intensity must be a (low, high) pair, got {self.intensity!r}"
-            ) from None
+            raise ValueError(f"SyntheticConfig.intensity must be a (low, high) pair, got {self.intensity!r}") from None
         if not 0.0 <= lo <= hi:
             raise ValueError(f"SyntheticConfig.intensity needs 0 <= low <= high, got {(lo, hi)}")
         object.__setattr__(self, "intensity", (lo, hi))  # lists from JSON -> tuple
@@ -231,27 +240,27 @@ def class_counts(n: int) -> dict[Emotion, int]:
 # fixed: name -> (low, high). Lengths are fractions of the image (``S``), face radii
 # (``rx``, ``ry``) or degrees as noted.
 _IDENTITY: tuple[tuple[str, float, float], ...] = (
-    ("rx", 0.28, 0.34),          # face half-width / S
-    ("aspect", 1.12, 1.32),      # ry / rx
-    ("cx", -0.045, 0.045),       # face centre offset / S
+    ("rx", 0.28, 0.34),  # face half-width / S
+    ("aspect", 1.12, 1.32),  # ry / rx
+    ("cx", -0.045, 0.045),  # face centre offset / S
     ("cy", -0.02, 0.06),
-    ("angle", -10.0, 10.0),      # in-plane rotation, degrees
-    ("skin", 95.0, 230.0),       # skin grey level
-    ("bg_gap", 40.0, 120.0),     # |background - skin|
-    ("bg_sign", 0.0, 1.0),       # < 0.5: darker background
-    ("ink", 75.0, 140.0),        # skin - feature ink level
-    ("hair", 0.0, 1.0),          # < 0.3: no hair; else hair tone
-    ("hair_line", 0.55, 0.85),   # hairline height / ry above centre
-    ("eye_x", 0.34, 0.44),       # eye centre |x| / rx
-    ("eye_y", -0.20, -0.08),     # eye centre y / ry
-    ("eye_w", 0.14, 0.19),       # eye half-width / rx
-    ("brow_gap", 0.17, 0.24),    # brow height above the eye / ry
-    ("brow_t", 0.10, 0.16),     # brow thickness / rx
-    ("nose_y", 0.18, 0.28),      # nostril height / ry
-    ("mouth_y", 0.46, 0.58),     # mouth line height / ry
-    ("mouth_w", 0.30, 0.40),     # mouth half-width / rx
-    ("lip_t", 0.035, 0.06),      # lip thickness / ry
-    ("light", 0.0, 22.0),        # lighting gradient amplitude (grey levels)
+    ("angle", -10.0, 10.0),  # in-plane rotation, degrees
+    ("skin", 95.0, 230.0),  # skin grey level
+    ("bg_gap", 40.0, 120.0),  # |background - skin|
+    ("bg_sign", 0.0, 1.0),  # < 0.5: darker background
+    ("ink", 75.0, 140.0),  # skin - feature ink level
+    ("hair", 0.0, 1.0),  # < 0.3: no hair; else hair tone
+    ("hair_line", 0.55, 0.85),  # hairline height / ry above centre
+    ("eye_x", 0.34, 0.44),  # eye centre |x| / rx
+    ("eye_y", -0.20, -0.08),  # eye centre y / ry
+    ("eye_w", 0.14, 0.19),  # eye half-width / rx
+    ("brow_gap", 0.17, 0.24),  # brow height above the eye / ry
+    ("brow_t", 0.10, 0.16),  # brow thickness / rx
+    ("nose_y", 0.18, 0.28),  # nostril height / ry
+    ("mouth_y", 0.46, 0.58),  # mouth line height / ry
+    ("mouth_w", 0.30, 0.40),  # mouth half-width / rx
+    ("lip_t", 0.035, 0.06),  # lip thickness / ry
+    ("light", 0.0, 22.0),  # lighting gradient amplitude (grey levels)
     ("light_dir", 0.0, 2 * math.pi),
 )
 _ID = {name: i for i, (name, _, _) in enumerate(_IDENTITY)}
@@ -267,8 +276,15 @@ def _draw_identities(rng: np.random.Generator, n: int) -> np.ndarray:
 def _default_identity() -> np.ndarray:
     """A middle-of-the-range, upright, centred identity (for :func:`render_face`)."""
     ident = np.array([(lo + hi) / 2 for _, lo, hi in _IDENTITY])
-    for name, value in (("cx", 0.0), ("cy", 0.02), ("angle", 0.0), ("skin", 190.0),
-                        ("bg_sign", 0.2), ("hair", 0.5), ("light", 0.0)):
+    for name, value in (
+        ("cx", 0.0),
+        ("cy", 0.02),
+        ("angle", 0.0),
+        ("skin", 190.0),
+        ("bg_sign", 0.2),
+        ("hair", 0.5),
+        ("light", 0.0),
+    ):
         ident[_ID[name]] = value
     return ident
 
@@ -331,8 +347,7 @@ def _render(au: np.ndarray, ident: np.ndarray, size: int) -> Image.Image:
     if g["hair"] >= 0.3:
         # fringe: a chord of the face ellipse down to the hairline
         hl = g["hair_line"]
-        d.chord([cx - rx, cy - ry, cx + rx, cy - ry + 2 * ry * (1 - hl)], 180, 360,
-                fill=hair_tone)
+        d.chord([cx - rx, cy - ry, cx + rx, cy - ry + 2 * ry * (1 - hl)], 180, 360, fill=hair_tone)
 
     # ---- eyes
     ex, ey, ew = g["eye_x"], g["eye_y"], g["eye_w"]
@@ -344,20 +359,22 @@ def _render(au: np.ndarray, ident: np.ndarray, size: int) -> Image.Image:
     line_w = max(1, int(round(0.9 * _SUPERSAMPLE)))
     for side in (-1, 1):
         ecx, ecy = P(side * ex, ey)
-        d.ellipse([ecx - ew_px, ecy - eh_px, ecx + ew_px, ecy + eh_px],
-                  fill=sclera, outline=ink_i, width=line_w)
+        d.ellipse([ecx - ew_px, ecy - eh_px, ecx + ew_px, ecy + eh_px], fill=sclera, outline=ink_i, width=line_w)
         pr = ew_px * 0.5
         ph = min(pr, eh_px)
         d.ellipse([ecx - pr, ecy - ph, ecx + pr, ecy + ph], fill=int(round(ink * 0.5)))
         # upper lid line, heavier when the lid is tightened
         lid_w = max(1, int(round((0.8 + 1.2 * a["AU7"]) * _SUPERSAMPLE)))
-        d.arc([ecx - ew_px, ecy - eh_px, ecx + ew_px, ecy + eh_px], 190, 350,
-              fill=ink_i, width=lid_w)
+        d.arc([ecx - ew_px, ecy - eh_px, ecx + ew_px, ecy + eh_px], 190, 350, fill=ink_i, width=lid_w)
         if a["AU6"] > 0.05:  # cheek raiser: crease below the eye
             col = _mix(skin, ink, 0.9 * a["AU6"])
-            d.arc([ecx - ew_px * 1.1, ecy - eh_px + ew_px * 0.35,
-                   ecx + ew_px * 1.1, ecy + eh_px + ew_px * 0.75],
-                  20, 160, fill=col, width=line_w)
+            d.arc(
+                [ecx - ew_px * 1.1, ecy - eh_px + ew_px * 0.35, ecx + ew_px * 1.1, ecy + eh_px + ew_px * 0.75],
+                20,
+                160,
+                fill=col,
+                width=line_w,
+            )
 
     # ---- brows
     by = ey - g["brow_gap"]
@@ -368,16 +385,18 @@ def _render(au: np.ndarray, ident: np.ndarray, size: int) -> Image.Image:
     inner_x = ex - ew * 1.15 - 0.10 * a["AU4"]
     outer_x = ex + ew * 1.25
     for side in (-1, 1):
-        pts = [P(side * inner_x, by + inner_dy), P(side * (inner_x + outer_x) / 2, by + mid_dy),
-               P(side * outer_x, by + outer_dy)]
+        pts = [
+            P(side * inner_x, by + inner_dy),
+            P(side * (inner_x + outer_x) / 2, by + mid_dy),
+            P(side * outer_x, by + outer_dy),
+        ]
         d.line(pts, fill=ink_i, width=bt, joint="curve")
     furrow = min(max(1.3 * a["AU4"] - 0.25, 0.0), 1.0)
     if furrow > 0.0:
         col = _mix(skin, ink, 0.8 * furrow)
         for side in (-1, 1):
             x = side * 0.07
-            d.line([P(x, by + inner_dy - 0.02), P(x * 0.8, by + inner_dy + 0.14)],
-                   fill=col, width=line_w)
+            d.line([P(x, by + inner_dy - 0.02), P(x * 0.8, by + inner_dy + 0.14)], fill=col, width=line_w)
 
     # ---- nose
     ny = g["nose_y"] - 0.06 * a["AU9"] - 0.02 * a["AU10"]
@@ -386,8 +405,7 @@ def _render(au: np.ndarray, ident: np.ndarray, size: int) -> Image.Image:
         nx, nyy = P(side * (0.08 + 0.03 * a["AU9"]), ny)
         r = nw * rx
         d.ellipse([nx - r, nyy - r * 0.6, nx + r, nyy + r * 0.6], fill=_mix(skin, ink, 0.7))
-    d.line([P(-0.02, ey + 0.05), P(-0.06, ny - 0.04)], fill=_mix(skin, ink, 0.35),
-           width=line_w)
+    d.line([P(-0.02, ey + 0.05), P(-0.06, ny - 0.04)], fill=_mix(skin, ink, 0.35), width=line_w)
     if a["AU9"] > 0.05:  # wrinkles across the bridge
         col = _mix(skin, ink, 1.0 * a["AU9"])
         for k in range(3):
@@ -396,8 +414,9 @@ def _render(au: np.ndarray, ident: np.ndarray, size: int) -> Image.Image:
 
     # ---- mouth
     my = g["mouth_y"]
-    mw = g["mouth_w"] * (1 + 0.25 * a["AU20"] + 0.12 * a["AU12"] - 0.18 * a["AU23"]
-                         - 0.10 * a["AU24"] - 0.22 * a["AU26"])
+    mw = g["mouth_w"] * (
+        1 + 0.25 * a["AU20"] + 0.12 * a["AU12"] - 0.18 * a["AU23"] - 0.10 * a["AU24"] - 0.22 * a["AU26"]
+    )
     corner_dy = -0.16 * a["AU12"] + 0.14 * a["AU15"] + 0.03 * a["AU20"]
     upper_dy = -0.08 * a["AU10"]
     press = max(a["AU24"], 0.7 * a["AU23"])
@@ -415,29 +434,34 @@ def _render(au: np.ndarray, ident: np.ndarray, size: int) -> Image.Image:
     if fold > 0.05:
         col = _mix(skin, ink, 0.45 * fold)
         for side in (-1, 1):
-            d.line(_bezier(P(side * 0.17, ny - 0.03), P(side * (0.2 + 0.6 * mw), 0.5 * (ny + my)),
-                           P(side * (mw + 0.05), my + corner_dy - 0.02), n=6),
-                   fill=col, width=line_w, joint="curve")
+            d.line(
+                _bezier(
+                    P(side * 0.17, ny - 0.03),
+                    P(side * (0.2 + 0.6 * mw), 0.5 * (ny + my)),
+                    P(side * (mw + 0.05), my + corner_dy - 0.02),
+                    n=6,
+                ),
+                fill=col,
+                width=line_w,
+                joint="curve",
+            )
     d.polygon(up_out + lo_out[::-1], fill=_mix(skin, ink, 0.35))
     if opening > 0.01:
         d.polygon(up_in + lo_in[::-1], fill=int(round(ink * 0.35)))
         teeth = min(a["AU12"] + a["AU10"], 1.0) * 0.55 * opening
         if teeth > 0.01:
-            t_in = _bezier(P(left[0] * 0.8, left[1]), P(0, upper + teeth),
-                           P(right[0] * 0.8, right[1]))
+            t_in = _bezier(P(left[0] * 0.8, left[1]), P(0, upper + teeth), P(right[0] * 0.8, right[1]))
             d.polygon(up_in[1:-1] + t_in[::-1], fill=sclera)
     d.line(up_in, fill=ink_i, width=line_w, joint="curve")
     if opening > 0.01:
         d.line(lo_in, fill=ink_i, width=line_w, joint="curve")
 
     if g["angle"] != 0.0:
-        img = img.rotate(g["angle"], resample=Image.Resampling.BILINEAR,
-                         center=(cx, cy), fillcolor=int(round(bg)))
+        img = img.rotate(g["angle"], resample=Image.Resampling.BILINEAR, center=(cx, cy), fillcolor=int(round(bg)))
     return img.resize((size, size), Image.Resampling.BOX)
 
 
-def _finish(img: Image.Image, ident: np.ndarray, noise: np.ndarray,
-            pixel_noise: float) -> np.ndarray:
+def _finish(img: Image.Image, ident: np.ndarray, noise: np.ndarray, pixel_noise: float) -> np.ndarray:
     """Lighting gradient + pixel noise, rounded to uint8."""
     size = img.size[0]
     arr = np.asarray(img, dtype=np.float32)
@@ -451,9 +475,13 @@ def _finish(img: Image.Image, ident: np.ndarray, noise: np.ndarray,
     return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
 
 
-def render_face(aus: Mapping[str, float] | Sequence[float] | np.ndarray | None = None,
-                size: int = 48, identity: np.ndarray | None = None,
-                pixel_noise: float = 0.0, seed: int = 0) -> np.ndarray:
+def render_face(
+    aus: Mapping[str, float] | Sequence[float] | np.ndarray | None = None,
+    size: int = 48,
+    identity: np.ndarray | None = None,
+    pixel_noise: float = 0.0,
+    seed: int = 0,
+) -> np.ndarray:
     """Render one face as a uint8 ``(size, size)`` array, e.g. to show what an AU does.
 
     ``aus`` is a mapping such as ``{"AU12": 1.0}`` or a vector in :data:`AU_NAMES`
@@ -487,26 +515,22 @@ def _generate_split(cfg: SyntheticConfig, split: str) -> tuple[np.ndarray, np.nd
     size = cfg.image_size
     rng = _split_rng(cfg, split)
     # fixed order of draws: labels, intensities, AU jitter, identities, then per-image noise
-    rows = np.concatenate([np.full(c, i, dtype=np.int64)
-                           for i, c in enumerate(class_counts(n).values())])
+    rows = np.concatenate([np.full(c, i, dtype=np.int64) for i, c in enumerate(class_counts(n).values())])
     rows = rows[rng.permutation(n)]
     lo, hi = cfg.intensity
     intensity = rng.uniform(lo, hi, n)
     jitter = rng.standard_normal((n, len(AU_NAMES)))
-    aus = np.clip(intensity[:, None] * _prototype_matrix()[rows] + cfg.au_jitter * jitter,
-                  0.0, 1.0)
+    aus = np.clip(intensity[:, None] * _prototype_matrix()[rows] + cfg.au_jitter * jitter, 0.0, 1.0)
     idents = _draw_identities(rng, n)
     images = np.empty((n, size, size), dtype=np.uint8)
     for i in range(n):
         noise = rng.standard_normal((size, size), dtype=np.float32)
-        images[i] = _finish(_render(aus[i], idents[i], size), idents[i], noise,
-                            cfg.pixel_noise)
+        images[i] = _finish(_render(aus[i], idents[i], size), idents[i], noise, cfg.pixel_noise)
     labels = np.array([int(BASIC7[r]) for r in rows], dtype=np.int64)
     return images, labels
 
 
-def generate_images(cfg: SyntheticConfig = SyntheticConfig()
-                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def generate_images(cfg: SyntheticConfig = SyntheticConfig()) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{split: (uint8 images (N, S, S), canonical int64 labels (N,))}`` for train,
     valid and test. A pure function of ``cfg``."""
     return {split: _generate_split(cfg, split) for split in SPLITS}
@@ -517,9 +541,11 @@ def content_hash(data: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> str:
     items = []
     for split in sorted(data):
         images, labels = data[split]
-        items.append(f"{split}:{images.shape}:{images.dtype}:"
-                     f"{hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()}:"
-                     f"{hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()}")
+        items.append(
+            f"{split}:{images.shape}:{images.dtype}:"
+            f"{hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()}:"
+            f"{hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()}"
+        )
     return hash_strings(items)
 
 
@@ -527,8 +553,7 @@ def content_hash(data: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> str:
 
 
 def _meta_for(cfg: SyntheticConfig) -> dict:
-    return {"generator": "ferlib.data.synthetic", "version": GENERATOR_VERSION,
-            "config": cfg.to_dict()}
+    return {"generator": "ferlib.data.synthetic", "version": GENERATOR_VERSION, "config": cfg.to_dict()}
 
 
 def _read_meta(path: Path) -> dict | None:
@@ -546,8 +571,7 @@ def _same(meta: dict | None, cfg: SyntheticConfig) -> bool:
     return all(meta.get(k) == v for k, v in want.items())
 
 
-def write_synthetic(root: str | os.PathLike, cfg: SyntheticConfig = SyntheticConfig(),
-                    overwrite: bool = False) -> Path:
+def write_synthetic(root: str | os.PathLike, cfg: SyntheticConfig = SyntheticConfig(), overwrite: bool = False) -> Path:
     """Write the data set under ``root`` (class-folder layout) and return ``root``.
 
     Idempotent: if ``root/synthetic.json`` already records this config (and generator
@@ -567,17 +591,20 @@ def write_synthetic(root: str | os.PathLike, cfg: SyntheticConfig = SyntheticCon
         if meta_path.exists():
             if not overwrite:
                 old = _read_meta(meta_path)
-                old_desc = (json.dumps({"version": old.get("version"), **(old.get("config") or {})})
-                            if old else "unreadable")
+                old_desc = (
+                    json.dumps({"version": old.get("version"), **(old.get("config") or {})}) if old else "unreadable"
+                )
                 want = json.dumps({"version": GENERATOR_VERSION, **cfg.to_dict()})
                 raise DataError(
                     meta_path,
                     f"holds a synthetic data set with a different config ({old_desc}); "
                     f"wanted {want}. Pass overwrite=True (CLI: --overwrite) or choose "
-                    "another root.")
+                    "another root.",
+                )
         elif any(root.iterdir()):
-            raise DataError(root, f"directory is not empty and has no {_META}; refusing "
-                                  "to write a synthetic data set over it")
+            raise DataError(
+                root, f"directory is not empty and has no {_META}; refusing to write a synthetic data set over it"
+            )
 
     data = generate_images(cfg)
     parent = root.parent
@@ -594,11 +621,14 @@ def write_synthetic(root: str | os.PathLike, cfg: SyntheticConfig = SyntheticCon
                     (tmp / split / e.label).mkdir(parents=True)
                     counts[split][e.label] = k
             for i, (img, lab) in enumerate(zip(images, labels)):
-                Image.fromarray(img).save(
-                    tmp / split / Emotion(int(lab)).label / f"{split}_{i:05d}.png")
-        meta = {**_meta_for(cfg), "content_hash": content_hash(data),
-                "image_mode": "L", "layout": "<split>/<emotion label>/<split>_<index>.png",
-                "counts": counts}
+                Image.fromarray(img).save(tmp / split / Emotion(int(lab)).label / f"{split}_{i:05d}.png")
+        meta = {
+            **_meta_for(cfg),
+            "content_hash": content_hash(data),
+            "image_mode": "L",
+            "layout": "<split>/<emotion label>/<split>_<index>.png",
+            "counts": counts,
+        }
         write_json(tmp / _META, meta)  # last: its presence marks a complete set
         os.chmod(tmp / _META, 0o644)
         _swap_into_place(tmp, root, cfg)
@@ -632,8 +662,7 @@ def _swap_into_place(tmp: Path, root: Path, cfg: SyntheticConfig) -> None:
 # --------------------------------------------------------------------------- preview
 
 
-def preview_grid(cfg: SyntheticConfig = SyntheticConfig(), per_class: int = 8,
-                 pad: int = 2) -> np.ndarray:
+def preview_grid(cfg: SyntheticConfig = SyntheticConfig(), per_class: int = 8, pad: int = 2) -> np.ndarray:
     """uint8 grid: one row per ``BASIC7`` class (in order), ``per_class`` faces each.
 
     Drawn from a ``7 * per_class`` train split with ``cfg``'s seed and settings (so it
@@ -647,12 +676,13 @@ def preview_grid(cfg: SyntheticConfig = SyntheticConfig(), per_class: int = 8,
         idx = np.flatnonzero(labels == int(e))[:per_class]
         for c, i in enumerate(idx):
             y, x = pad + r * (s + pad), pad + c * (s + pad)
-            grid[y:y + s, x:x + s] = images[i]
+            grid[y : y + s, x : x + s] = images[i]
     return grid
 
 
-def save_preview(path: str | os.PathLike, cfg: SyntheticConfig = SyntheticConfig(),
-                 per_class: int = 8, scale: int = 2) -> Path:
+def save_preview(
+    path: str | os.PathLike, cfg: SyntheticConfig = SyntheticConfig(), per_class: int = 8, scale: int = 2
+) -> Path:
     """Write :func:`preview_grid` as a PNG (enlarged ``scale`` times, nearest neighbour)."""
     grid = Image.fromarray(preview_grid(cfg, per_class))
     if scale > 1:
@@ -670,28 +700,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     defaults = SyntheticConfig()
     p = argparse.ArgumentParser(
         prog="python -m ferlib.data.synthetic",
-        description="Write ferkit's deterministic synthetic face-expression data set.")
-    p.add_argument("--root", type=Path, default=Path("data/synthetic"),
-                   help="output directory (default: %(default)s)")
+        description="Write ferkit's deterministic synthetic face-expression data set.",
+    )
+    p.add_argument("--root", type=Path, default=Path("data/synthetic"), help="output directory (default: %(default)s)")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--n-train", type=int, default=defaults.n_train)
     p.add_argument("--n-valid", type=int, default=defaults.n_valid)
     p.add_argument("--n-test", type=int, default=defaults.n_test)
     p.add_argument("--image-size", type=int, default=defaults.image_size)
-    p.add_argument("--intensity", type=float, nargs=2, default=list(defaults.intensity),
-                   metavar=("LOW", "HIGH"))
+    p.add_argument("--intensity", type=float, nargs=2, default=list(defaults.intensity), metavar=("LOW", "HIGH"))
     p.add_argument("--au-jitter", type=float, default=defaults.au_jitter)
     p.add_argument("--pixel-noise", type=float, default=defaults.pixel_noise)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing synthetic data set with a different config")
-    p.add_argument("--preview", type=Path, default=None,
-                   help="also write a 7 x 8 preview grid PNG here")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing synthetic data set with a different config"
+    )
+    p.add_argument("--preview", type=Path, default=None, help="also write a 7 x 8 preview grid PNG here")
     args = p.parse_args(argv)
     try:
-        cfg = SyntheticConfig(n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test,
-                              image_size=args.image_size, seed=args.seed,
-                              intensity=tuple(args.intensity), au_jitter=args.au_jitter,
-                              pixel_noise=args.pixel_noise)
+        cfg = SyntheticConfig(
+            n_train=args.n_train,
+            n_valid=args.n_valid,
+            n_test=args.n_test,
+            image_size=args.image_size,
+            seed=args.seed,
+            intensity=tuple(args.intensity),
+            au_jitter=args.au_jitter,
+            pixel_noise=args.pixel_noise,
+        )
         t0 = time.perf_counter()
         root = write_synthetic(args.root, cfg, overwrite=args.overwrite)
         seconds = time.perf_counter() - t0
@@ -701,8 +736,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     meta = json.loads((root / _META).read_text(encoding="utf-8"))
-    print(f"{root}: {sum(sum(c.values()) for c in meta['counts'].values())} images, "
-          f"content hash {meta['content_hash']} ({seconds:.1f} s)")
+    print(
+        f"{root}: {sum(sum(c.values()) for c in meta['counts'].values())} images, "
+        f"content hash {meta['content_hash']} ({seconds:.1f} s)"
+    )
     return 0
 
 

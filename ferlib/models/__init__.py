@@ -1,4 +1,4 @@
-"""Networks: a trunk (torchvision ResNet-18/50 with a small-input stem) and a head by name.
+"""Networks: a trunk (torchvision ResNet-18/50 with a small-input stem, or ``smallface``) and a head by name.
 
     from ferlib.models import ModelConfig, build_model
     model = build_model(ModelConfig(num_classes=6, input_size=48, head="uncertainty"))

@@ -1,0 +1,273 @@
+"""Time to accuracy: FERPlus 7-class test (and validation) accuracy against wall-clock
+training time, for each (backbone, recipe) in one run on the same machine.
+
+What it measures
+----------------
+For each ``--configs`` entry ``arch:recipe`` (default: today's ``resnet18:reference`` as
+the baseline row, ``smallface:reference`` and ``smallface:fast``) it builds the model from
+the same seed, trains it with the kit's one loop (:func:`ferlib.train.fit`, the recipe from
+:mod:`ferlib.recipes`) on FERPlus train, selects on FERPlus *validation*, and after every
+epoch records the cumulative training time (the loop's per-epoch seconds: training steps
+and the validation pass that selection needs) with the validation and test accuracy of the
+model the recipe would hand on (the EMA copy when the recipe averages weights; flip
+test-time augmentation when the recipe uses it). Scoring the test split is not timed.
+Stage 01 reports the best-on-validation epoch's test accuracy; so does the summary table.
+
+A run stops at ``--epochs`` or when its cumulative time passes ``--budget-minutes``,
+whichever is first; schedules that decay to zero over the run (``fast``) are laid out over
+``--epochs``, so pick ``--epochs`` to fit the budget (a run cut by the budget says so in the
+``stopped`` column). Recipes are chosen on the validation split only; the test split is
+measured, never tuned on.
+
+Output (``--out``, default ``outputs/bench/time_to_accuracy``): ``curves.csv`` (one row per
+config and epoch), ``summary.csv``, ``time_to_accuracy.png`` / ``.pdf`` (test accuracy
+against minutes), and the summary table on stdout. No figure is asserted anywhere.
+
+    .venv/bin/python benchmarks/time_to_accuracy.py --budget-minutes 20 --epochs 10
+    .venv/bin/python benchmarks/time_to_accuracy.py --max-train 3000 --epochs 2 --budget-minutes 1.5   # a quick look
+    .venv/bin/python benchmarks/time_to_accuracy.py --device cuda --amp --epochs 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a plain script from anywhere: import the kit
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from ferlib.data.prepare import close_rows, load_splits  # noqa: E402
+from ferlib.io import write_csv  # noqa: E402
+from ferlib.models import TRUNKS, ModelConfig, build_model  # noqa: E402
+from ferlib.recipes import available_recipes, train_config  # noqa: E402
+from ferlib.train import EpochInfo, TensorData, fit, predict  # noqa: E402
+
+DEFAULT_CONFIGS = "resnet18:reference,smallface:reference,smallface:fast"
+
+
+class _OutOfBudget(Exception):
+    """Raised from the epoch callback to stop a run at the time budget."""
+
+
+@dataclass
+class Data:
+    train: TensorData
+    val: TensorData
+    test: TensorData
+
+
+def parse_configs(text: str) -> list[tuple[str, str]]:
+    """``"resnet18:reference,smallface:fast"`` -> pairs; names checked against the registries."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        arch, _, recipe = item.partition(":")
+        recipe = recipe or "reference"
+        if arch not in TRUNKS:
+            raise SystemExit(f"--configs {item!r}: arch must be one of {', '.join(sorted(TRUNKS))}")
+        if recipe not in available_recipes():
+            raise SystemExit(f"--configs {item!r}: recipe must be one of {', '.join(available_recipes())}")
+        pairs.append((arch, recipe))
+    if not pairs:
+        raise SystemExit("--configs: give at least one arch:recipe")
+    return pairs
+
+
+def _subsample(data: TensorData, limit: int, seed: int) -> TensorData:
+    if not limit or len(data) <= limit:
+        return data
+    rows = np.sort(np.random.default_rng(seed).permutation(len(data))[:limit])
+    return data.subset(rows)
+
+
+def load_ferplus(args: argparse.Namespace) -> Data:
+    """FERPlus train / validation / test, the basic seven classes (contempt dropped), majority vote."""
+    s = load_splits("ferplus", args.data_root, None, args.input_size, args.cache_dir, seed=args.seed)
+    train_rows, train_targets = s.training()
+    val_rows, val_targets = s.validation()
+    test_rows, test_targets = close_rows(s.test, s.label_map)
+    data = Data(
+        TensorData(s.train.images[torch.as_tensor(train_rows)], train_targets),
+        TensorData(s.valid.images[torch.as_tensor(val_rows)], val_targets),
+        TensorData(s.test.images[torch.as_tensor(test_rows)], test_targets),
+    )
+    print(
+        f"FERPlus from {args.data_root}: {len(data.train)} train, {len(data.val)} validation "
+        f"({s.validation_source}), {len(data.test)} test, classes {s.label_map.names}"
+    )
+    data.train = _subsample(data.train, args.max_train, args.seed)
+    data.val = _subsample(data.val, args.max_eval, args.seed)
+    data.test = _subsample(data.test, args.max_eval, args.seed)
+    if args.max_train or args.max_eval:
+        print(f"subsampled: {len(data.train)} train, {len(data.val)} validation, {len(data.test)} test")
+    return data
+
+
+def _accuracy(model: torch.nn.Module, data: TensorData, args: argparse.Namespace, tta: bool) -> float:
+    pred = predict(model, data.images, 512, args.device, progress=False, amp=args.amp, tta=tta)
+    return float((pred.logits.argmax(1) == data.targets).float().mean())
+
+
+def run_config(arch: str, recipe: str, data: Data, args: argparse.Namespace) -> list[dict]:
+    """Train one (arch, recipe) and return one row per epoch."""
+    torch.manual_seed(args.seed)
+    model = build_model(ModelConfig(arch, num_classes=7, input_size=args.input_size), verbose=False)
+    cfg = train_config(
+        recipe,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        amp=args.amp,
+        progress=args.progress,
+    )
+    budget = args.budget_minutes * 60
+    rows: list[dict] = []
+    clock = {"seconds": 0.0}
+
+    def record(info: EpochInfo) -> None:
+        clock["seconds"] += info.row["seconds"]
+        rows.append(
+            {
+                "config": f"{arch}:{recipe}",
+                "arch": arch,
+                "recipe": recipe,
+                "epoch": info.epoch,
+                "train_seconds": clock["seconds"],
+                "train_loss": info.row["train_loss"],
+                "val_acc": info.row["val_acc"],
+                "test_acc": _accuracy(info.model, data.test, args, cfg.flip_tta),  # untimed
+            }
+        )
+        r = rows[-1]
+        print(
+            f"  {r['config']} epoch {r['epoch']}: {r['train_seconds'] / 60:.2f} min, "
+            f"val {r['val_acc']:.4f}, test {r['test_acc']:.4f}",
+            flush=True,
+        )
+        if clock["seconds"] >= budget and info.epoch < cfg.epochs:
+            raise _OutOfBudget
+
+    print(f"{arch}:{recipe}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {cfg}")
+    stopped = "epochs"
+    try:
+        fit(model, data.train, data.val, cfg, callbacks=[record], desc=f"{arch}:{recipe}")
+    except _OutOfBudget:
+        stopped = "budget"
+    for r in rows:
+        r["stopped"] = stopped
+    return rows
+
+
+def summarise(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per config: the best-on-validation epoch's test accuracy (what stage 01 reports),
+    the time it took to get there, the last epoch's figures and the total time."""
+    out = []
+    for config, c in curves.groupby("config", sort=False):
+        best = c.loc[c["val_acc"].idxmax()]
+        last = c.iloc[-1]
+        out.append(
+            {
+                "config": config,
+                "epochs": int(last["epoch"]),
+                "stopped": last["stopped"],
+                "best_epoch": int(best["epoch"]),
+                "val_acc": best["val_acc"],
+                "test_acc": best["test_acc"],
+                "minutes_to_best": best["train_seconds"] / 60,
+                "last_test_acc": last["test_acc"],
+                "total_minutes": last["train_seconds"] / 60,
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def plot(curves: pd.DataFrame, out: Path, title: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for config, c in curves.groupby("config", sort=False):
+        ax.plot(c["train_seconds"] / 60, c["test_acc"], marker="o", label=config)
+    ax.set_xlabel("training time (minutes, incl. validation)")
+    ax.set_ylabel("FERPlus 7-class test accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    paths = [out / "time_to_accuracy.png", out / "time_to_accuracy.pdf"]
+    for path in paths:
+        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+        fig.savefig(tmp, dpi=150)
+        os.replace(tmp, path)  # atomic, as ferlib.io's writers
+    plt.close(fig)
+    return paths
+
+
+def _device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data-root", default=str(Path("..") / "shared" / "data" / "ferplus"), help="FERPlus folder")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1")
+    p.add_argument("--budget-minutes", type=float, default=20.0, help="training-time budget per config")
+    p.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"arch:recipe list (default {DEFAULT_CONFIGS})")
+    p.add_argument("--epochs", type=int, default=10, help="epochs per config (the schedule's length)")
+    p.add_argument("--input-size", type=int, default=48)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-train", type=int, default=0, help="subsample training images (0: all)")
+    p.add_argument("--max-eval", type=int, default=0, help="subsample validation and test images (0: all)")
+    p.add_argument("--cache-dir", default=str(Path("outputs") / "cache"), help="the kit's uint8 image cache")
+    p.add_argument("--out", default=str(Path("outputs") / "bench" / "time_to_accuracy"))
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--progress", action="store_true", help="per-epoch progress bars")
+    args = p.parse_args(argv)
+    if args.epochs < 1 or args.budget_minutes <= 0:
+        raise SystemExit("--epochs must be >= 1 and --budget-minutes > 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    configs = parse_configs(args.configs)
+    device = _device_name(args.device)
+    print(f"device: {device}; torch {torch.__version__}; load average {os.getloadavg()[0]:.2f}")
+    data = load_ferplus(args)
+
+    curves = []
+    t0 = time.perf_counter()
+    for arch, recipe in configs:
+        curves += run_config(arch, recipe, data, args)
+    curves_df = pd.DataFrame(curves)
+    summary = summarise(curves_df)
+    summary.insert(1, "device", device)
+    out = Path(args.out)
+    write_csv(out / "curves.csv", curves_df)
+    write_csv(out / "summary.csv", summary)
+    sub = f", {len(data.train)} train images" if args.max_train else ""
+    paths = plot(curves_df, out, f"FERPlus, {device}{sub}, budget {args.budget_minutes:g} min/config")
+    print()
+    print(summary.drop(columns="device").to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(
+        f"\ndevice {device}; load average {os.getloadavg()[0]:.2f}; whole run {(time.perf_counter() - t0) / 60:.1f} min"
+    )
+    print(f"wrote {out / 'curves.csv'}, {out / 'summary.csv'}, {', '.join(map(str, paths))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
