@@ -369,8 +369,14 @@ def predict_pseudo_labels(
     model = _close_model(run_dir, arch, input_size, len(names), device, stem)
     test_rows, train_rows = s.split.eval_test_index, s.split.eval_train_index
     images = torch.cat([s.test.images[torch.as_tensor(test_rows)], s.train.images[torch.as_tensor(train_rows)]])
-    pred = predict(model, images, device=device, progress=progress, desc="pseudo labels", amp=amp)
-    all_train = predict(model, s.train.images, device=device, progress=progress, desc="training split", amp=amp)
+    # predict exactly as stage 01 tested: with its recipe's flip test-time augmentation, if any
+    results_path = Path(run_dir) / "01_close_set" / "results.json"
+    built = read_json(results_path) if results_path.exists() else {}
+    tta = bool((built.get("recipe_settings") or {}).get("flip_tta", False))
+    pred = predict(model, images, device=device, progress=progress, desc="pseudo labels", amp=amp, tta=tta)
+    all_train = predict(
+        model, s.train.images, device=device, progress=progress, desc="training split", amp=amp, tta=tta
+    )
     labels = np.concatenate([s.test.labels.numpy()[test_rows], s.train.labels.numpy()[train_rows]])
     table = pd.DataFrame(
         {

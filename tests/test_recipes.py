@@ -96,3 +96,27 @@ def test_stage_01_trains_smallface_with_a_recipe_and_records_it(tmp_path):
     assert key["train_config"]["ema_decay"] == 0.9 and key["train_config"]["epochs"] == 1  # one-cycle: keyed
     model = _close_model(str(run), "smallface", 32, len(results["class_names"]), "cpu")
     assert model.trunk.out_channels == 256
+    # stage 02 predicts as stage 01 tested: with the recipe's flip test-time augmentation
+    import numpy as np
+    import torch
+
+    from ferlib.stages import load_splits, predict_pseudo_labels
+    from ferlib.train import predict
+
+    table = predict_pseudo_labels(
+        dataset="synthetic",
+        data_root=str(root),
+        open_class="surprise",
+        run_dir=str(run),
+        cache_dir=None,
+        input_size=32,
+        arch="smallface",
+        progress=False,
+    )
+    s = load_splits("synthetic", str(root), "surprise", 32, None)
+    rows = torch.as_tensor(s.split.eval_test_index[:8])
+    with_tta = predict(model, s.test.images[rows], progress=False, tta=True).logits.numpy()
+    without = predict(model, s.test.images[rows], progress=False, tta=False).logits.numpy()
+    logits = table[[c for c in table.columns if c.startswith("logit_")]].to_numpy()[:8]
+    assert not np.allclose(with_tta, without)
+    np.testing.assert_allclose(logits, with_tta, rtol=1e-4, atol=1e-4)
