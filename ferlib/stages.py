@@ -337,7 +337,7 @@ def predict_pseudo_labels(
     run_dir : str
         Folder of this run: every file of every stage goes under it.
     arch : str
-        Trunk architecture of stage 01's model: resnet18 or resnet50.
+        Trunk architecture of stage 01's model (resnet18, resnet50 or smallface), as in stage 01.
     input_size : int
         Image side in pixels, as in stage 01.
     cache_dir : str or None
