@@ -144,6 +144,37 @@ def parameter_docs(func: Callable[..., Any]) -> dict[str, ParamDoc]:
     return out
 
 
+def inherit_parameter_docs(source: Callable[..., Any]) -> Callable[[F], F]:
+    """Decorator: the parameters a stage shares with ``source`` (same name, not documented
+    in the stage's own ``Parameters`` section) take ``source``'s entry.
+
+    Why. Stages 01 and 02 load the same data with the same dozen parameters; writing those
+    entries twice let them drift (stage 02's ``arch`` help once lacked a backbone stage 01
+    had). An entry the stage writes itself wins, so a stage-specific meaning stays possible.
+    The entries are appended to the ``Parameters`` section, which must be the docstring's
+    last section.
+    """
+
+    def decorate(func: F) -> F:
+        own = parameter_docs(func)
+        theirs = parameter_docs(source)
+        missing = [name for name in signature_parameters(func) if name not in own and name in theirs]
+        if not missing:
+            return func
+        doc = inspect.cleandoc(func.__doc__ or "")
+        if not re.search(r"^Parameters\n-{3,}$", doc, re.M):
+            doc += "\n\nParameters\n----------"
+        lines = [doc.rstrip()]
+        for name in missing:
+            entry = theirs[name]
+            lines.append(f"{name} : {entry.type}" if entry.type else name)
+            lines.extend(f"    {line}" if line else "" for line in entry.description.splitlines())
+        func.__doc__ = "\n".join(lines) + "\n"
+        return func
+
+    return decorate
+
+
 def contract_problems(func: Callable[..., Any]) -> list[str]:
     """What keeps ``func`` from being a stage function: a ``**kwargs`` catch-all, a parameter
     without a type annotation or a default, or one missing from the docstring's Parameters

@@ -35,7 +35,7 @@ from ferlib.openset.data import PROTOCOLS, TABLE_COLUMNS, OpenSetData, apply_pro
 from ferlib.openset.keys import FingerprintCache
 from ferlib.openset.registry import detector_class, validate_detectors
 from ferlib.openset.scoring import DetectorResult, run_detectors
-from ferlib.params import checked
+from ferlib.params import checked, inherit_parameter_docs
 from ferlib.recipes import recipe_settings
 from ferlib.train import TensorData, TrainConfig, fit, load_history, predict
 
@@ -292,6 +292,7 @@ def _close_model(run_dir: str, arch: str, input_size: int, num_classes: int, dev
 
 # ----------------------------------------------------------------------------- stage 02
 @checked
+@inherit_parameter_docs(train_close_set)
 def predict_pseudo_labels(
     dataset: str = "synthetic",
     data_root: str | None = None,
@@ -317,39 +318,12 @@ def predict_pseudo_labels(
 
     Parameters
     ----------
-    dataset : str
-        Data set name: synthetic, ferplus, rafdb, affectnet, folders or subjects.
-    data_root : str or None
-        Folder holding the data set; None: data/<dataset> (synthetic: generated there on first use).
-    open_class : str or None
-        Expression held out as the open class (e.g. "surprise"); None for a close-set model.
-    seed : int
-        Seed of the validation split, the initialisation, the batch order and the protocols.
-    class_map : dict[str, str] or None
-        The data set's label names -> emotion or "drop", e.g. {'0_neutral': 'neutral', 'contempt': 'drop'}.
-        Keys: class folder names (folders, synthetic, subjects), folder ids "0".."10" (affectnet), vote
-        columns (ferplus), ids "1".."7" (rafdb); unnamed labels keep their meaning; None: no remapping.
-    data_options : dict or None
-        Further options of the data set's loader, e.g. {'folds': 10, 'fold': 0} for subjects; an unknown
-        key fails at once, naming the options the loader takes.
-    device : str
-        Torch device ("cpu", "cuda", "cuda:1"); it changes no result, so it is in no result key.
-    run_dir : str
-        Folder of this run: every file of every stage goes under it.
     arch : str
         Trunk architecture of stage 01's model (resnet18, resnet50 or smallface), as in stage 01.
     input_size : int
         Image side in pixels, as in stage 01.
-    cache_dir : str or None
-        Folder of the decoded uint8 image cache (shared by runs); None: decode into memory only.
-    cache_memmap : bool
-        Keep the uint8 cache in a memory-mapped file per split under cache_dir (sets larger than memory); same results.
     stem : str
         The stem of stage 01's model: "auto", "small" or "imagenet".
-    amp : bool
-        bfloat16 autocast on CUDA (ignored on CPU, where it is slower).
-    progress : bool
-        Show progress bars (they change no result).
     """
     if _open(open_class) is None:
         raise ValueError("stage 02 needs an open class (open_class is none)")

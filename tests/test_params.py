@@ -229,3 +229,45 @@ def test_checked_keeps_the_signature_and_the_docstring():
     assert stage(3) == 6 and stage(n=4) == 8
     with pytest.raises(ParameterError, match="stage: n='x': expected int"):
         stage("x")
+
+
+def test_inherited_parameter_docs_fill_only_what_the_stage_leaves_out():
+    from ferlib.params import inherit_parameter_docs
+
+    def source(a: int = 1, b: int = 2) -> None:
+        """Source.
+
+        Parameters
+        ----------
+        a : int
+            The source's a.
+        b : int
+            The source's b.
+        """
+
+    @inherit_parameter_docs(source)
+    def stage(a: int = 1, b: int = 2, c: int = 3) -> None:
+        """Stage.
+
+        Parameters
+        ----------
+        b : int
+            The stage's own b.
+        c : int
+            Only here.
+        """
+
+    docs = parameter_docs(stage)
+    assert docs["a"].help == "The source's a."  # inherited
+    assert docs["b"].help == "The stage's own b."  # its own entry wins
+    assert docs["c"].help == "Only here." and set(docs) == {"a", "b", "c"}
+
+
+def test_stages_01_and_02_describe_their_shared_parameters_once():
+    """Stage 02 writes no entry of its own for a data parameter it shares with stage 01: it
+    inherits stage 01's, so the two notebooks' help lines cannot drift apart."""
+    from ferlib import stages
+
+    first, second = parameter_docs(stages.train_close_set), parameter_docs(stages.predict_pseudo_labels)
+    for name in ("dataset", "data_root", "class_map", "data_options", "cache_dir", "cache_memmap", "seed"):
+        assert second[name] == first[name], name
