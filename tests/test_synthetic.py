@@ -23,7 +23,8 @@ from ferlib.data.synthetic import (
 )
 from ferlib.emotions import BASIC7, Emotion
 
-SMALL = SyntheticConfig(n_train=70, n_valid=14, n_test=21, seed=3)
+# balanced, so every class has exactly n / 7 samples (the default shares are FERPlus's)
+SMALL = SyntheticConfig(n_train=70, n_valid=14, n_test=21, seed=3, class_shares=None)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_same_seed_identical_different_seed_different(small_data):
     for split in small_data:
         np.testing.assert_array_equal(again[split][0], small_data[split][0])
         np.testing.assert_array_equal(again[split][1], small_data[split][1])
-    other = generate_images(SyntheticConfig(n_train=70, n_valid=14, n_test=21, seed=4))
+    other = generate_images(SyntheticConfig(n_train=70, n_valid=14, n_test=21, seed=4, class_shares=None))
     for split in small_data:
         assert not np.array_equal(other[split][0], small_data[split][0])
     assert content_hash(other) != content_hash(small_data)
@@ -58,7 +59,7 @@ def test_same_seed_identical_different_seed_different(small_data):
 
 def test_splits_are_independent_streams(small_data):
     """Changing n_train must not change the test images (seeded from (seed, split))."""
-    bigger = generate_images(SyntheticConfig(n_train=140, n_valid=14, n_test=21, seed=3))
+    bigger = generate_images(SyntheticConfig(n_train=140, n_valid=14, n_test=21, seed=3, class_shares=None))
     np.testing.assert_array_equal(bigger["test"][0], small_data["test"][0])
     assert not np.array_equal(small_data["train"][0][:5], small_data["test"][0][:5])
 
@@ -70,10 +71,42 @@ def test_balanced_counts_and_rounding(small_data):
         assert all(counts[int(e)] == expected for e in BASIC7)
     # 10 = 7 + 3: the first three classes in BASIC7 order get the extra sample
     assert list(class_counts(10).values()) == [2, 2, 2, 1, 1, 1, 1]
-    _, labels = generate_images(SyntheticConfig(n_train=10, n_valid=0, n_test=0))["train"]
+    _, labels = generate_images(SyntheticConfig(n_train=10, n_valid=0, n_test=0, class_shares=None))["train"]
     assert [int((labels == int(e)).sum()) for e in BASIC7] == [2, 2, 2, 1, 1, 1, 1]
     empty_images, empty_labels = generate_images(SyntheticConfig(n_valid=0, n_train=0, n_test=0))["valid"]
     assert empty_images.shape == (0, 48, 48) and empty_labels.shape == (0,)
+
+
+def test_default_shares_are_ferplus_and_every_class_is_present():
+    counts = class_counts(2100, SyntheticConfig().class_shares)
+    assert sum(counts.values()) == 2100
+    # neutral > happiness > surprise ~ sadness > anger > fear > disgust, as on FERPlus
+    order = sorted(counts, key=counts.get, reverse=True)
+    assert order[:2] == [Emotion.NEUTRAL, Emotion.HAPPINESS] and order[-2:] == [Emotion.FEAR, Emotion.DISGUST]
+    shares = np.array(list(counts.values())) / 2100
+    # within rounding and the one-sample floor per class
+    np.testing.assert_allclose(shares, syn.FERPLUS_TRAIN_SHARES, atol=8 / 2100)
+    # small splits keep one sample of every class (disgust's 0.7% would round to zero)
+    assert min(class_counts(21, syn.FERPLUS_TRAIN_SHARES).values()) == 1
+    assert sum(class_counts(21, syn.FERPLUS_TRAIN_SHARES).values()) == 21
+    _, labels = generate_images(SyntheticConfig(n_train=0, n_valid=0, n_test=50))["test"]
+    assert set(labels.tolist()) == {int(e) for e in BASIC7}
+    # shares need not sum to one; bad ones are refused with the field named
+    assert class_counts(14, (2, 2, 2, 2, 2, 2, 2)) == class_counts(14)
+    for bad in [(1, 2), (1, 1, 1, 1, 1, 1, -1), (0,) * 7, "neutral"]:
+        with pytest.raises(ValueError, match="class_shares"):
+            SyntheticConfig(class_shares=bad)
+    assert SyntheticConfig.from_dict(SyntheticConfig().to_dict()) == SyntheticConfig()
+    assert SyntheticConfig.from_dict(SMALL.to_dict()) == SMALL
+
+
+@pytest.mark.ferplus
+def test_ferplus_train_counts_match_the_real_files(ferplus_root):
+    from ferlib.data.ferplus import load_ferplus
+
+    labels = load_ferplus(ferplus_root, "train").labels
+    counts = tuple(int((np.asarray(labels) == int(e)).sum()) for e in BASIC7)
+    assert counts == syn.FERPLUS_TRAIN_COUNTS
 
 
 def test_images_vary_within_a_class(small_data):

@@ -47,9 +47,11 @@ How each AU is drawn:
 * AU23 lip tightener / AU24 lip presser: narrow, thin, closed mouth (a hard line).
 * AU25 lips part / AU26 jaw drop (AU27 folded in): mouth opening.
 
-Sizes: each split's total is spread over the seven classes in ``BASIC7`` order; when a
-total is not a multiple of seven the first ``n % 7`` classes (neutral, happiness, ...)
-get one extra sample. Samples are shuffled within a split.
+Sizes: each split's total is spread over the seven classes by ``class_shares``, FERPlus's
+training-split shares by default (36% neutral, 27% happiness, 13% surprise, 13% sadness,
+9% anger, 0.7% disgust, 2% fear; every class gets at least one sample), so that errors
+and an open class's pseudo labels flow towards the large classes as they do on FERPlus;
+``class_shares=None`` gives balanced splits. Samples are shuffled within a split.
 
 Determinism: every split draws from its own ``numpy.random.Generator`` (PCG64) seeded by
 ``SeedSequence([salt, seed, split code])``, so a split depends only on the seed, its own
@@ -94,6 +96,8 @@ from ferlib.io import hash_strings, write_json
 
 __all__ = [
     "AU_NAMES",
+    "FERPLUS_TRAIN_COUNTS",
+    "FERPLUS_TRAIN_SHARES",
     "GENERATOR_VERSION",
     "PROTOTYPES",
     "SPLITS",
@@ -110,7 +114,7 @@ __all__ = [
 
 #: Bumped whenever the rendering changes, so an old data set on disk is not mistaken for
 #: a new one with the same config.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: FERPlus class shares by default
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 _SPLIT_CODE = {"train": 0, "valid": 1, "test": 2}
@@ -149,6 +153,15 @@ PROTOTYPES: dict[Emotion, dict[str, float]] = {
 }
 
 
+#: Majority-vote class counts of FERPlus's training split in ``BASIC7`` order (neutral,
+#: happiness, surprise, sadness, anger, disgust, fear; contempt, unknown and no-face rows
+#: dropped): 10295, 7526, 3557, 3530, 2463, 191, 655 of 28,217. A property of the data
+#: set, recomputed from the real files by tests/test_synthetic.py when FERPlus is present.
+FERPLUS_TRAIN_COUNTS: tuple[int, ...] = (10295, 7526, 3557, 3530, 2463, 191, 655)
+#: the default class shares of the synthetic set
+FERPLUS_TRAIN_SHARES: tuple[float, ...] = tuple(round(c / sum(FERPLUS_TRAIN_COUNTS), 6) for c in FERPLUS_TRAIN_COUNTS)
+
+
 def _prototype_matrix() -> np.ndarray:
     """(len(BASIC7), len(AU_NAMES)) prototype intensities, rows in ``BASIC7`` order."""
     mat = np.zeros((len(BASIC7), len(AU_NAMES)), dtype=np.float64)
@@ -165,8 +178,12 @@ def _prototype_matrix() -> np.ndarray:
 class SyntheticConfig:
     """Everything that determines the synthetic data set (it is a pure function of this).
 
-    ``n_train`` / ``n_valid`` / ``n_test`` are per-split totals, balanced over the seven
-    classes (the first ``n % 7`` classes in ``BASIC7`` order get one extra sample).
+    ``n_train`` / ``n_valid`` / ``n_test`` are per-split totals, spread over the seven
+    classes by ``class_shares`` (see :func:`class_counts`). The default shares are FERPlus's
+    (:data:`FERPLUS_TRAIN_SHARES`): real FER data is dominated by neutral and happy faces,
+    and that imbalance, not only how alike two expressions look, decides where a model's
+    errors and an open class's pseudo labels go (on FERPlus most of them go to neutral).
+    A balanced set taught the opposite lesson; ``class_shares=None`` still gives one.
     ``intensity`` bounds the per-sample expression intensity, ``au_jitter`` is the
     standard deviation of the per-AU Gaussian jitter (in AU units, 0..1) and
     ``pixel_noise`` the standard deviation of the pixel noise in grey levels.
@@ -180,6 +197,7 @@ class SyntheticConfig:
     intensity: tuple[float, float] = (0.3, 1.0)
     au_jitter: float = 0.15
     pixel_noise: float = 4.0
+    class_shares: tuple[float, ...] | None = FERPLUS_TRAIN_SHARES  # None: balanced
 
     def __post_init__(self) -> None:
         for name in ("n_train", "n_valid", "n_test", "image_size", "seed"):
@@ -202,6 +220,7 @@ class SyntheticConfig:
             if not value >= 0.0:  # also rejects NaN
                 raise ValueError(f"SyntheticConfig.{name} must be >= 0, got {value}")
             object.__setattr__(self, name, value)
+        object.__setattr__(self, "class_shares", _check_shares(self.class_shares))
 
     def split_size(self, split: str) -> int:
         if split not in _SPLIT_CODE:
@@ -212,6 +231,7 @@ class SyntheticConfig:
         """JSON-ready dict (what ``synthetic.json`` stores under ``"config"``)."""
         d = asdict(self)
         d["intensity"] = list(self.intensity)
+        d["class_shares"] = None if self.class_shares is None else list(self.class_shares)
         for name in ("n_train", "n_valid", "n_test", "image_size", "seed"):
             d[name] = int(d[name])
         return d
@@ -225,13 +245,51 @@ class SyntheticConfig:
         kwargs = dict(data)
         if "intensity" in kwargs:
             kwargs["intensity"] = tuple(kwargs["intensity"])
+        if kwargs.get("class_shares") is not None:
+            kwargs["class_shares"] = tuple(kwargs["class_shares"])
         return cls(**kwargs)
 
 
-def class_counts(n: int) -> dict[Emotion, int]:
-    """How a split total of ``n`` is spread over ``BASIC7`` (extra samples go first)."""
-    base, extra = divmod(int(n), len(BASIC7))
-    return {e: base + (1 if i < extra else 0) for i, e in enumerate(BASIC7)}
+def class_counts(n: int, shares: Sequence[float] | None = None) -> dict[Emotion, int]:
+    """How a split total of ``n`` is spread over ``BASIC7``.
+
+    ``shares=None``: balanced, the first ``n % 7`` classes in ``BASIC7`` order get one
+    extra sample. Otherwise largest-remainder rounding of ``n * share`` (ties to the
+    earlier class), after giving every class one sample when ``n >= 7``: a class with no
+    test image has no accuracy and no folder, and FERPlus's disgust share (0.7%) would
+    round to zero in small sets.
+    """
+    n = int(n)
+    if shares is None:
+        base, extra = divmod(n, len(BASIC7))
+        return {e: base + (1 if i < extra else 0) for i, e in enumerate(BASIC7)}
+    w = np.asarray(_check_shares(shares), dtype=np.float64)  # not None here
+    floor = 1 if n >= len(BASIC7) else 0
+    rest = n - floor * len(BASIC7)
+    exact = rest * w
+    counts = np.floor(exact).astype(np.int64)
+    order = sorted(range(len(w)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in order[: rest - int(counts.sum())]:
+        counts[i] += 1
+    return {e: int(c) + floor for e, c in zip(BASIC7, counts)}
+
+
+def _check_shares(shares: Sequence[float] | None) -> tuple[float, ...] | None:
+    """``shares`` normalised to sum 1 (``None``, balanced, stays ``None``); a clear
+    ValueError for the wrong length or a negative / all-zero share."""
+    if shares is None:
+        return None
+    try:
+        values = [float(v) for v in shares]
+    except (TypeError, ValueError):
+        raise ValueError(f"SyntheticConfig.class_shares must be {len(BASIC7)} numbers, got {shares!r}") from None
+    if len(values) != len(BASIC7) or not all(math.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0:
+        raise ValueError(
+            f"SyntheticConfig.class_shares must be {len(BASIC7)} non-negative numbers (one per class in "
+            f"{[e.label for e in BASIC7]} order) with a positive sum, got {shares!r}"
+        )
+    total = sum(values)
+    return tuple(round(v / total, 6) for v in values)
 
 
 # --------------------------------------------------------------------------- identity
@@ -515,7 +573,8 @@ def _generate_split(cfg: SyntheticConfig, split: str) -> tuple[np.ndarray, np.nd
     size = cfg.image_size
     rng = _split_rng(cfg, split)
     # fixed order of draws: labels, intensities, AU jitter, identities, then per-image noise
-    rows = np.concatenate([np.full(c, i, dtype=np.int64) for i, c in enumerate(class_counts(n).values())])
+    counts = class_counts(n, cfg.class_shares).values()
+    rows = np.concatenate([np.full(c, i, dtype=np.int64) for i, c in enumerate(counts)])
     rows = rows[rng.permutation(n)]
     lo, hi = cfg.intensity
     intensity = rng.uniform(lo, hi, n)
