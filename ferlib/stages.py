@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ferlib.data.prepare import Splits, load_splits
+from ferlib.data.prepare import Splits, TrainingLabels, check_labels, load_splits, training_labels
 from ferlib.data.prepare import close_rows as _close_rows
 from ferlib.data.prepare import parse_open_class as _open
 from ferlib.io import read_json, write_csv, write_json, write_npy, write_npz
@@ -52,15 +52,43 @@ EMBEDDED_DETECTOR = "cycle"
 # must not import).
 
 
-def _validation(s: Splits) -> tuple[TensorData, TensorData, str]:
+def _validation(s: Splits, labels: TrainingLabels | None = None) -> tuple[TensorData, TensorData, str]:
     """Training and validation tensors of the rows :func:`load_splits` chose: the data
-    set's own validation split, or rows carved from training data. Never the test split."""
-    train_rows, train_targets = s.training()
-    val_rows, val_targets = s.validation()
+    set's own validation split, or rows carved from training data. Never the test split.
+    ``labels`` (:func:`~ferlib.data.prepare.training_labels`): the targets under a label
+    mode or label noise; ``None``: the majority vote."""
+    labels = labels or training_labels(s)
+    soft_mode = labels.label_mode if labels.train_soft is not None else "crossentropy"
     return (
-        TensorData(s.train.rows(train_rows), train_targets),  # a lazy view when memory-mapped
-        TensorData(s.valid.rows(val_rows), val_targets),
+        # a lazy view when memory-mapped
+        TensorData(s.train.rows(labels.train_rows), labels.train_targets, labels.train_soft, soft_mode),
+        TensorData(s.valid.rows(labels.val_rows), labels.val_targets),
         s.validation_source,
+    )
+
+
+def _write_label_noise(out: Path, labels: TrainingLabels) -> None:
+    """``label_noise.npz`` beside the checkpoint: for the training and validation rows (rows
+    of the splits' caches, as stage 02's ``source_index``), the targets trained on, the
+    majority-vote targets and which differ, so a later notebook can compare a method's
+    uncertainty on flipped and clean samples. Removed when the run has no noise, so a stale
+    file never describes a clean run."""
+    path = out / "label_noise.npz"
+    if labels.noise is None:
+        path.unlink(missing_ok=True)
+        return
+    write_npz(
+        path,
+        {
+            "train_rows": labels.train_rows,
+            "train_noisy": labels.train_targets,
+            "train_clean": labels.train_clean,
+            "train_flipped": labels.train_flipped,
+            "val_rows": labels.val_rows,
+            "val_noisy": labels.val_targets,
+            "val_clean": labels.val_clean,
+            "val_flipped": labels.val_flipped,
+        },
     )
 
 
@@ -93,6 +121,8 @@ def train_close_set(
     head_params: dict | None = None,
     objective: str = "ce",
     objective_params: dict | None = None,
+    label_mode: str = "majority",
+    label_noise: dict | None = None,
     amp: bool = False,
     progress: bool = True,
 ) -> dict:
@@ -153,14 +183,32 @@ def train_close_set(
         "auto" (small-input stem below 160 px), "small" or "imagenet".
     head : str
         Classifier head on the trunk: linear (pooling + linear, with CAM), uncertainty (mean and
-        log-variance heads, RUL) or branches (parallel branches, logits averaged); stages 02-03 reuse it.
+        log-variance heads, RUL), branches (ESR: parallel branches with CBAM, logits averaged) or manet
+        (MA-Net: global branch + four attended quadrant patches); stages 02-03 reuse it.
     head_params : dict or None
-        The head's parameters, e.g. {'hidden': 128} for uncertainty, {'branches': 4, 'width': 256} for
-        branches; None: the head's defaults.
+        The head's parameters, e.g. {'embedding': 64} for uncertainty, {'branches': 4, 'width': 256} for
+        branches, {'local_weight': 0.6} for manet; None: the head's defaults.
     objective : str
-        Training loss by name: ce (cross-entropy) or cam_flip (cross-entropy + attention flip consistency).
+        Training loss by name: ce (cross-entropy), cam_flip (cross-entropy + attention flip consistency),
+        rul (RUL's uncertainty-weighted mixup; head uncertainty) or ensemble (every branch's cross-entropy +
+        DPP diversity of their attention; heads branches and manet).
     objective_params : dict or None
-        The objective's parameters, e.g. {'lam': 5.0} for cam_flip; None: its defaults.
+        The objective's parameters, e.g. {'lam': 5.0} for cam_flip, {'diversity': 1.0, 'gamma': 10.0, 'form':
+        'det', 'progressive_epochs': 0} for ensemble; None: its defaults.
+    label_mode : str
+        Training targets from annotator votes (ferplus only): majority (one-hot of the top vote), probability
+        (a label drawn from the vote distribution each time an image is used) or crossentropy (the vote
+        distribution as soft targets); votes for classes the model lacks are dropped; validation and test use
+        the majority vote.
+    label_noise : dict or None
+        Label noise on the training and validation targets (never the test split), e.g. {'kind': 'symmetric',
+        'rate': 0.2, 'seed': 0}; kinds: symmetric, pair (to the class most confused with; 'pairs': {'fear':
+        'surprise'} to choose), annotator (each image takes a drawn annotator vote; ferplus); 'validation':
+        False keeps validation clean; None: clean labels.
+
+        The flipped mask goes to 01_close_set/label_noise.npz and the measured noise rates to results.json
+        (ferlib.data.noise documents each kind). The noise has its own seed, so runs differing only in seed
+        train on the same noisy labels.
     amp : bool
         bfloat16 autocast on CUDA (ignored on CPU, where it is slower).
     progress : bool
@@ -170,6 +218,7 @@ def train_close_set(
     out = Path(run_dir) / "01_close_set"
     loss = make_objective(objective, **(objective_params or {}))  # names checked before any decoding
     head_params = validate_head(head, head_params)
+    noise = check_labels(dataset, label_mode, label_noise)
     settings = _recipe(recipe, recipe_params, lr=lr, weight_decay=weight_decay, lr_gamma=lr_gamma)
     s = load_splits(
         dataset,
@@ -183,7 +232,8 @@ def train_close_set(
         val_fraction=val_fraction,
         seed=seed,
     )
-    train, val, val_source = _validation(s)
+    labels = training_labels(s, label_mode, noise, dataset)
+    train, val, val_source = _validation(s, labels)
     names = s.label_map.names
     print(
         f"{dataset}: {len(train)} train, {len(val)} validation ({val_source}), classes {names}, "
@@ -203,6 +253,7 @@ def train_close_set(
         progress=progress,
     )
     result = fit(model, train, val, cfg, loss, out_dir=out, desc="close-set")
+    _write_label_noise(out, labels)
     rows, targets = _close_rows(s.test, s.label_map)
     pred = predict(model, s.test.rows(rows), device=device, progress=progress, amp=amp, tta=cfg.flip_tta)
     y_pred = pred.logits.argmax(1).numpy()
@@ -228,12 +279,13 @@ def train_close_set(
         "objective_params": {k: v for k, v in loss.config().items() if k != "name"},
         "recipe": recipe,
         "recipe_settings": settings,  # flip_tta here: stage 02 predicts as stage 01 tested
+        **labels.summary(),  # label_mode, label_noise (settings and measured rates)
     }
     write_json(out / "results.json", results)
     update_manifest(
         run_dir,
         data={"dataset": dataset, "fingerprint": s.fingerprint, "validation": val_source, "dropped": s.dropped},
-        close_set={k: results[k] for k in ("test_acc", "best_epoch", "wall_seconds")},
+        close_set={k: results[k] for k in ("test_acc", "best_epoch", "wall_seconds", "label_mode", "label_noise")},
     )
     print(
         f"close-set test accuracy {results['test_acc']:.4f} on {len(rows)} images "
@@ -378,6 +430,8 @@ def predict_pseudo_labels(
             "train_index": s.split.train_index,
             "train_targets": s.split.train_targets,
             "class_names": np.array(names),
+            **_extras_arrays(EVAL_EXTRA, pred),
+            **_extras_arrays(TRAIN_EXTRA, all_train),
         },
     )
     # how the open samples' pseudo labels spread over the close classes (docs/RESULTS.md cites it)
@@ -399,6 +453,21 @@ def predict_pseudo_labels(
         f"pseudo-label accuracy on close samples {summary['close_acc']:.4f}"
     )
     return table
+
+
+#: outputs.npz key prefixes of the close-set model's per-sample extras (ferlib.train.Prediction)
+EVAL_EXTRA, TRAIN_EXTRA = "eval_extra_", "all_train_extra_"
+
+
+def _extras_arrays(prefix: str, pred) -> dict[str, np.ndarray]:
+    """``{prefix + name: array}`` of a prediction's per-sample extras (uncertainty, branch
+    logits, ...), for outputs.npz; none for a head without extras."""
+    return {prefix + name: value.numpy() for name, value in pred.extras.items()}
+
+
+def _extras_of(z, prefix: str) -> dict[str, np.ndarray]:
+    """The extras stage 02 wrote under ``prefix`` (none in a run from before extras were kept)."""
+    return {key[len(prefix) :]: z[key] for key in z.files if key.startswith(prefix)}
 
 
 def load_openset_data(
@@ -431,8 +500,16 @@ def load_openset_data(
         images=images,
         train_images=train_images,
         class_names=tuple(str(n) for n in z["class_names"]),
+        extras=_extras_of(z, EVAL_EXTRA),
     )
-    data = apply_protocol(data, protocol, z["all_train_logits"], z["all_train_features"], seed=seed)
+    data = apply_protocol(
+        data,
+        protocol,
+        z["all_train_logits"],
+        z["all_train_features"],
+        seed=seed,
+        all_train_extras=_extras_of(z, TRAIN_EXTRA),
+    )
     if eval_subset == "test":
         data = data.subset(data.table["origin"].to_numpy() == "test")
     return data

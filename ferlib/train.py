@@ -178,14 +178,27 @@ _RECIPE_OFF: dict[str, object] = {
 }
 
 
+#: how :func:`fit` uses :attr:`TensorData.soft_targets` (FERPlus's training modes):
+#: ``crossentropy`` trains on the distributions as soft targets; ``probability`` draws a hard
+#: target from each row's distribution every time the row is used (per batch, seeded).
+SOFT_MODES = ("crossentropy", "probability")
+
+
 @dataclass
 class TensorData:
     """Decoded images (uint8, N x C x S x S, C = 1 for a gray cache or 3; a tensor or a lazy
     :class:`~ferlib.data.cache.RowView` of a memory-mapped cache) and contiguous int64
-    targets, side by side."""
+    targets, side by side.
+
+    ``soft_targets`` (optional, float32 ``(N, K)``, rows summing to one): what the loss
+    trains on instead of ``targets`` (e.g. the annotators' vote distribution), used as
+    ``soft_mode`` says (:data:`SOFT_MODES`). ``targets`` stay the hard labels that training
+    accuracy is counted against."""
 
     images: torch.Tensor
     targets: torch.Tensor
+    soft_targets: torch.Tensor | None = None
+    soft_mode: str = "crossentropy"
 
     def __post_init__(self) -> None:
         self.targets = torch.as_tensor(self.targets, dtype=torch.long)
@@ -193,13 +206,34 @@ class TensorData:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
         if len(self.images) != len(self.targets):
             raise ValueError(f"{len(self.images)} images but {len(self.targets)} targets")
+        if self.soft_mode not in SOFT_MODES:
+            raise ValueError(f"soft_mode must be one of {', '.join(SOFT_MODES)}, got {self.soft_mode!r}")
+        if self.soft_targets is not None:
+            soft = torch.as_tensor(np.asarray(self.soft_targets), dtype=torch.float32)
+            if soft.ndim != 2 or len(soft) != len(self.targets):
+                raise ValueError(f"soft_targets must be (N={len(self.targets)}, K), got {tuple(soft.shape)}")
+            if len(soft) and (soft.min() < 0 or not torch.allclose(soft.sum(1), torch.ones(len(soft)), atol=1e-4)):
+                raise ValueError("soft_targets rows must be probabilities (>= 0, summing to 1)")
+            self.soft_targets = soft
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def subset(self, index: np.ndarray | torch.Tensor) -> TensorData:
         index = torch.as_tensor(np.asarray(index), dtype=torch.long)
-        return TensorData(self.images[index], self.targets[index])
+        soft = None if self.soft_targets is None else self.soft_targets[index]
+        return TensorData(self.images[index], self.targets[index], soft, self.soft_mode)
+
+    def loss_targets(self, index: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """What the loss of rows ``index`` trains on (on the CPU): the hard targets, the soft
+        targets (``crossentropy``), or hard targets drawn from them (``probability``, with
+        ``generator``)."""
+        if self.soft_targets is None:
+            return self.targets[index]
+        soft = self.soft_targets[index]
+        if self.soft_mode == "probability":
+            return torch.multinomial(soft, 1, generator=generator).squeeze(1)
+        return soft
 
 
 @dataclass
@@ -256,10 +290,34 @@ def _smoothed(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, eps: fl
     For the objectives of :data:`SMOOTHABLE_OBJECTIVES` the loss is ``CE(logits, y) + R``
     with ``R`` free of targets, and smoothed CE is ``(1 - eps) CE + eps * mean_k(-log p_k)``,
     so adding ``eps * (mean_k(-log p_k) - CE)`` gives exactly the smoothed loss; doing it
-    here keeps one implementation for every such objective."""
+    here keeps one implementation for every such objective. ``y`` may be soft targets
+    ``(B, K)`` (``CE = -sum_k y_k log p_k``): the result is the cross-entropy against
+    ``(1 - eps) y + eps / K``, the same smoothing of a vote distribution."""
     logp = F.log_softmax(logits.float(), dim=1)
-    ce = F.nll_loss(logp, y)
+    ce = -(y.float() * logp).sum(dim=1).mean() if y.is_floating_point() else F.nll_loss(logp, y)
     return loss + eps * (-logp.mean(dim=1).mean() - ce)
+
+
+def _check_soft_targets(objective: object, train: TensorData) -> None:
+    """Soft targets reach the objective as ``y``; only objectives whose loss is
+    ``F.cross_entropy(logits, y)`` plus target-free terms read them right (cross-entropy
+    takes class probabilities as well as indices). Drawn targets (``probability``) are hard
+    and suit every objective."""
+    if train.soft_targets is None or train.soft_mode != "crossentropy":
+        return
+    name = objective_config(objective).get("name")
+    if name not in SMOOTHABLE_OBJECTIVES:
+        raise ValueError(
+            f"soft targets (crossentropy label mode) need an objective whose loss is cross-entropy plus "
+            f"target-free terms ({', '.join(SMOOTHABLE_OBJECTIVES)}); objective {name!r} is not one"
+        )
+
+
+def _label_generator(cfg: TrainConfig, epoch: int) -> torch.Generator:
+    """The stream that draws the ``probability`` mode's targets in ``epoch``: seeded by
+    (seed, epoch), so a resumed run draws what an uninterrupted one would, with no state to
+    checkpoint."""
+    return torch.Generator().manual_seed((cfg.seed + 2) * 1_000_003 + epoch)
 
 
 class WeightEMA:
@@ -299,7 +357,9 @@ def training_key(
     validation images and targets (so new pseudo labels retrain), the objective's
     ``config()`` (so a new loss weight retrains), and the model's *initial* state dict and
     module structure (architecture, head, pretrained weights, init seed and dropout in
-    one go). Call it before training: ``model`` must hold its initial weights.
+    one go). Call it before training: ``model`` must hold its initial weights. Noisy
+    targets change the targets' digest; soft targets and their mode enter only when
+    present, so the keys of runs without them stay as they were.
     """
     ingredients = {
         "loop_version": LOOP_VERSION,
@@ -312,6 +372,8 @@ def training_key(
         "initial_model": state_dict_digest(model),
         "model_structure": json_digest({"repr": repr(model)}),
     }
+    if train.soft_targets is not None:
+        ingredients["soft_targets"] = {"mode": train.soft_mode, "data": tensor_digest(train.soft_targets)}
     return json_digest(ingredients), ingredients
 
 
@@ -383,6 +445,7 @@ def fit(
     if callable(check):
         check(model)  # e.g. cam_flip on a head without CAM: fail before any epoch
     _check_smoothing(objective, cfg)
+    _check_soft_targets(objective, train)
     key, ingredients = training_key(model, train, val, cfg, objective)
     torch.manual_seed(cfg.seed)
     if cfg.device.startswith("cuda"):
@@ -415,9 +478,12 @@ def fit(
     n = len(train)
     n_batches = max(1, n // cfg.batch_size + (1 if n % cfg.batch_size >= 2 else 0))
     for epoch in range(start, cfg.epochs):
+        if callable(getattr(objective, "on_epoch_start", None)):
+            objective.on_epoch_start(epoch)  # 0-based, also after a resume (e.g. ESR's progressive branches)
         t0 = time.perf_counter()
         model.train()
         perm = torch.randperm(n, generator=gen)
+        label_gen = _label_generator(cfg, epoch) if train.soft_targets is not None else None
         total_loss, correct, seen = 0.0, 0, 0
         bar = progress_bar(
             range(n_batches), desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, disable=not cfg.progress
@@ -432,11 +498,12 @@ def fit(
             x = _batch(train.images, index, cfg)
             if cfg.augment is not None:
                 x = augment_batch(x, cfg.augment, aug_gen)
-            y = train.targets[index].to(cfg.device)
+            y = train.targets[index].to(cfg.device)  # hard labels: training accuracy
+            t = y if train.soft_targets is None else train.loss_targets(index, label_gen).to(cfg.device)
             with _autocast(cfg):
-                loss, logits = objective(model, x, y, index)
+                loss, logits = objective(model, x, t, index)
             if cfg.label_smoothing > 0:
-                loss = _smoothed(loss, logits, y, cfg.label_smoothing)
+                loss = _smoothed(loss, logits, t, cfg.label_smoothing)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {step}")
             opt.zero_grad(set_to_none=True)
@@ -510,10 +577,23 @@ def fit(
     return FitResult(pd.DataFrame(history), best_epoch, out)
 
 
+#: extras of more dimensions than this (spatial maps such as attention, (B, C, h, w)) are
+#: not kept by :func:`predict`: a map per image of a whole split would not fit in memory
+MAX_EXTRA_DIMS = 3
+
+
 @dataclass
 class Prediction:
+    """Per-image outputs in row order, on the CPU, float32.
+
+    ``extras``: the head's per-sample extras (``ForwardOutput.extras`` whose first
+    dimension is the batch and that have at most :data:`MAX_EXTRA_DIMS` dimensions, e.g.
+    ``uncertainty`` (N,), ``mu`` (N, D), ``branch_logits`` (N, branches, K)); empty for a
+    head without extras."""
+
     logits: torch.Tensor  # (N, K) float32, CPU
     features: torch.Tensor  # (N, C) pooled features, CPU
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -530,12 +610,15 @@ def predict(
     tta: bool = False,
     input_size: int | None = None,
 ) -> Prediction:
-    """Logits and pooled features in eval mode with deterministic transforms, in row order.
+    """Logits, pooled features and per-sample extras in eval mode with deterministic
+    transforms, in row order.
 
     ``flip`` predicts the mirrored images instead; ``tta`` (flip test-time augmentation)
-    averages the logits and the pooled features of each image and its mirror, which a
-    face's left-right symmetry makes a free second opinion. ``input_size``: resize each
-    batch on the device (as :attr:`TrainConfig.input_size`); ``None`` keeps the stored size.
+    averages the logits, the pooled features and the extras of each image and its mirror,
+    which a face's left-right symmetry makes a free second opinion. Extras are kept when
+    they are per sample and small (see :class:`Prediction`); spatial maps are dropped.
+    ``input_size``: resize each batch on the device (as :attr:`TrainConfig.input_size`);
+    ``None`` keeps the stored size.
 
     Outputs are indexed exactly like ``images``: there is no shuffling anywhere on this
     path, which is what makes pseudo labels index-aligned (the reference code's loader
@@ -544,32 +627,51 @@ def predict(
     was_training = model.training
     model.eval()
     cfg = TrainConfig(device=device, channels_last=channels_last, amp=amp, input_size=input_size)
-    logits, feats = [], []
+    logits, feats, extras = [], [], {}
     for start in progress_bar(range(0, len(images), batch_size), desc=desc, leave=False, disable=not progress):
         index = torch.arange(start, min(start + batch_size, len(images)))
         x = _batch(images, index, cfg)
         if flip:
             x = torch.flip(x, dims=[3])
-        lg, ft = _forward_eval(model, x, cfg)
+        lg, ft, ex = _forward_eval(model, x, cfg)
         if tta:
-            lg2, ft2 = _forward_eval(model, torch.flip(x, dims=[3]), cfg)
+            lg2, ft2, ex2 = _forward_eval(model, torch.flip(x, dims=[3]), cfg)
             lg, ft = (lg + lg2) / 2, (ft + ft2) / 2
+            ex = {k: (v + ex2[k]) / 2 for k, v in ex.items()}
         logits.append(lg.cpu())
         feats.append(ft.cpu())
+        for k, v in ex.items():
+            extras.setdefault(k, []).append(v.cpu())
     model.train(was_training)
     if not logits:
         return Prediction(torch.empty(0, 0), torch.empty(0, 0))
-    return Prediction(torch.cat(logits), torch.cat(feats))
+    # an extra that looked per-sample in some batches only (a per-batch tensor whose length
+    # happened to equal a batch's) would be misaligned with the rows: only those of every batch
+    kept = {k: torch.cat(v) for k, v in extras.items() if len(v) == len(logits)}
+    return Prediction(torch.cat(logits), torch.cat(feats), kept)
 
 
-def _forward_eval(model: nn.Module, x: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(float logits, float pooled features) of one batch; features are empty (B, 0) for a
-    plain module without ``forward_all``."""
+def _forward_eval(
+    model: nn.Module, x: torch.Tensor, cfg: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """(float logits, float pooled features, float per-sample extras) of one batch.
+
+    Features are empty (B, 0) and extras empty for a plain module without ``forward_all``;
+    extras keep the floating-point tensors whose first dimension is the batch, of at most
+    :data:`MAX_EXTRA_DIMS` dimensions."""
     with _autocast(cfg):
         if hasattr(model, "forward_all"):
             out = model.forward_all(x)
-            return out.logits.float(), out.features.float()
-        return model(x).float(), torch.empty(len(x), 0, device=x.device)
+            extras = {
+                k: v.float()
+                for k, v in out.extras.items()
+                if isinstance(v, torch.Tensor)
+                and v.is_floating_point()
+                and 1 <= v.ndim <= MAX_EXTRA_DIMS
+                and v.shape[0] == len(x)
+            }
+            return out.logits.float(), out.features.float(), extras
+        return model(x).float(), torch.empty(len(x), 0, device=x.device), {}
 
 
 def load_history(out_dir: str | Path) -> pd.DataFrame:

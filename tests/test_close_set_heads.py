@@ -39,7 +39,15 @@ def test_head_and_objective_reach_training_and_stage_02(tiny_data):
         objective_params={"lam": 2.0},
     )
     results = read_json(run / "01_close_set" / "results.json")
-    assert results["head"] == "branches" and results["head_params"] == {"branches": 2, "width": 16}
+    assert results["head"] == "branches"
+    assert results["head_params"] == {  # recorded complete, defaults filled in
+        "branches": 2,
+        "width": 16,
+        "attention": True,
+        "reduction": 16,
+        "spatial_kernel": 7,
+        "combine": "mean",
+    }
     assert results["objective"] == "cam_flip" and results["objective_params"] == {"lam": 2.0}
     assert read_json(run / "01_close_set" / "key.json")["objective"] == {"name": "cam_flip", "lam": 2.0}
     model = stages._close_model(str(run), "resnet18", SIZE, len(results["class_names"]), "cpu")
@@ -55,13 +63,13 @@ def test_names_are_checked_before_any_data_is_read(tmp_path):
     common = dict(
         dataset="synthetic", data_root=str(tmp_path / "absent"), run_dir=str(tmp_path / "run"), progress=False
     )
-    with pytest.raises(ValueError, match=r"objective.*\['cam_flip', 'ce'\]"):
+    with pytest.raises(ValueError, match=r"objective must be one of \[.*'cam_flip', 'ce'.*'rul'.*\]"):
         stages.train_close_set(**common, objective="cam-flip")
     with pytest.raises(ValueError, match="lam"):
         stages.train_close_set(**common, objective="ce", objective_params={"lam": 1})
-    with pytest.raises(ValueError, match=r"head.*\['branches', 'linear', 'uncertainty'\]"):
+    with pytest.raises(ValueError, match=r"head.*\['branches', 'linear', 'manet', 'uncertainty'\]"):
         stages.train_close_set(**common, head="mlp")
-    with pytest.raises(ValueError, match="hidden"):
+    with pytest.raises(ValueError, match="'hiden'.*accepted: embedding, embedding_dropout"):
         stages.train_close_set(**common, head="uncertainty", head_params={"hiden": 3})
     assert not (tmp_path / "run").exists()
 

@@ -46,6 +46,7 @@ RUNTIME = {
     "ipykernel",
     "nbformat",
     "ipywidgets",  # tqdm draws its notebook bars with it (without: "IProgress not found")
+    "pytorch-ood",  # the field's standard post-hoc detectors (ferlib/openset/pood.py); 0.4 API
 }
 
 
@@ -112,6 +113,20 @@ def test_demo_parameters_are_stage_parameters():
         assert any(stage.accepts(key) for stage in STAGES), key
 
 
+def test_noisy_parameters_are_stage_05_parameters():
+    """`make noisy`'s -p keys and values pass stage 05's checks (names, methods, noise, recipe)."""
+    from ferlib.noisy import noisy_label_benchmark
+    from ferlib.params import applied_arguments, validate_arguments
+    from ferlib.run import parse_param
+
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    line = re.search(r"^NOISY_PARAMS\s*=\s*(.*)$", makefile, re.M).group(1)
+    items = dict(parse_param(quoted or bare) for quoted, bare in re.findall(r"""-p\s+(?:"([^"]*)"|(\S+))""", line))
+    assert set(items) == {"seeds", "epochs", "input_size", "recipe"}
+    validate_arguments(noisy_label_benchmark, applied_arguments(noisy_label_benchmark, items))
+    assert re.search(r"^noisy:.*\n\t.*ferlib\.run stage 05 .*\$\(NOISY_PARAMS\)", makefile, re.M)
+
+
 def test_environment_yml_matches_pyproject(runtime, conda_pip):
     assert "-e ." in conda_pip
     conda = _requirements(line for line in conda_pip if not line.startswith("-"))
@@ -140,7 +155,7 @@ def test_makefile_registers_the_papermill_kernel():
         assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"no make target {target}"
 
 
-@pytest.mark.parametrize("dist", ["torch", "torchvision", "ipywidgets"])
+@pytest.mark.parametrize("dist", ["torch", "torchvision", "ipywidgets", "pytorch-ood"])
 def test_installed_packages_satisfy_pyproject(runtime, dist):
     try:
         version = metadata.version(dist)

@@ -13,7 +13,12 @@ from ferlib.models import (
     validate_head,
 )
 
-HEAD_PARAMS = {"linear": {}, "uncertainty": {"hidden": 16}, "branches": {"branches": 3, "width": 32}}
+HEAD_PARAMS = {
+    "linear": {},
+    "uncertainty": {"embedding": 16},
+    "branches": {"branches": 3, "width": 32},
+    "manet": {"width": 32},
+}
 
 
 def _net(head="linear", params=None, k=5, size=48, **kw):
@@ -48,21 +53,51 @@ def test_head_output_shapes(head):
     assert out.feature_map.shape == (4, 512, 3, 3)
     torch.testing.assert_close(plain, out.logits)
     torch.testing.assert_close(out.features, out.feature_map.mean(dim=(2, 3)))
-    expected_extras = {"linear": set(), "uncertainty": {"log_var", "sigma"}, "branches": {"branch_logits"}}[head]
+    expected_extras = {
+        "linear": set(),
+        "uncertainty": {"mu", "log_var", "uncertainty"},
+        "branches": {"branch_logits", "spatial_attention", "channel_attention"},
+        "manet": {"branch_logits", "branch_features", "spatial_attention", "channel_attention"},
+    }[head]
     assert set(out.extras) == expected_extras
 
 
 def test_uncertainty_head_extras():
-    """RUL interface: one log-variance per sample, sigma = exp(log_var / 2) > 0, logits from
-    the linear mean head, and gradients reach the log-variance head."""
-    model = _net("uncertainty", {"hidden": 16})
+    """RUL interface: an embedding mu and a log-variance of the same shape (B, D), the
+    uncertainty u = mean_d exp(log_var) > 0, logits = fc(mu), and gradients reach the
+    log-variance branch through u."""
+    model = _net("uncertainty", {"embedding": 16})
     out = model.forward_all(torch.randn(3, 3, 48, 48))
-    assert out.extras["log_var"].shape == (3,) and out.extras["sigma"].shape == (3,)
-    torch.testing.assert_close(out.extras["sigma"], torch.exp(0.5 * out.extras["log_var"]))
-    assert (out.extras["sigma"] > 0).all()
-    torch.testing.assert_close(out.logits, model.head.fc(out.features))
-    out.extras["sigma"].sum().backward()
-    assert model.head.log_var[0].weight.grad is not None and model.head.log_var[0].weight.grad.abs().sum() > 0
+    assert out.extras["mu"].shape == out.extras["log_var"].shape == (3, 16)
+    torch.testing.assert_close(out.extras["uncertainty"], torch.exp(out.extras["log_var"]).mean(dim=1))
+    assert (out.extras["uncertainty"] > 0).all()
+    torch.testing.assert_close(out.logits, model.head.fc(out.extras["mu"]))
+    out.extras["uncertainty"].sum().backward()
+    grad = model.head.log_var.linear.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    assert model.head.mu.linear.weight.grad is None  # u does not depend on the mean branch
+
+
+def test_uncertainty_cam_is_exact_with_trained_statistics():
+    """The head pools before its Linear (not the paper's flatten), so in eval mode a CAM is
+    exact even after BatchNorm learnt running statistics and affine parameters that are far
+    from the identity (a wrong composition would show here, not at initialisation)."""
+    model = _net("uncertainty", {"embedding": 8})
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):  # move the running statistics
+            model.forward_all(torch.randn(6, 3, 48, 48) * 3 + 2)
+        model.head.mu.norm.weight.uniform_(0.5, 2.0)
+        model.head.mu.norm.bias.uniform_(-1.0, 1.0)
+        model.head.fc.bias.uniform_(-1.0, 1.0)
+    model.eval()
+    assert model.head.mu.norm_map.running_var.sub(1).abs().max() > 0.1
+    with torch.no_grad():
+        out = model.forward_all(torch.randn(3, 3, 48, 48))
+        cam = model.cam(out.feature_map)
+    torch.testing.assert_close(cam.mean(dim=(2, 3)) + model.head.cam_bias(), out.logits, rtol=1e-4, atol=1e-4)
+    # the paper's input-size tie is gone: another input size runs through the same head
+    assert model.forward_all(torch.randn(2, 3, 64, 64)).logits.shape == (2, 5)
 
 
 def test_branches_head_averages_branch_logits():
@@ -78,6 +113,8 @@ def test_branches_head_averages_branch_logits():
 
 def _bias(model):
     head = model.head
+    if hasattr(head, "cam_bias"):  # uncertainty: BatchNorm and Linear before fc add to fc's bias
+        return head.cam_bias()
     if hasattr(head, "fc"):
         return head.fc.bias
     return torch.stack([b.fc.bias for b in head.branches]).mean(0)
@@ -97,22 +134,34 @@ def test_cam_pools_to_logits(head):
 
 
 def test_unknown_head_names_the_choices():
-    with pytest.raises(ValueError, match=r"head must be one of \['branches', 'linear', 'uncertainty'\].*'cam'"):
+    choices = r"\['branches', 'linear', 'manet', 'uncertainty'\]"
+    with pytest.raises(ValueError, match=rf"head must be one of {choices}.*'cam'"):
         build_model(ModelConfig(head="cam"), verbose=False)
     with pytest.raises(ValueError, match="head must be one of"):
         validate_head("Linear")
 
 
 def test_head_params_are_checked():
-    with pytest.raises(ValueError, match=r"'branches'.*'n_branches'.*accepted: branches, width"):
+    accepted = "accepted: attention, branches, combine, reduction, spatial_kernel, width"
+    with pytest.raises(ValueError, match=rf"'branches'.*'n_branches'.*{accepted}"):
         validate_head("branches", {"n_branches": 3})
     with pytest.raises(ValueError, match=r"'linear'.*'hidden'.*accepted: none"):
         build_model(ModelConfig(head="linear", head_params={"hidden": 3}), verbose=False)
     with pytest.raises(ValueError, match="branches must be an integer >= 1, got 0"):
         validate_head("branches", {"branches": 0})
-    with pytest.raises(ValueError, match="hidden must be an integer >= 1"):
-        validate_head("uncertainty", {"hidden": 2.5})
-    assert validate_head("branches", {"width": 8}) == {"branches": 4, "width": 8}
+    with pytest.raises(ValueError, match="embedding must be an integer >= 1"):
+        validate_head("uncertainty", {"embedding": 2.5})
+    with pytest.raises(ValueError, match=r"embedding_dropout must be in \[0, 1\)"):
+        validate_head("uncertainty", {"embedding_dropout": 1.0})
+    assert validate_head("uncertainty") == {"embedding": 64, "embedding_dropout": 0.4}
+    assert validate_head("branches", {"width": 8}) == {
+        "branches": 4,
+        "width": 8,
+        "attention": True,
+        "reduction": 16,
+        "spatial_kernel": 7,
+        "combine": "mean",
+    }
     assert validate_head("linear") == {}
 
 

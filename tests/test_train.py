@@ -237,7 +237,7 @@ def _model_with(**kw):
     return build_model(ModelConfig(num_classes=2, input_size=32, **kw), verbose=False)
 
 
-@pytest.mark.parametrize("head,params", [("uncertainty", {"hidden": 8}), ("branches", {"branches": 2, "width": 16})])
+@pytest.mark.parametrize("head,params", [("uncertainty", {"embedding": 8}), ("branches", {"branches": 2, "width": 16})])
 def test_every_head_trains_in_the_one_loop(head, params):
     """Heads plug into fit by name; predict reads logits and features as for the linear head."""
     torch.manual_seed(0)

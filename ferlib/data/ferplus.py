@@ -78,6 +78,35 @@ def majority_vote(votes: np.ndarray) -> np.ndarray:
     return np.asarray(votes).argmax(axis=1)
 
 
+def vote_columns(
+    class_map: Mapping[str, ClassTarget] | None = None, where: str | os.PathLike = "ferplus"
+) -> tuple[Emotion | None, ...]:
+    """What each vote column of :data:`VOTE_ORDER` means, ``class_map`` applied as the
+    loader applies it (``None``: not an emotion, or dropped)."""
+    columns = list(VOTE_TO_EMOTION)
+    for column, emotion in resolve_class_map(class_map, where, known=VOTE_ORDER).items():
+        columns[VOTE_ORDER.index(column)] = emotion
+    return tuple(columns)
+
+
+def emotion_votes(votes: np.ndarray, class_map: Mapping[str, ClassTarget] | None = None) -> np.ndarray:
+    """Raw ``(N, 10)`` vote counts as ``(N, len(Emotion))`` counts per canonical emotion.
+
+    Columns that mean no emotion (``unknown``, ``NF``, or ``"drop"`` in ``class_map``) are
+    left out; columns that a ``class_map`` sends to the same emotion add up. Soft labels and
+    annotator noise read these, restricted to the model's classes (so contempt votes in a
+    seven-class run, and the open class's votes, are gone and the rest renormalise).
+    """
+    votes = np.asarray(votes, dtype=np.int64)
+    if votes.ndim != 2 or votes.shape[1] != len(VOTE_ORDER):
+        raise ValueError(f"votes must have shape (N, {len(VOTE_ORDER)}), got {votes.shape}")
+    out = np.zeros((len(votes), len(Emotion)), dtype=np.int64)
+    for column, emotion in enumerate(vote_columns(class_map)):
+        if emotion is not None:
+            out[:, int(emotion)] += votes[:, column]
+    return out
+
+
 def load_ferplus(
     root: str | os.PathLike,
     split: str,
@@ -109,9 +138,7 @@ def load_ferplus(
     check_split(split, root_path)
     classes = check_num_classes(num_classes, root_path)
     keep_emotions = {int(c) for c in classes}
-    column_emotion = list(VOTE_TO_EMOTION)
-    for column, emotion in resolve_class_map(class_map, root_path, known=VOTE_ORDER).items():
-        column_emotion[VOTE_ORDER.index(column)] = emotion
+    column_emotion = vote_columns(class_map, root_path)
 
     split_dir = root_path / SPLIT_DIRS[split]
     label_file = split_dir / "label.csv"

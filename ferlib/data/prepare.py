@@ -12,6 +12,11 @@ sets) gets one carved from its training split: stratified by class, or by whole 
 when the loader knows each image's subject, seeded by the run's ``seed`` and sized by
 ``val_fraction``. Only an *absent* split falls back to carving
 (:class:`~ferlib.data.errors.MissingSplitError`); a broken one raises.
+
+The training targets are decided here too (:func:`training_labels`): the majority vote, or
+for data sets with annotator votes (FERPlus) one of Microsoft's label modes, and optional
+label noise (:mod:`ferlib.data.noise`) on the training and validation rows. The test
+split's labels are never changed.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from .base import SPLITS, FERDataset, check_num_classes, check_options, load_dat
 from .cache import ImageCache, build_cache
 from .classmap import ClassTarget, class_map_key, resolve_class_map
 from .errors import DataError, MissingSplitError
+from .ferplus import emotion_votes
+from .noise import TRAIN_STREAM, VALID_STREAM, LabelNoise, add_label_noise, pair_names, resolve_pairs
 from .splits import LabelMap, OpenSetSplit, carve_validation, openset_split
 
 #: Where each data set is looked for when the caller gives no ``data_root``.
@@ -72,10 +79,21 @@ class Splits:
     train_rows: np.ndarray
     validation_source: str
     dropped: dict[str, int] = field(default_factory=dict)
+    train_votes: np.ndarray | None = None
+    valid_votes: np.ndarray | None = None
 
     @property
     def label_map(self) -> LabelMap:
         return self.split.label_map
+
+    def class_votes(self, split: str, rows: np.ndarray) -> np.ndarray | None:
+        """Annotator votes of ``rows`` of ``split`` ("train" or "valid") for the model's
+        classes, ``(len(rows), K)`` counts in target order; ``None`` without votes. Votes for
+        any other class (contempt in a seven-class run, the open class) are not counted."""
+        votes = self.train_votes if split == "train" else self.valid_votes
+        if votes is None:
+            return None
+        return votes[np.asarray(rows, dtype=np.int64)][:, [int(c) for c in self.label_map.classes]]
 
     def training(self) -> tuple[np.ndarray, np.ndarray]:
         """``(rows of train, targets 0..K-1)`` the close-set model is trained on."""
@@ -210,6 +228,12 @@ def load_splits(
         for split, ds in datasets.items()
         if ds is not None
     }
+    # per-emotion vote counts of each cache row (a row the cache could not decode has none)
+    votes = {
+        split: emotion_votes(ds.votes, options.get("class_map"))[caches[split].source_index]
+        for split, ds in datasets.items()
+        if ds is not None and ds.votes is not None
+    }
     train, test = caches["train"], caches["test"]
     present = set(train.labels.tolist()) | set(test.labels.tolist())
     classes = tuple(e for e in experiment if int(e) in present)
@@ -217,6 +241,7 @@ def load_splits(
 
     if "valid" in caches:
         valid = caches["valid"]
+        valid_votes = votes.get("valid")
         train_rows = split.train_index
         source = f"the data set's own validation split ({len(valid)} images)"
     else:
@@ -227,6 +252,7 @@ def load_splits(
         _, held = carve_validation(train.labels.numpy(), val_fraction, seed, groups=groups)
         is_close = split.label_map.encode(train.labels.numpy()[held]) >= 0
         valid = train.subset(held[is_close])
+        valid_votes = votes["train"][held[is_close]] if "train" in votes else None
         train_rows = np.setdiff1d(split.train_index, held).astype(np.int64)
         how = "whole subjects" if groups is not None else "stratified by class"
         source = (
@@ -253,12 +279,218 @@ def load_splits(
         train_rows=train_rows,
         validation_source=source,
         dropped=dropped,
+        train_votes=votes.get("train"),
+        valid_votes=valid_votes,
+    )
+
+
+# ----------------------------------------------------------------------------- labels
+#: How the training targets come from annotator votes (FERPlus's training modes, Barsoum et
+#: al. 2016): ``majority`` one-hot of the top vote; ``probability`` a label drawn from the
+#: vote distribution, redrawn every time the image is used (the training loop draws it, as
+#: Microsoft's reader redraws per minibatch in ``FERPlusReader._process_target``);
+#: ``crossentropy`` the vote distribution itself as the soft target. The distribution is the
+#: row's votes for the model's classes, renormalised: votes for unknown, not-a-face, a dropped
+#: class (contempt in a seven-class run) or the open class are removed.
+#:
+#: Where Microsoft's code (``src/ferplus.py``, ``_process_data``) differs, on purpose: it also
+#: zeroes single votes as outliers and, for these two modes, keeps at most the three top
+#: emotions covering 75% of the votes, discarding rows where they hold half or less; its
+#: ``majority`` drops rows without a strict majority. Here every row the loader keeps is
+#: trained on in every mode (so the modes compare on the same images) and ``majority`` is the
+#: loader's first-max vote. Its fourth mode, ``multi_target`` (loss ``-log max_k t_k p_k`` over
+#: the emotions with 30% of the votes or more, in ``src/train.py``), is not offered.
+LABEL_MODES: tuple[str, ...] = ("majority", "probability", "crossentropy")
+#: Data sets whose loader returns annotator votes (``FERDataset.votes``): the only ones
+#: where a label mode other than ``majority`` or ``annotator`` noise means anything. Add a
+#: name here when a loader learns to return votes.
+VOTED_DATASETS: tuple[str, ...] = ("ferplus",)
+
+
+def check_labels(
+    dataset: str, label_mode: str = "majority", label_noise: Mapping[str, Any] | LabelNoise | None = None
+) -> LabelNoise | None:
+    """Check stage 01's label parameters before any file is read; the noise as a config.
+
+    Raises ``ValueError`` for an unknown mode, a bad ``label_noise`` (kind, rate outside
+    ``[0, 1)``, unknown key), a mode or noise kind that needs votes on a data set without
+    them (naming the data set), and noise combined with a soft mode: noise corrupts the hard
+    labels, while the soft modes read the votes themselves (``annotator`` noise is the hard
+    counterpart of ``probability`` drawn once).
+    """
+    noise = _label_settings(label_mode, label_noise)
+    if loader_name(dataset) not in VOTED_DATASETS:
+        _refuse_without_votes(dataset, label_mode, noise)
+    return noise
+
+
+def _label_settings(label_mode: str, label_noise: Mapping[str, Any] | LabelNoise | None) -> LabelNoise | None:
+    if label_mode not in LABEL_MODES:
+        raise ValueError(f"label_mode must be one of {', '.join(LABEL_MODES)}, got {label_mode!r}")
+    noise = LabelNoise.from_params(label_noise)
+    if noise is not None and label_mode != "majority":
+        raise ValueError(f"label_noise corrupts majority labels; it cannot be combined with label_mode={label_mode!r}")
+    return noise
+
+
+def _needs_votes(label_mode: str, noise: LabelNoise | None) -> bool:
+    return label_mode != "majority" or (noise is not None and noise.kind == "annotator")
+
+
+def _refuse_without_votes(dataset: str, label_mode: str, noise: LabelNoise | None) -> None:
+    """Raise, naming the data set, when the label settings need votes (it has none)."""
+    if label_mode != "majority":
+        raise ValueError(
+            f"label_mode={label_mode!r} needs annotator votes, which data set {dataset!r} has not "
+            f"(data sets with votes: {', '.join(VOTED_DATASETS)}); use label_mode='majority'"
+        )
+    if _needs_votes(label_mode, noise):
+        raise ValueError(
+            f"label_noise kind 'annotator' draws from annotator votes, which data set {dataset!r} has not "
+            f"(data sets with votes: {', '.join(VOTED_DATASETS)}); use 'symmetric' or 'pair'"
+        )
+
+
+@dataclass
+class TrainingLabels:
+    """The targets stage 01 trains and selects on, and what they were made from.
+
+    - ``train_rows`` / ``val_rows``: rows of ``Splits.train`` / ``Splits.valid``
+      (as :meth:`Splits.training` and :meth:`Splits.validation`).
+    - ``train_targets`` / ``val_targets``: hard targets as trained on / selected on; noisy
+      under ``label_noise`` (validation only with ``LabelNoise.validation``).
+    - ``train_clean`` / ``val_clean``: the majority-vote targets; ``*_flipped``: where they
+      differ.
+    - ``train_soft``: ``(N, K)`` float32 vote distributions over the model's classes for the
+      ``probability`` and ``crossentropy`` modes, else ``None``. Validation and test always
+      use the majority vote, as Microsoft's FERPlus code does.
+    """
+
+    train_rows: np.ndarray
+    train_targets: np.ndarray
+    train_clean: np.ndarray
+    train_flipped: np.ndarray
+    val_rows: np.ndarray
+    val_targets: np.ndarray
+    val_clean: np.ndarray
+    val_flipped: np.ndarray
+    label_mode: str = "majority"
+    train_soft: np.ndarray | None = None
+    noise: LabelNoise | None = None
+    pairs: dict[str, str] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able record for results and manifests: mode, noise settings and the
+        measured noise rates (share of targets that differ from the majority vote)."""
+        noise = None
+        if self.noise is not None:
+            noise = {
+                **self.noise.config(),
+                "pairs_used": self.pairs,
+                "measured_rate_train": float(self.train_flipped.mean()) if len(self.train_flipped) else 0.0,
+                "n_flipped_train": int(self.train_flipped.sum()),
+                "measured_rate_val": float(self.val_flipped.mean()) if len(self.val_flipped) else 0.0,
+                "n_flipped_val": int(self.val_flipped.sum()),
+            }
+        return {"label_mode": self.label_mode, "label_noise": noise}
+
+
+def vote_distribution(class_votes: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Rows of ``class_votes`` normalised to sum to one (float32); a row without a vote for
+    the model's classes gets the one-hot of its ``fallback`` target (none on FERPlus, whose
+    majority class always holds a vote)."""
+    votes = np.asarray(class_votes, dtype=np.float64)
+    total = votes.sum(axis=1, keepdims=True)
+    out = np.divide(votes, total, out=np.zeros_like(votes), where=total > 0)
+    empty = total[:, 0] <= 0
+    out[empty] = np.eye(votes.shape[1])[np.asarray(fallback)[empty]]
+    return out.astype(np.float32)
+
+
+def _share(flipped: np.ndarray) -> str:
+    return f"{int(flipped.sum())} of {len(flipped)} ({flipped.mean() if len(flipped) else 0.0:.4f})"
+
+
+def _describe_noise(noise: LabelNoise, pairs: dict[str, str] | None, train: np.ndarray, val: np.ndarray) -> str:
+    """One log line: the noise asked for and the measured rates against the majority vote."""
+    asked = f"rate {noise.rate:g}" if noise.rate is not None else "drawn annotator votes"
+    asked += f", seed {noise.seed}" + (f", pairs {pairs}" if pairs else "")
+    valid = _share(val) if noise.validation else "kept clean"
+    return (
+        f"label noise {noise.kind} ({asked}): training targets differing from the majority vote "
+        f"{_share(train)}; validation {valid}; test labels clean"
+    )
+
+
+def training_labels(
+    s: Splits,
+    label_mode: str = "majority",
+    label_noise: Mapping[str, Any] | LabelNoise | None = None,
+    dataset: str = "the data set",
+) -> TrainingLabels:
+    """The training and validation targets of ``s`` under a label mode and label noise.
+
+    Noise goes on the training rows and, with ``LabelNoise.validation``, on the validation
+    rows (an independent draw of the same seed); never on the test split, which this
+    function does not touch. ``pair`` partners come from the training rows' votes when
+    there are votes (and are applied to the validation rows as well). Raises ``DataError``
+    naming the data set (``dataset``, for the message) when a mode or noise kind needs votes
+    the splits lack.
+    """
+    noise = _label_settings(label_mode, label_noise)
+    train_rows, train_clean = s.training()
+    val_rows, val_clean = s.validation()
+    k = s.label_map.num_classes
+    classes = s.label_map.classes
+    train_votes = s.class_votes("train", train_rows)
+    val_votes = s.class_votes("valid", val_rows)
+    lacking = train_votes is None or (noise is not None and noise.validation and val_votes is None)
+    if _needs_votes(label_mode, noise) and lacking:
+        try:
+            _refuse_without_votes(dataset, label_mode, noise)
+        except ValueError as exc:
+            raise DataError(dataset, str(exc)) from None
+
+    soft = None if label_mode == "majority" else vote_distribution(train_votes, train_clean)
+    train_targets, train_flipped = train_clean, np.zeros(len(train_clean), dtype=bool)
+    val_targets, val_flipped = val_clean, np.zeros(len(val_clean), dtype=bool)
+    pairs = None
+    if noise is not None:
+        partner = resolve_pairs(noise, classes, train_clean, train_votes) if noise.kind == "pair" else None
+        pairs = pair_names(partner, classes) if partner is not None else None
+        noisy = add_label_noise(train_clean, k, noise, class_votes=train_votes, partner=partner, stream=TRAIN_STREAM)
+        train_targets, train_flipped = noisy.targets, noisy.flipped
+        if noise.validation:
+            noisy_val = add_label_noise(
+                val_clean, k, noise, class_votes=val_votes, partner=partner, stream=VALID_STREAM
+            )
+            val_targets, val_flipped = noisy_val.targets, noisy_val.flipped
+        print(_describe_noise(noise, pairs, train_flipped, val_flipped), flush=True)
+    return TrainingLabels(
+        train_rows=train_rows,
+        train_targets=train_targets,
+        train_clean=train_clean,
+        train_flipped=train_flipped,
+        val_rows=val_rows,
+        val_targets=val_targets,
+        val_clean=val_clean,
+        val_flipped=val_flipped,
+        label_mode=label_mode,
+        train_soft=soft,
+        noise=noise,
+        pairs=pairs,
     )
 
 
 __all__ = [
     "DEFAULT_ROOTS",
+    "LABEL_MODES",
+    "VOTED_DATASETS",
     "Splits",
+    "TrainingLabels",
+    "check_labels",
+    "training_labels",
+    "vote_distribution",
     "close_rows",
     "dataset_options",
     "load_splits",

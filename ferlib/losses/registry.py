@@ -11,10 +11,14 @@ from typing import Any, Mapping
 from ferlib.losses.base import BaseObjective
 from ferlib.losses.cam_flip import CamFlipConsistency
 from ferlib.losses.ce import CrossEntropy
+from ferlib.losses.ensemble import EnsembleObjective
+from ferlib.losses.rul import RelativeUncertaintyMixup
 
 OBJECTIVES: dict[str, type[BaseObjective]] = {
     "ce": CrossEntropy,
     "cam_flip": CamFlipConsistency,
+    "rul": RelativeUncertaintyMixup,
+    "ensemble": EnsembleObjective,
 }
 
 

@@ -7,13 +7,15 @@
 Where things live: :mod:`~ferlib.models.base` (``ModelConfig``, ``ForwardOutput``, the
 ``Head`` interface), :mod:`~ferlib.models.trunk` (backbones), one file per head
 (:mod:`~ferlib.models.linear`, :mod:`~ferlib.models.uncertainty`,
-:mod:`~ferlib.models.branches`), :mod:`~ferlib.models.registry` (heads by name),
+:mod:`~ferlib.models.branches`, :mod:`~ferlib.models.manet`; their CBAM block in
+:mod:`~ferlib.models.cbam`), :mod:`~ferlib.models.registry` (heads by name),
 :mod:`~ferlib.models.net` (``FERNet``, ``build_model``), :mod:`~ferlib.models.weights`
 (pretrained and legacy checkpoints). This package knows architectures only, nothing
 about files of data sets.
 """
 
 from ferlib.models.base import ForwardOutput, Head, HeadOutput, ModelConfig
+from ferlib.models.cbam import CBAM
 from ferlib.models.net import FERNet, build_model
 from ferlib.models.registry import HEADS, available_heads, head_defaults, make_head, validate_head
 from ferlib.models.trunk import ARCHS, TRUNKS, ResNetTrunk, Trunk, build_trunk
@@ -21,6 +23,7 @@ from ferlib.models.weights import LoadReport, canonical_key, load_pretrained
 
 __all__ = [
     "ARCHS",
+    "CBAM",
     "HEADS",
     "TRUNKS",
     "FERNet",

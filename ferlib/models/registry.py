@@ -15,12 +15,14 @@ import torch
 from ferlib.models.base import Head
 from ferlib.models.branches import BranchesHead
 from ferlib.models.linear import LinearHead
+from ferlib.models.manet import MANetHead
 from ferlib.models.uncertainty import UncertaintyHead
 
 HEADS: dict[str, type[Head]] = {
     "linear": LinearHead,
     "uncertainty": UncertaintyHead,
     "branches": BranchesHead,
+    "manet": MANetHead,
 }
 
 

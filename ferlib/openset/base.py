@@ -13,6 +13,10 @@ one registry line and no stage code changes:
 * ``reads_model_outputs``: it reads the close-set model's logits or features, which the
   protocol changes (the reference protocol hands open training rows another image's
   outputs);
+* ``reads_extras``: ``{extra: head}``, the close-set model's per-sample extras it reads
+  (``OpenSetData.extras``) and the stage 01 head that produces each; such a detector needs
+  that head, so it is not among stage 03's defaults, and it fails with a ``ValueError``
+  naming the head when the extra is missing (:meth:`Detector.model_extra`);
 * ``reads_pseudo_labels``: it reads the pseudo labels (the protocol changes them too);
   a detector that reads neither gives the same scores under every protocol, so stage 03
   fits it once and reuses it for every protocol;
@@ -25,7 +29,9 @@ one registry line and no stage code changes:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import ClassVar
 
 import numpy as np
@@ -70,6 +76,9 @@ class Detector(ABC):
     needs_train_images: ClassVar[bool] = False
     #: reads the close-set model's logits / features (changed by the protocol)
     reads_model_outputs: ClassVar[bool] = False
+    #: the close-set model's per-sample extras it reads -> the head that produces each
+    #: (changed by the protocol, like the logits; set reads_model_outputs too)
+    reads_extras: ClassVar[Mapping[str, str]] = MappingProxyType({})
     #: reads the pseudo labels (changed by the protocol)
     reads_pseudo_labels: ClassVar[bool] = False
     #: trains networks: stage 03 hands it a keyed checkpoint folder (``out_dir``)
@@ -85,6 +94,18 @@ class Detector(ABC):
 
     def fit(self, data: OpenSetData) -> Detector:
         return self
+
+    def model_extra(self, data: OpenSetData, name: str) -> np.ndarray:
+        """``data.extras[name]`` (one entry per row), or a ``ValueError`` naming the stage 01
+        head that produces it (from :attr:`reads_extras`) when the close-set model had none."""
+        if name not in data.extras:
+            head = self.reads_extras.get(name, "?")
+            have = sorted(data.extras) or "none"
+            raise ValueError(
+                f"detector {self.name!r} needs the close-set model's per-sample {name!r} (head {head!r} "
+                f"in stage 01, then stage 02 again); this run's model gave extras: {have}"
+            )
+        return np.asarray(data.extras[name])
 
     @abstractmethod
     def score(self, data: OpenSetData) -> np.ndarray:

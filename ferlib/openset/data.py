@@ -13,7 +13,8 @@ The test rows are untouched. Every table and figure names the protocol it used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,9 @@ class OpenSetData:
     ``logits``/``features`` are the close-set model's outputs for each evaluation row;
     ``train_*`` are its outputs on the close-set training rows (for Mahalanobis and kNN);
     ``images`` are the evaluation images (uint8) for detectors that train a network.
+    ``extras`` are the close-set model's per-sample extras (``uncertainty`` (N,),
+    ``branch_logits`` (N, branches, K), ...; stage 02's ``eval_extra_<name>``), aligned with
+    the rows like ``logits``; empty when its head has none.
     """
 
     table: pd.DataFrame
@@ -46,12 +50,16 @@ class OpenSetData:
     train_images: torch.Tensor | None = None  # close-set training images (uint8), same rows as train_features
     protocol: str = "honest"
     class_names: tuple[str, ...] = ()
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.table)
         for name in ("logits", "features"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has {len(getattr(self, name))} rows, table has {n}")
+        for name, value in self.extras.items():
+            if len(value) != n:
+                raise ValueError(f"extras[{name!r}] has {len(value)} rows, table has {n}")
         if self.images is not None and len(self.images) != n:
             raise ValueError(f"images has {len(self.images)} rows, table has {n}")
         if self.protocol not in PROTOCOLS:
@@ -89,6 +97,7 @@ class OpenSetData:
             logits=self.logits[rows],
             features=self.features[rows],
             images=None if self.images is None else self.images[torch.as_tensor(rows)],
+            extras={k: v[rows] for k, v in self.extras.items()},
         )
 
     def detector_view(self) -> OpenSetData:
@@ -111,11 +120,14 @@ def apply_protocol(
     all_train_logits: np.ndarray | None = None,
     all_train_features: np.ndarray | None = None,
     seed: int = 0,
+    all_train_extras: Mapping[str, np.ndarray] | None = None,
 ) -> OpenSetData:
     """Return ``data`` under ``protocol``; ``honest`` returns it unchanged.
 
     ``all_train_*`` are the close-set model's outputs on the *whole* training split (every
-    class, in dataset order), which the reference loader drew its misaligned outputs from.
+    class, in dataset order), which the reference loader drew its misaligned outputs from;
+    ``all_train_extras`` holds its per-sample extras, which a training row takes from the
+    same donor as its logits (every key of ``data.extras`` must be there).
     """
     if protocol == "honest":
         return replace(data, protocol="honest")
@@ -132,4 +144,14 @@ def apply_protocol(
     logits[rows] = all_train_logits[donors]
     features[rows] = all_train_features[donors]
     table.loc[rows, "pseudo"] = all_train_logits[donors].argmax(1)
-    return replace(data, table=table, logits=logits, features=features, protocol="reference")
+    missing = sorted(set(data.extras) - set(all_train_extras or {}))
+    if missing:
+        raise ValueError(
+            f"the reference protocol needs the close-set extras {missing} on the whole training split "
+            "(all_train_extras), to hand each training row its donor's"
+        )
+    extras = {}
+    for name, value in data.extras.items():
+        extras[name] = value.copy()
+        extras[name][rows] = all_train_extras[name][donors]
+    return replace(data, table=table, logits=logits, features=features, extras=extras, protocol="reference")

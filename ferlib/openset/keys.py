@@ -5,7 +5,8 @@ resolved parameters except those that do not change the result (:data:`NON_RESUL
 ``device``, ``progress``, ``out_dir``), the content of the pretrained file it starts from,
 ``eval_subset``, and the content of every input its class attributes say it reads: the
 pseudo labels and the protocol (``reads_pseudo_labels``), the close-set outputs and the
-protocol (``reads_model_outputs``), the evaluation images (``needs_images``), the close
+protocol (``reads_model_outputs``), the close-set model's per-sample extras it reads
+(``reads_extras``), the evaluation images (``needs_images``), the close
 training images (``needs_train_images``). So re-running stage 03 with ``lam=0`` or after
 stage 02 produced new pseudo labels lands in a fresh folder and trains, while moving the
 run from GPU to CPU lands in the same folder and resumes. The ingredients are written
@@ -71,6 +72,8 @@ def result_ingredients(
         ingredients["pseudo_labels"] = tensor_digest(view.pseudo)
     if cls.reads_model_outputs:
         ingredients["model_outputs"] = fp(view.logits, view.features, view.train_features, view.train_targets)
+    if cls.reads_extras:  # only then: the keys of detectors that read no extra stay as they were
+        ingredients["model_extras"] = fp(*(view.extras.get(name) for name in sorted(cls.reads_extras)))
     if cls.needs_images:
         ingredients["images"] = fp(view.images)
     if cls.needs_train_images:

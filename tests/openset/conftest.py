@@ -16,7 +16,11 @@ def features_data(
     n_close: int = 300, n_open: int = 100, k: int = 4, dim: int = 16, seed: int = 0, images: torch.Tensor | None = None
 ) -> OpenSetData:
     """Close samples: confident logits, features near their class mean. Open samples:
-    flat logits, features far from every class mean."""
+    flat logits, features far from every class mean.
+
+    Extras as a close-set model with the ``uncertainty`` or ``branches`` head gives them:
+    open samples have a higher ``uncertainty`` and ``branch_logits`` (3 branches) that
+    disagree, close samples branches that agree with the logits."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, k, n_close)
     means = rng.normal(0, 4, (k, dim))
@@ -26,6 +30,11 @@ def features_data(
     open_l = rng.normal(0, 1, (n_open, k))
     logits = np.concatenate([close_l, open_l])
     n = n_close + n_open
+    # as a linear head's, the logits are an affine function of the features: their least-squares
+    # projection onto the features (close rows stay confident, open rows flat), which the
+    # detectors built around the recovered last layer (ferlib.openset.pood) rely on
+    x = np.c_[np.concatenate([close_f, open_f]), np.ones(n)]
+    logits = x @ np.linalg.lstsq(x, logits, rcond=None)[0]
     table = pd.DataFrame(
         {
             "index": np.arange(n),
@@ -39,6 +48,11 @@ def features_data(
         }
     )[TABLE_COLUMNS]
     ty = rng.integers(0, k, 500)
+    # drawn after everything else, so the arrays above are those of before extras existed
+    uncertainty = np.r_[rng.lognormal(0.0, 0.3, n_close), rng.lognormal(1.0, 0.3, n_open)]
+    branch_logits = np.concatenate(
+        [close_l[:, None, :] + rng.normal(0, 0.3, (n_close, 3, k)), rng.normal(0, 2, (n_open, 3, k))]
+    )
     return OpenSetData(
         table=table,
         logits=logits,
@@ -46,6 +60,7 @@ def features_data(
         train_features=means[ty] + rng.normal(0, 1, (500, dim)),
         train_targets=ty,
         images=images,
+        extras={"uncertainty": uncertainty, "branch_logits": branch_logits},
     )
 
 

@@ -1,5 +1,7 @@
 """The two protocols, subsets, and the label-free view detectors receive."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -8,7 +10,7 @@ from ferlib.openset.data import VIEW_COLUMNS
 
 
 def test_protocols(make_features_data):
-    data = make_features_data()
+    data = replace(make_features_data(), extras={})  # extras under the protocols: test_openset_extras.py
     n_train_split = 400
     rng = np.random.default_rng(1)
     all_logits = rng.normal(0, 1, (n_train_split, data.num_classes))

@@ -26,6 +26,29 @@ def test_registry_covers_every_detector_including_the_trained_ones():
         "tknn",
         "cycle",
         "contrast",
+        "uncertainty",
+        "disagreement",
+        # pytorch-ood's, through the adapter (ferlib/openset/pood.py)
+        "pood_msp",
+        "pood_max_logit",
+        "pood_energy",
+        "pood_entropy",
+        "gen",
+        "kl_matching",
+        "openmax",
+        "pood_knn",
+        "pood_mahalanobis",
+        "rmd",
+        "vim",
+        "fdbd",
+        "nnguide",
+        "dice",
+        "nci",
+        "she",
+        "react",
+        "ash",
+        "scale",
+        "vra",
     }
     assert set(stages.DEFAULT_DETECTORS) <= set(available_detectors())
     for name in available_detectors():
@@ -34,7 +57,8 @@ def test_registry_covers_every_detector_including_the_trained_ones():
         if cls.trains_networks:
             assert cls.config_cls is not None and issubclass(cls.config_cls, NetworkConfig)
         if cls.config_cls is not None:
-            assert isinstance(make_detector(name, progress=False), cls)
+            quiet = {"progress": False} if "progress" in detector_parameters(name) else {}
+            assert isinstance(make_detector(name, **quiet), cls)
 
 
 def test_capabilities():
@@ -43,6 +67,13 @@ def test_capabilities():
     assert contrast.needs_images and contrast.needs_train_images and contrast.trains_networks
     assert not contrast.depends_on_protocol()  # reads no label: one fit for every protocol
     assert all(detector_class(n).depends_on_protocol() for n in ("msp", "knn", "tknn", "cycle"))
+    # the extras readers need a specific stage 01 head: named, and kept out of the defaults
+    assert dict(detector_class("uncertainty").reads_extras) == {"uncertainty": "uncertainty"}
+    assert dict(detector_class("disagreement").reads_extras) == {"branch_logits": "branches"}
+    for name in available_detectors():
+        cls = detector_class(name)
+        if cls.reads_extras:
+            assert name not in stages.DEFAULT_DETECTORS and cls.depends_on_protocol(), name
 
 
 def test_no_detect_module_and_no_import_circle():
