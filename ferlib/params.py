@@ -437,6 +437,13 @@ def _check_head(arguments: Mapping[str, Any]) -> None:
     validate_head(arguments["head"], arguments.get("head_params") or {})
 
 
+def _check_noisy_benchmark(arguments: Mapping[str, Any]) -> None:
+    """Stage 05's methods, noise settings, seeds and what each run passes to stage 01."""
+    from ferlib.noisy import plan_benchmark
+
+    plan_benchmark(arguments)
+
+
 #: (the parameter that triggers it, check over all arguments): names checked against the
 #: registries that own them, together with their per-name parameters.
 JOINT_CHECKS: tuple[tuple[str, Callable[[Mapping[str, Any]], None]], ...] = (
@@ -446,6 +453,7 @@ JOINT_CHECKS: tuple[tuple[str, Callable[[Mapping[str, Any]], None]], ...] = (
     ("head", _check_head),
     ("cache_memmap", _check_cache_memmap),
     ("recipe", _check_recipe),
+    ("methods", _check_noisy_benchmark),
 )
 
 

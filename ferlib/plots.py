@@ -53,6 +53,10 @@ __all__ = [
     "pseudo_label_spread_table",
     "pseudo_label_spread",
     "per_class_summary",
+    "suptitle",
+    "accuracy_vs_noise",
+    "flip_histograms",
+    "attention_maps",
 ]
 
 SINGLE_COLUMN = 3.4  # inches
@@ -153,6 +157,12 @@ def save_figure(
     return [png, pdf]
 
 
+def suptitle(fig: Figure, text: str) -> None:
+    """A figure title in the kit's style (9 pt), for titles added after a plot function returned."""
+    with style():
+        fig.suptitle(text)
+
+
 # --------------------------------------------------------------------------------------------
 # helpers
 
@@ -200,9 +210,12 @@ def _auroc_from(metrics, detector: str, protocol: str | None) -> float | None:
     return float(rows["auroc"].iloc[0])
 
 
-def _hist_pair(ax, s: np.ndarray, is_open: np.ndarray, bins, labels: bool) -> None:
+def _hist_pair(
+    ax, s: np.ndarray, is_open: np.ndarray, bins, labels: bool, names: Sequence[str] = ("close", "open")
+) -> None:
+    """Density histograms of ``s`` for the rows outside and inside ``is_open`` (named ``names``)."""
     edges = np.histogram_bin_edges(s, bins=bins)
-    for mask, colour, ls, name in ((~is_open, CLOSE_COLOUR, "-", "close"), (is_open, OPEN_COLOUR, "--", "open")):
+    for mask, colour, ls, name in ((~is_open, CLOSE_COLOUR, "-", names[0]), (is_open, OPEN_COLOUR, "--", names[1])):
         if not mask.any():
             continue
         ax.hist(
@@ -211,13 +224,13 @@ def _hist_pair(ax, s: np.ndarray, is_open: np.ndarray, bins, labels: bool) -> No
         ax.hist(s[mask], bins=edges, density=True, histtype="step", color=colour, linestyle=ls, linewidth=0.8)
 
 
-def _close_open_handles() -> list:
+def _close_open_handles(names: Sequence[str] = ("close", "open")) -> list:
     """Legend patches showing both cues: fill colour and outline style."""
     from matplotlib.patches import Patch
 
     return [
         Patch(facecolor=matplotlib.colors.to_rgba(c, 0.45), edgecolor=c, linestyle=ls, linewidth=0.8, label=name)
-        for c, ls, name in ((CLOSE_COLOUR, "-", "close"), (OPEN_COLOUR, "--", "open"))
+        for c, ls, name in ((CLOSE_COLOUR, "-", names[0]), (OPEN_COLOUR, "--", names[1]))
     ]
 
 
@@ -769,4 +782,164 @@ def per_class_summary(
     if where:
         ax.set_title(where)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), ncols=1)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# noisy labels (stage 05)
+
+
+@_styled
+def accuracy_vs_noise(
+    summary, *, value: str = "test_acc", ylabel: str = "test accuracy", title: str | None = None
+) -> Figure:
+    """Mean ``value`` against the label-noise rate, one line per method, the standard
+    deviation over seeds as error bars; one panel per noise kind (symmetric, pair,
+    annotator...), each starting from the clean setting at rate 0 when the summary has it.
+
+    ``summary``: stage 05's ``summary.csv`` (columns ``method, kind, rate,
+    measured_rate_mean, <value>_mean, <value>_std``). The x position is the nominal rate, or
+    the measured one where there is none (annotator noise). ``title`` heads the legend on top."""
+    import pandas as pd
+
+    _columns(summary, ["method", "kind", "rate", "measured_rate_mean", f"{value}_mean", f"{value}_std"])
+    frame = summary.copy()
+    rate = frame["rate"].to_numpy(dtype=float)
+    frame["x"] = np.where(np.isfinite(rate), rate, frame["measured_rate_mean"].to_numpy(dtype=float))
+    kinds = [k for k in dict.fromkeys(frame["kind"].astype(str)) if k != "clean"] or ["clean"]
+    clean = frame[frame["kind"].astype(str) == "clean"]
+    ncols = min(len(kinds), 3)
+    nrows = math.ceil(len(kinds) / ncols)
+    fig, axes = _figure(SINGLE_COLUMN if ncols == 1 else DOUBLE_COLUMN, 0.6 + 1.9 * nrows, nrows, ncols, sharey=True)
+    methods = list(dict.fromkeys(frame["method"].astype(str)))
+    markers = ("o", "s", "^", "v", "D", "P", "X", "*")
+    for ax, kind in zip(axes.flat, kinds):
+        rows = frame[frame["kind"].astype(str) == kind]
+        if kind != "clean" and len(clean):
+            rows = pd.concat([clean, rows], ignore_index=True)
+        for j, method in enumerate(methods):
+            m = rows[rows["method"].astype(str) == method].sort_values("x")
+            if m.empty:
+                continue
+            std = np.nan_to_num(m[f"{value}_std"].to_numpy(dtype=float))
+            ax.errorbar(
+                m["x"].to_numpy(dtype=float),
+                m[f"{value}_mean"].to_numpy(dtype=float),
+                yerr=std if std.any() else None,
+                color=PALETTE[j % len(PALETTE)],
+                linestyle=LINESTYLES[j % len(LINESTYLES)],
+                marker=markers[j % len(markers)],
+                markersize=3,
+                capsize=1.5,
+                elinewidth=0.6,
+                label=method,
+            )
+        ax.set_title(kind)
+        ax.set_xlabel("noise rate" if kind != "annotator" else "noise rate (measured)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    for ax in axes.flat[len(kinds) :]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncols=min(len(methods), 6), title=title)
+    return fig
+
+
+@_styled
+def flip_histograms(
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    xlabel: str = "score (higher = flipped?)",
+    bins: int | str = 40,
+    ncols: int | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Density histograms of a per-sample score on training rows whose label was kept
+    (``clean``, green) or flipped by the label noise (``flipped``, red), one panel per entry
+    of ``panels`` (title -> (scores, flipped mask)), with the AUROC of the score as a detector
+    of flipped labels under each panel (:func:`ferlib.metrics.openset_metrics`, flipped rows
+    in the open class's role). ``title`` heads the clean/flipped legend on top."""
+    if not panels:
+        raise ValueError("no panels given")
+    n = len(panels)
+    ncols = ncols or (n if n <= 2 else min(n, 4))
+    nrows = math.ceil(n / ncols)
+    fig, axes = _figure(SINGLE_COLUMN if ncols <= 2 else DOUBLE_COLUMN, 0.5 + 1.6 * nrows, nrows, ncols)
+    names = ("clean", "flipped")
+    for k, (ax, (name, (scores, flipped))) in enumerate(zip(axes.flat, panels.items())):
+        s = np.asarray(scores, dtype=float)
+        mask = _as_open_mask(np.asarray(flipped), "flipped")
+        auroc = openset_metrics(s, mask)["auroc"]
+        finite = np.isfinite(s)
+        _hist_pair(ax, s[finite], mask[finite], bins, labels=(k == 0), names=names)
+        ax.set_title(str(name))
+        ax.set_xlabel(f"{xlabel}\nAUROC = {auroc:.3f} ({int(mask.sum())} flipped)")
+        ax.locator_params(axis="x", nbins=4)
+        if k % ncols == 0:
+            ax.set_ylabel("density")
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    fig.legend(handles=_close_open_handles(names), loc="outside upper center", ncols=2, title=title)
+    return fig
+
+
+@_styled
+def attention_maps(
+    images,
+    attention,
+    head_names: Sequence[str],
+    row_titles: Sequence[str] | None = None,
+    extents=None,
+) -> Figure:
+    """Each head's spatial attention over a few images: one row per image, the image first,
+    then one column per head (an ESR branch, a MA-Net patch) with its map drawn over the part
+    of the image it covers (bilinear upsampling, inferno, 0..1).
+
+    ``images``: uint8 ``(N, C, S, S)`` (C = 1 or 3); ``attention``: ``(N, H, h, w)`` in [0, 1];
+    ``head_names``: H column titles; ``row_titles``: N labels (e.g. true and predicted class);
+    ``extents``: ``(H, 4)`` fractions ``(top, bottom, left, right)`` of the image each head's
+    map covers (a MA-Net quadrant), ``None``: every map covers the whole image."""
+    images = np.asarray(images)
+    attention = np.asarray(attention, dtype=float)
+    if images.ndim != 4 or attention.ndim != 4 or len(images) != len(attention):
+        raise ValueError(
+            f"images (N, C, S, S) and attention (N, H, h, w) expected, got {images.shape}, {attention.shape}"
+        )
+    n, heads = attention.shape[:2]
+    if len(head_names) != heads:
+        raise ValueError(f"{len(head_names)} head names for {heads} heads")
+    extents = np.tile([0.0, 1.0, 0.0, 1.0], (heads, 1)) if extents is None else np.asarray(extents, dtype=float)
+    if extents.shape != (heads, 4):
+        raise ValueError(f"extents must be ({heads}, 4) fractions (top, bottom, left, right), got {extents.shape}")
+    side = 0.75
+    fig, axes = _figure(min(DOUBLE_COLUMN, side * (heads + 1) + 0.4), 0.4 + side * 1.15 * n, n, heads + 1)
+    pictures = images.transpose(0, 2, 3, 1)
+    for i in range(n):
+        picture = pictures[i, :, :, 0] if pictures.shape[-1] == 1 else pictures[i]
+        height, width = picture.shape[:2]
+        axes[i, 0].imshow(picture, cmap="gray", vmin=0, vmax=255)
+        if row_titles is not None:
+            axes[i, 0].set_title(str(row_titles[i]), fontsize=5.5)
+        for j in range(heads):
+            ax = axes[i, j + 1]
+            ax.imshow(picture, cmap="gray", vmin=0, vmax=255)
+            top, bottom, left, right = extents[j]
+            ax.imshow(
+                attention[i, j],
+                cmap="inferno",
+                vmin=0.0,
+                vmax=1.0,
+                alpha=0.55,
+                interpolation="bilinear",
+                extent=(left * width - 0.5, right * width - 0.5, bottom * height - 0.5, top * height - 0.5),
+            )
+            ax.set_xlim(-0.5, width - 0.5)
+            ax.set_ylim(height - 0.5, -0.5)
+            if i == 0:
+                ax.set_title(str(head_names[j]), fontsize=6)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
     return fig

@@ -5,6 +5,11 @@
         --open-class fear --seed 1 --device cuda:0 -p epochs=40
     python -m ferlib.run sweep --dataset ferplus --data-root ... --open all --seeds 0 1 2
     python -m ferlib.run stage 03 --dataset synthetic --run demo --force
+    python -m ferlib.run stage 05 --dataset synthetic --run noisy -p "seeds=[0]" -p epochs=3
+
+Stage 05 (the noisy-label benchmark) is standalone: it reads no other stage's files, so
+``pipeline`` runs it only when named (``stage 05`` or ``--stages 05``) and its key does not
+depend on stages 01-04.
 
 Each stage is a notebook (executed with papermill into ``<run_dir>/notebooks/``) backed by one
 function (``--executor python`` calls that function directly, for headless machines without
@@ -62,11 +67,17 @@ class Stage:
 
     ``notebook`` is relative to the repository root (absolute paths are kept as they are);
     ``func`` is ``"module:function"`` (or a callable, for tests).
+
+    ``standalone``: the stage reads no other stage's files (stage 05, the noisy-label
+    benchmark, trains its own models). ``pipeline`` without ``--stages`` leaves it out (it
+    runs when named: ``stage 05``, ``--stages 05``), its key covers its own parameters only,
+    not the record of the stage before it, and it is no stage's upstream.
     """
 
     name: str
     notebook: str | os.PathLike
     func: str | Callable[..., Any]
+    standalone: bool = False
 
     def notebook_path(self, repo_root: str | os.PathLike = REPO_ROOT) -> Path:
         return Path(repo_root) / self.notebook
@@ -112,6 +123,12 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage("03_detect_open_set", notebook="notebooks/03_detect_open_set.ipynb", func="ferlib.stages:detect_open_set"),
     Stage("04_visualise", notebook="notebooks/04_visualise.ipynb", func="ferlib.report:visualise"),
+    Stage(
+        "05_noisy_labels",
+        notebook="notebooks/05_noisy_labels.ipynb",
+        func="ferlib.noisy:noisy_label_benchmark",
+        standalone=True,
+    ),
 )
 
 #: Parameters set by the runner's options (``-p`` may not set them); a stage receives those
@@ -263,9 +280,10 @@ def check_parameters(
 
 
 def select_stages(stage_table: Sequence[Stage], tokens: Iterable[str] | None) -> list[Stage]:
-    """Stages named by ``tokens`` (full name or prefix such as ``01``), in table order."""
+    """Stages named by ``tokens`` (full name or prefix such as ``01``), in table order; no
+    tokens: every stage but the standalone ones (:attr:`Stage.standalone`)."""
     if not tokens:
-        return list(stage_table)
+        return [s for s in stage_table if not s.standalone]
     chosen: set[str] = set()
     for token in tokens:
         matches = [s.name for s in stage_table if s.name == token or s.name.startswith(str(token))]
@@ -482,10 +500,12 @@ def run_pipeline(
     for stage in stage_table:
         record = read_stage_record(run_dir, stage)
         if stage.name not in selected_names:
-            upstream = record
+            if not stage.standalone:
+                upstream = record
             continue
         applied = stage.applied(params)
-        key = stage_key(stage, applied, upstream)
+        stage_upstream = None if stage.standalone else upstream  # a standalone stage reads no other's files
+        key = stage_key(stage, applied, stage_upstream)
         if force:
             reason = "--force"
         elif record is None:
@@ -493,7 +513,8 @@ def run_pipeline(
         elif record.get("key") == key:
             say(f"skip {stage.name} (finished)")
             result.skipped.append(stage.name)
-            upstream = record
+            if not stage.standalone:
+                upstream = record
             continue
         elif record.get("params_hash") != params_hash(applied):
             reason = "parameters changed"
@@ -549,11 +570,11 @@ def run_pipeline(
             "params_hash": params_hash(applied),
             "params": applied,
             "upstream": None
-            if upstream is None
+            if stage_upstream is None
             else {
-                "stage": upstream.get("stage"),
-                "key": upstream.get("key"),
-                "finished_ns": upstream.get("finished_ns"),
+                "stage": stage_upstream.get("stage"),
+                "key": stage_upstream.get("key"),
+                "finished_ns": stage_upstream.get("finished_ns"),
             },
             "executor": executor,
             "notebook": str(target) if target is not None else None,
@@ -583,7 +604,8 @@ def run_pipeline(
                 },
             },
         )
-        upstream = record
+        if not stage.standalone:
+            upstream = record
         result.ran.append(stage.name)
         say(f"done {stage.name} in {wall:.1f} s")
 
@@ -680,7 +702,8 @@ def _add_common(parser: argparse.ArgumentParser, *, choose_stages: bool = True) 
             nargs="+",
             default=None,
             metavar="STAGE",
-            help="run only these stages (names or prefixes such as 01 03)",
+            help="run only these stages (names or prefixes such as 01 03); default: every stage but the "
+            "standalone ones (05, the noisy-label benchmark), which run only when named",
         )
     parser.add_argument(
         "--executor",
@@ -731,7 +754,11 @@ def build_parser(stage_table: Sequence[Stage] = STAGES) -> argparse.ArgumentPars
     tables.add_argument("runs", nargs="+", help="run folders, sweep folders or globs")
     tables.add_argument("--out", default=None, help="where the tables go (default: outputs/tables in the repository)")
 
-    stage = sub.add_parser("stage", help="run one stage", epilog="stages: " + ", ".join(s.name for s in stage_table))
+    stage = sub.add_parser(
+        "stage",
+        help="run one stage",
+        epilog="stages: " + ", ".join(s.name + (" (standalone)" if s.standalone else "") for s in stage_table),
+    )
     stage.add_argument("name", help="stage name or prefix, e.g. 02")
     _add_common(stage, choose_stages=False)
     stage.add_argument("--open-class", default=DEFAULT_OPEN_CLASS)

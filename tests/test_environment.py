@@ -8,6 +8,8 @@ machine it was written on.
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
 from importlib import metadata
 from pathlib import Path
 
@@ -104,13 +106,19 @@ def test_demo_parameters_are_stage_parameters():
     """The Makefile's -p keys reach a stage (the old `-p "contrast={...}"` reached nothing)."""
     from ferlib.run import STAGES, parse_param
 
-    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    line = re.search(r"^DEMO_PARAMS\s*=\s*(.*)$", makefile, re.M).group(1)
-    items = re.findall(r"""-p\s+(?:"([^"]*)"|(\S+))""", line)
-    keys = [parse_param(quoted or bare)[0] for quoted, bare in items]
-    assert keys == ["epochs", "detector_params"]
-    for key in keys:
+    # the command as make expands it (continuation lines, variables): `make -n` runs nothing
+    out = subprocess.run(
+        ["make", "-n", "--no-print-directory", "demo"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    words = shlex.split([line for line in out.splitlines() if "ferlib.run pipeline" in line][-1])
+    params = dict(parse_param(words[i + 1]) for i, w in enumerate(words) if w == "-p")
+    assert list(params) == ["arch", "recipe", "epochs", "input_size", "embed_method", "detector_params"]
+    for key in params:
         assert any(stage.accepts(key) for stage in STAGES), key
+    # the values pass the checks the runner makes before any work (detector names and fields)
+    from ferlib.openset.registry import validate_detectors
+
+    validate_detectors(list(params["detector_params"]), params["detector_params"])
 
 
 def test_noisy_parameters_are_stage_05_parameters():

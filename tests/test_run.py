@@ -121,7 +121,7 @@ def pipeline(tmp_path, lines=None, **kwargs):
     kwargs.setdefault("outputs", tmp_path / "outputs")
     return run_pipeline(
         kwargs.pop("dataset", "synthetic"),
-        stage_table=TABLE,
+        stage_table=kwargs.pop("stage_table", TABLE),
         repo_root=tmp_path,
         say=(lines.append if lines is not None else (lambda _: None)),
         **kwargs,
@@ -392,6 +392,34 @@ def test_select_stages_by_prefix_in_table_order():
     table = (Stage("01_a", "a", stage_a), Stage("01_b", "b", stage_b))
     with pytest.raises(RunnerError, match="ambiguous"):
         select_stages(table, ["01"])
+
+
+def stage_d(run_dir: str = "outputs/run", seed: int = 0, rounds: int = 1) -> None:
+    _stage("04_d", locals())
+
+
+#: TABLE and a standalone stage (as stage 05, the noisy-label benchmark): it reads no other
+#: stage's files
+TABLE_WITH_STANDALONE = (*TABLE, Stage("04_d", notebook="notebooks/04_d.ipynb", func=stage_d, standalone=True))
+
+
+def test_a_standalone_stage_runs_only_when_named_and_keys_on_itself(tmp_path):
+    assert [s.name for s in select_stages(TABLE_WITH_STANDALONE, None)] == ["01_a", "02_b", "03_c"]
+    result = pipeline(tmp_path, stage_table=TABLE_WITH_STANDALONE)
+    assert result.ran == ["01_a", "02_b", "03_c"] and called() == ["01_a", "02_b", "03_c"]
+
+    result = pipeline(tmp_path, stage_table=TABLE_WITH_STANDALONE, stages=["04"], extra=["rounds=2"])
+    assert result.ran == ["04_d"] and called() == ["04_d"]
+    record = read_stage_record(result.run_dir, "04_d")
+    assert record["upstream"] is None and record["params"]["rounds"] == 2
+
+    # re-running the stages before it does not make it stale, and it is nobody's upstream
+    pipeline(tmp_path, stage_table=TABLE_WITH_STANDALONE, stages=["03"], force=True)
+    assert called() == ["03_c"]
+    result = pipeline(tmp_path, stage_table=TABLE_WITH_STANDALONE, stages=["03", "04"], extra=["rounds=2"])
+    assert result.skipped == ["03_c", "04_d"] and called() == []
+    result = pipeline(tmp_path, stage_table=TABLE_WITH_STANDALONE, stages=["04"], extra=["rounds=3"])
+    assert result.ran == ["04_d"]  # its own parameters do
 
 
 def test_parameters_parsing_and_names():

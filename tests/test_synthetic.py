@@ -263,3 +263,24 @@ def test_cli_and_preview(tmp_path, capsys):
     with Image.open(path) as img:
         assert img.mode == "L"
         assert img.size == (4 * 50 + 2, 7 * 50 + 2)
+
+
+def test_ensure_synthetic_rewrites_an_older_generator_version_only(tmp_path):
+    root = tmp_path / "syn"
+    custom = SyntheticConfig(n_train=14, n_valid=7, n_test=7, image_size=16)
+    write_synthetic(root, custom)
+    before = (root / "synthetic.json").read_text()
+    assert syn.ensure_synthetic(root) == root  # this version, any size: used as it is
+    assert (root / "synthetic.json").read_text() == before
+    # a set from generator version 1 (balanced; no class_shares field) is rewritten from its own config
+    meta = json.loads(before)
+    meta["version"] = 1
+    del meta["config"]["class_shares"]
+    (root / "synthetic.json").write_text(json.dumps(meta))
+    syn.ensure_synthetic(root)
+    meta = json.loads((root / "synthetic.json").read_text())
+    assert meta["version"] == syn.GENERATOR_VERSION
+    assert meta["config"]["n_train"] == 14 and meta["config"]["image_size"] == 16
+    assert meta["config"]["class_shares"] == list(syn.FERPLUS_TRAIN_SHARES)
+    assert syn.ensure_synthetic(tmp_path / "fresh", seed=2) == tmp_path / "fresh"
+    assert json.loads((tmp_path / "fresh" / "synthetic.json").read_text())["config"]["seed"] == 2

@@ -1,4 +1,4 @@
-"""Write notebooks/01..04 from this one source (run after editing; outputs stay empty).
+"""Write notebooks/01..05 from this one source (run after editing; outputs stay empty).
 
 Each notebook's ``parameters`` cell and its stage call are generated from the signature of
 the stage function behind it (``ferlib.run.STAGES``): every parameter, its default as a
@@ -328,6 +328,57 @@ the same: `python -m ferlib.run tables "outputs/ferplus_*"`.""",
                 display(Image(filename=str(paths[0]), width=700))
 else:
     print("results_glob is None: set it (e.g. 'outputs/ferplus_open-*_seed*') to build the table")""",
+            ),
+        ),
+    ),
+    Page(
+        stage="05_noisy_labels",
+        intro="""# 05 · Noisy-label benchmark
+
+Trains every method (cross-entropy, RUL, ESR and MA-Net with and without attention
+diversity) under every label-noise setting (clean, symmetric, pair, and annotator votes where
+the data set has them) and seed, each as a stage 01 run over every class of the data set.
+Then it asks each trained model which of its training labels were flipped (RUL's uncertainty,
+the branches' disagreement, max softmax) and draws what the branches attend to. Standalone:
+it reads no other stage's files, and `python -m ferlib.run pipeline` runs it only when named
+(`stage 05` or `--stages 05`). A finished combination is skipped, a killed one resumes.
+
+**Reads** the data set under `data_root`. **Writes** `run_dir/05_noisy_labels/`:
+`<method>/<noise>/seed<k>/` (a stage 01 run each, with `flip_scores.npz` and `attention.npz`),
+`results.csv` (one row per run), `summary.csv` (mean and std over seeds), `detection.csv`,
+`detection_summary.csv` and `figures/`.
+
+The parameters cell below is generated from `ferlib.noisy.noisy_label_benchmark`; a
+method's head and objective settings go in `method_params`, e.g.
+`{'esr_div': {'objective_params': {'diversity': 0.5}}}`.""",
+        result="summary",
+        imports="from pathlib import Path\n\nimport pandas as pd\n"
+        "from IPython.display import Image, display\n\nfrom ferlib import noisy",
+        after_call="out = Path(run_dir) / noisy.FOLDER\nsummary.round(3)",
+        cells=(
+            ("md", "## Test accuracy against the noise rate (mean ± std over seeds)"),
+            ("code", 'display(Image(filename=str(out / "figures" / "accuracy_vs_noise.png"), width=700))'),
+            (
+                "md",
+                """## Which training labels were flipped?
+
+AUROC of each detector's score (higher = flipped) on the training rows, flipped labels as the
+positive class; `msp` is the baseline every method has.""",
+            ),
+            (
+                "code",
+                """detection = pd.read_csv(out / "detection_summary.csv")
+display(detection.round(3))
+for path in sorted((out / "figures").glob("flip_*.png")):
+    print(path.stem)
+    display(Image(filename=str(path), width=700))""",
+            ),
+            ("md", "## Per-branch spatial attention on a few test images"),
+            (
+                "code",
+                """for path in sorted((out / "figures").glob("attention_*.png")):
+    print(path.stem)
+    display(Image(filename=str(path), width=500))""",
             ),
         ),
     ),

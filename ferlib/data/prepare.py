@@ -194,10 +194,9 @@ def load_splits(
     """
     root = Path(data_root or DEFAULT_ROOTS.get(dataset, f"data/{dataset}"))
     if dataset == "synthetic":
-        from .synthetic import SyntheticConfig, write_synthetic
+        from .synthetic import ensure_synthetic
 
-        if not (root / "synthetic.json").exists():  # an existing set (any size) is used as it is
-            write_synthetic(root, SyntheticConfig(seed=synthetic_seed))
+        ensure_synthetic(root, seed=synthetic_seed)  # an existing set (any size) is used as it is
     name = loader_name(dataset)
     options = dataset_options(dataset, root, num_classes, class_map, data_options)
     experiment = check_num_classes(num_classes, root)

@@ -104,6 +104,7 @@ __all__ = [
     "SyntheticConfig",
     "class_counts",
     "content_hash",
+    "ensure_synthetic",
     "generate_images",
     "main",
     "preview_grid",
@@ -695,6 +696,26 @@ def write_synthetic(root: str | os.PathLike, cfg: SyntheticConfig = SyntheticCon
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def ensure_synthetic(root: str | os.PathLike, seed: int = 0) -> Path:
+    """The synthetic set under ``root``, for the stages: written with the default config
+    (and ``seed``) on first use; an existing set of this generator version is used as it is,
+    whatever its size; a set written by an older generator version is rewritten from its own
+    recorded config (new fields take their defaults), so that pulling a new kit never leaves
+    a newcomer's demo on data the rest of the kit (tests, docs) no longer describes."""
+    root = Path(root)
+    meta = _read_meta(root / _META)
+    if meta is None:
+        return write_synthetic(root, SyntheticConfig(seed=seed))
+    if meta.get("version") == GENERATOR_VERSION:
+        return root
+    cfg = SyntheticConfig.from_dict(meta.get("config") or {"seed": seed})
+    print(
+        f"{root / _META}: written by synthetic generator version {meta.get('version')}; "
+        f"rewriting it with version {GENERATOR_VERSION} and its own config"
+    )
+    return write_synthetic(root, cfg, overwrite=True)
 
 
 def _swap_into_place(tmp: Path, root: Path, cfg: SyntheticConfig) -> None:
