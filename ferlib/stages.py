@@ -37,7 +37,7 @@ from ferlib.openset.registry import detector_class, validate_detectors
 from ferlib.openset.scoring import DetectorResult, run_detectors
 from ferlib.params import checked, inherit_parameter_docs
 from ferlib.recipes import recipe_settings
-from ferlib.train import TensorData, TrainConfig, fit, load_history, predict
+from ferlib.train import TensorData, TrainConfig, check_smoothing, fit, load_history, predict
 
 #: every registered detector (ferlib.openset.registry): what stage 03 runs by default
 DEFAULT_DETECTORS = ("msp", "max_logit", "energy", "entropy", "mahalanobis", "knn", "tknn", "cycle", "contrast")
@@ -220,6 +220,7 @@ def train_close_set(
     head_params = validate_head(head, head_params)
     noise = check_labels(dataset, label_mode, label_noise)
     settings = _recipe(recipe, recipe_params, lr=lr, weight_decay=weight_decay, lr_gamma=lr_gamma)
+    check_smoothing(loss, settings.get("label_smoothing", 0.0))  # e.g. recipe fast with rul: before decoding
     s = load_splits(
         dataset,
         data_root,

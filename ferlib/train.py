@@ -275,13 +275,22 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _check_smoothing(objective: object, cfg: TrainConfig) -> None:
+def check_smoothing(objective: object, label_smoothing: float) -> None:
+    """Refuse label smoothing for an objective whose loss is not one cross-entropy on the
+    returned logits plus target-free terms (``rul``'s mixup, ``ensemble``'s per-branch sum):
+    smoothing the returned logits' cross-entropy would change a different loss than the one
+    trained. Stages call it before decoding any data; :func:`fit` again."""
     name = objective_config(objective).get("name")
-    if cfg.label_smoothing > 0 and name not in SMOOTHABLE_OBJECTIVES:
+    if label_smoothing > 0 and name not in SMOOTHABLE_OBJECTIVES:
         raise ValueError(
-            f"label_smoothing={cfg.label_smoothing} needs an objective whose loss is cross-entropy plus "
-            f"target-free terms ({', '.join(SMOOTHABLE_OBJECTIVES)}); objective {name!r} is not one"
+            f"label_smoothing={label_smoothing} needs an objective whose loss is cross-entropy plus "
+            f"target-free terms ({', '.join(SMOOTHABLE_OBJECTIVES)}); objective {name!r} is not one "
+            "(e.g. recipe_params={'label_smoothing': 0.0})"
         )
+
+
+def _check_smoothing(objective: object, cfg: TrainConfig) -> None:
+    check_smoothing(objective, cfg.label_smoothing)
 
 
 def _smoothed(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:

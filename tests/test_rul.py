@@ -127,3 +127,20 @@ def test_uncertainty_head_with_rul_trains_and_beats_chance():
     accuracy = (pred.logits.argmax(1) == test.targets).float().mean().item()
     assert accuracy > 0.75, accuracy
     assert pred.extras["uncertainty"].shape == (64,) and (pred.extras["uncertainty"] > 0).all()
+
+
+def test_stage_01_refuses_label_smoothing_with_rul_before_decoding(tmp_path):
+    """recipe 'fast' smooths labels, which rul's mixup loss cannot take: refused before any data
+    is read (the data root does not even exist)."""
+    from ferlib.stages import train_close_set
+
+    with pytest.raises(ValueError, match="label_smoothing=0.1 .*objective 'rul'"):
+        train_close_set(
+            data_root=str(tmp_path / "absent"),
+            run_dir=str(tmp_path / "run"),
+            head="uncertainty",
+            objective="rul",
+            recipe="fast",
+            progress=False,
+        )
+    assert not (tmp_path / "absent").exists() and not (tmp_path / "run").exists()
