@@ -943,3 +943,45 @@ def attention_maps(
         for spine in ax.spines.values():
             spine.set_visible(False)
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# open-set detection against the evaluation set's open share
+
+
+@_styled
+def metric_vs_open_fraction(summary, *, metric: str = "auroc", title: str | None = None) -> Figure:
+    """Mean ``metric`` of each detector against the evaluation set's open share, the std over
+    draws as error bars (:func:`ferlib.openset.fraction.summarise_fraction_study`'s table).
+
+    Why: a transductive detector's AUROC moves with the open share while a post-hoc one's
+    should stay flat up to sampling noise; one line per detector shows which is which and
+    where the benchmark's own share (57% for FERPlus Surprise, 37% in the paper's RAF-DB
+    setting) sits on the curve."""
+    _columns(summary, ["fraction", "open_share", "detector", f"{metric}_mean", f"{metric}_std"])
+    fig, axes = _figure(SINGLE_COLUMN, 2.4)
+    ax = axes[0, 0]
+    markers = ("o", "s", "^", "v", "D", "P", "X", "*")
+    for j, det in enumerate(dict.fromkeys(summary["detector"].astype(str))):
+        rows = summary[summary["detector"].astype(str) == det].sort_values("open_share")
+        std = np.nan_to_num(rows[f"{metric}_std"].to_numpy(dtype=float))
+        ax.errorbar(
+            100 * rows["open_share"].to_numpy(dtype=float),
+            rows[f"{metric}_mean"].to_numpy(dtype=float),
+            yerr=std if std.any() else None,
+            color=PALETTE[j % len(PALETTE)],
+            linestyle=LINESTYLES[j % len(LINESTYLES)],
+            marker=markers[j % len(markers)],
+            markersize=3,
+            capsize=1.5,
+            elinewidth=0.6,
+            label=det,
+        )
+    if metric == "auroc":
+        ax.axhline(0.5, color="#999999", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("open samples in the evaluation set (%)")
+    ax.set_ylabel(_METRIC_LABEL.get(metric, metric))
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), ncols=1)
+    return fig
