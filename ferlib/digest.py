@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -40,7 +41,11 @@ def tensor_digest(*tensors: torch.Tensor | np.ndarray | None) -> str:
             h.update(b"None\0")
         else:
             direct = isinstance(t, torch.Tensor) or hasattr(t, "iter_chunks")
-            _update(h, t if direct else torch.as_tensor(np.ascontiguousarray(t)))
+            if not direct:
+                with warnings.catch_warnings():  # a read-only array (np.load, a view) is only read here
+                    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                    t = torch.as_tensor(np.ascontiguousarray(t))
+            _update(h, t)
     return h.hexdigest()
 
 

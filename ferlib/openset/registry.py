@@ -35,6 +35,8 @@ DETECTORS: dict[str, str] = {
     "contrast": "ferlib.openset.contrast:ContrastDetector",
     "uncertainty": "ferlib.openset.uncertainty:UncertaintyScore",
     "disagreement": "ferlib.openset.disagreement:BranchDisagreement",
+    "sal_filter": "ferlib.openset.sal:SALFilter",
+    "sal": "ferlib.openset.sal:SAL",
     # pytorch-ood's post-hoc detectors through one adapter (ferlib/openset/pood.py)
     "pood_msp": "ferlib.openset.pood:PoodMaxSoftmax",
     "pood_max_logit": "ferlib.openset.pood:PoodMaxLogit",

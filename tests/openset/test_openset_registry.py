@@ -28,6 +28,8 @@ def test_registry_covers_every_detector_including_the_trained_ones():
         "contrast",
         "uncertainty",
         "disagreement",
+        "sal_filter",
+        "sal",
         # pytorch-ood's, through the adapter (ferlib/openset/pood.py)
         "pood_msp",
         "pood_max_logit",
