@@ -37,6 +37,7 @@ DETECTORS: dict[str, str] = {
     "disagreement": "ferlib.openset.disagreement:BranchDisagreement",
     "sal_filter": "ferlib.openset.sal:SALFilter",
     "sal": "ferlib.openset.sal:SAL",
+    "pseudo_oe": "ferlib.openset.pseudo_oe:PseudoOutlierExposure",
     # pytorch-ood's post-hoc detectors through one adapter (ferlib/openset/pood.py)
     "pood_msp": "ferlib.openset.pood:PoodMaxSoftmax",
     "pood_max_logit": "ferlib.openset.pood:PoodMaxLogit",

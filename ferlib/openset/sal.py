@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ferlib.openset.base import Detector
+from ferlib.openset.binary_head import cross_fitted_binary_scores
 from ferlib.openset.data import OpenSetData
 
 __all__ = ["SAL", "SALConfig", "SALFilter", "gradient_filter_scores"]
@@ -148,26 +149,10 @@ class SAL(SALFilter):
     name = "sal"
 
     def score(self, data: OpenSetData) -> np.ndarray:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.preprocessing import StandardScaler
-
         filt, threshold = self._filter(data)
         candidates = filt > threshold
         self.candidates_ = candidates
-        n = len(filt)
         if candidates.sum() < 2:
             return filt  # nothing to learn from: the filter score is all there is
-        feats = np.asarray(data.features, np.float64)
-        close = np.asarray(data.train_features, np.float64)
-        fold = np.random.default_rng(self.cfg.seed).permutation(n) % self.cfg.folds
-        out = np.empty(n)
-        for k in range(self.cfg.folds):
-            held = fold == k
-            cand = feats[candidates & ~held]
-            x = np.concatenate([close, cand])
-            y = np.r_[np.zeros(len(close)), np.ones(len(cand))]
-            scaler = StandardScaler().fit(x)
-            clf = LogisticRegression(C=self.cfg.C, max_iter=2000, class_weight="balanced")
-            clf.fit(scaler.transform(x), y)
-            out[held] = clf.predict_proba(scaler.transform(feats[held]))[:, 1]
-        return out
+        c = self.cfg
+        return cross_fitted_binary_scores(data.features, data.train_features, candidates, c.folds, c.C, c.seed)

@@ -30,6 +30,7 @@ def test_registry_covers_every_detector_including_the_trained_ones():
         "disagreement",
         "sal_filter",
         "sal",
+        "pseudo_oe",
         # pytorch-ood's, through the adapter (ferlib/openset/pood.py)
         "pood_msp",
         "pood_max_logit",

@@ -73,7 +73,7 @@ def test_binary_head_is_cross_fitted(make_features_data, monkeypatch):
     assert det.candidates_.sum() >= 2
     fits = [s for s in seen if not isinstance(s, tuple)]
     scored = [s[1] for s in seen if isinstance(s, tuple)]
-    assert len(fits) == len(scored) == 4
+    assert len(fits) == len(scored) == 4  # one classifier per fold (ferlib/openset/binary_head.py)
     for trained, rows in zip(fits, scored):  # standardised, so compare rows as sets of tuples
         a = {tuple(np.round(r, 8)) for r in trained}
         b = {tuple(np.round(r, 8)) for r in rows}

@@ -1,0 +1,113 @@
+"""Outlier exposure on pseudo-outliers: pick likely open rows of the unlabeled evaluation set
+with a first detector, learn to reject them, pick again with what was learnt, repeat.
+
+Why. The open population is in the evaluation set; a first detector (tknn by default: no
+training, no pseudo label) ranks it only roughly. Its top-ranked rows are a noisy sample of
+that population, and a classifier that separates them from the close training rows learns a
+direction in feature space that generalises to the open rows the first detector ranked lower
+(as WOODS and SAL learn a binary head from wild data). Each round re-picks the candidates from
+the newest score, so that the candidates get purer if the learnt direction is right.
+
+Round ``r`` (0-based): candidates = the ``top_fraction`` highest-scored evaluation rows under
+score ``s_r`` (``s_0`` the first detector's); ``s_{r+1}`` = the cross-fitted binary head's
+probability of "candidate" (:func:`ferlib.openset.binary_head.cross_fitted_binary_scores`:
+logistic regression on the close-set model's frozen pooled features, each fold scored by a
+head that never saw its rows). The score is ``s_rounds``, higher = more likely open.
+``candidates_`` keeps each round's candidate mask, so the purity of the pseudo-outliers can be
+read against the truth after the fact (:func:`candidate_purity`), never inside the detector.
+
+Deviation from WOODS/SAL: the binary head is a linear model on frozen features, not a
+fine-tuned network (CPU budget); the close-set network is not changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ferlib.openset.base import Detector
+from ferlib.openset.binary_head import cross_fitted_binary_scores
+from ferlib.openset.data import OpenSetData
+
+__all__ = ["PseudoOutlierExposure", "PseudoOutlierConfig", "candidate_purity"]
+
+
+@dataclass
+class PseudoOutlierConfig:
+    """``first``: the detector that picks round 0's candidates (one that reads only the
+    close-set model's saved outputs) and ``first_params`` its parameters; ``top_fraction``:
+    share of evaluation rows taken as candidates each round; ``rounds``: binary heads fitted in
+    turn; ``folds``, ``C``: the cross-fitted logistic head; ``seed``: its fold split.
+
+    ``top_fraction`` 0.1 and ``rounds`` 1 were chosen on the synthetic set only (3 seeds, open
+    shares 5, 13, 20 and 37%, mean AUROC: 0.05/0.1/0.2/0.3 -> .948/.950/.938/.929 with one
+    round; a second round .942/.946/.948/.937); a fixed fraction suits some open shares and
+    not others, see docs/RESULTS.md."""
+
+    first: str = "tknn"
+    first_params: dict[str, Any] = field(default_factory=dict)
+    top_fraction: float = 0.1
+    rounds: int = 1
+    folds: int = 5
+    C: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from ferlib.openset.registry import detector_class
+
+        cls = detector_class(self.first)
+        if cls.needs_images or cls.needs_train_images or cls.trains_networks or cls is PseudoOutlierExposure:
+            raise ValueError(
+                f"first={self.first!r}: the first detector must read only the close-set model's saved outputs"
+            )
+        if not 0.0 < self.top_fraction < 1.0:
+            raise ValueError(f"top_fraction must be in (0, 1), got {self.top_fraction}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {self.rounds}")
+        if self.folds < 2:
+            raise ValueError(f"folds must be at least 2, got {self.folds}")
+        if not self.C > 0:
+            raise ValueError(f"C must be positive, got {self.C}")
+
+
+def _top(scores: np.ndarray, fraction: float) -> np.ndarray:
+    k = max(2, int(round(fraction * len(scores))))
+    mask = np.zeros(len(scores), dtype=bool)
+    mask[np.argsort(-np.asarray(scores), kind="stable")[:k]] = True
+    return mask
+
+
+def candidate_purity(candidates: list[np.ndarray], is_open: np.ndarray) -> list[float]:
+    """Share of open rows among each round's candidates (rows in the detector's order)."""
+    is_open = np.asarray(is_open, dtype=bool)
+    return [float(is_open[c].mean()) for c in candidates]
+
+
+class PseudoOutlierExposure(Detector):
+    """Binary heads trained on pseudo-outliers picked from the evaluation set, iterated."""
+
+    name = "pseudo_oe"
+    reads_model_outputs = True
+    config_cls = PseudoOutlierConfig
+
+    def __init__(self, cfg: PseudoOutlierConfig | None = None):
+        self.cfg = cfg or PseudoOutlierConfig()
+
+    def __repr__(self) -> str:
+        return f"PseudoOutlierExposure({self.cfg})"
+
+    def score(self, data: OpenSetData) -> np.ndarray:
+        from ferlib.openset.registry import make_detector
+
+        c = self.cfg
+        if data.train_features is None or len(data.train_features) == 0:
+            raise ValueError("the pseudo_oe detector needs the close training features (OpenSetData.train_features)")
+        scores = np.asarray(make_detector(c.first, **c.first_params).fit_score(data), np.float64)
+        self.candidates_: list[np.ndarray] = []
+        for _ in range(c.rounds):
+            candidates = _top(scores, c.top_fraction)
+            self.candidates_.append(candidates)
+            scores = cross_fitted_binary_scores(data.features, data.train_features, candidates, c.folds, c.C, c.seed)
+        return scores
