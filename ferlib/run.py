@@ -4,6 +4,8 @@
     python -m ferlib.run pipeline --dataset ferplus --data-root ../shared/data/ferplus \\
         --open-class fear --seed 1 --device cuda:0 -p epochs=40
     python -m ferlib.run sweep --dataset ferplus --data-root ... --open all --seeds 0 1 2
+    python -m ferlib.run sweep ... --device cuda --launcher submitit --cluster local      # one job per GPU
+    python -m ferlib.run sweep ... --device cuda --launcher submitit --cluster slurm --partition gpu
     python -m ferlib.run stage 03 --dataset synthetic --run demo --force
     python -m ferlib.run stage 05 --dataset synthetic --run noisy -p "seeds=[0]" -p epochs=3
 
@@ -26,6 +28,11 @@ upstream stage's record. A later call skips a stage whose key is unchanged; so c
 parameter of stage 03 re-runs 03 and what follows, never 01, and re-running 01 (``--force``)
 makes 02-04 stale. A stage killed half-way has no record and runs again (it resumes from its
 own checkpoints).
+
+Sweeps: ``--launcher inline`` (default) runs the run folders one after the other in this
+process; ``--launcher submitit`` runs each as a submitit job on this machine (``--cluster
+local``, one job per GPU) or on Slurm (``--cluster slurm``), resubmitting a failed job, which
+resumes from its finished stages (:mod:`ferlib.launch`).
 """
 
 from __future__ import annotations
@@ -135,6 +142,8 @@ STAGES: tuple[Stage, ...] = (
 #: its function accepts.
 CORE_PARAMS = ("dataset", "data_root", "open_class", "seed", "device", "run_dir")
 EXECUTORS = ("papermill", "python")
+#: where a sweep's runs execute: this process, one after the other, or submitit jobs (ferlib.launch)
+LAUNCHERS = ("inline", "submitit")
 DEFAULT_OPEN_CLASS = "surprise"
 DEFAULT_KERNEL = "ferkit"
 KERNEL_ENV = "FERKIT_KERNEL"
@@ -403,6 +412,13 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
+def configure_logging() -> None:
+    """Warnings to stderr, and papermill's cell outputs as they come (the CLI and sweep jobs)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("papermill").setLevel(logging.INFO)
+
+
 def _read_metrics(path: Path) -> list[dict]:
     def convert(text: str) -> Any:
         if text == "":
@@ -465,6 +481,9 @@ def run_pipeline(
     """
     if executor not in EXECUTORS:
         raise RunnerError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor == "papermill" and int(os.environ.get("WORLD_SIZE") or 1) > 1:
+        # a notebook kernel is not a torchrun worker: the stages must run in the ranks themselves
+        raise RunnerError("under torchrun use --executor python (docs/DESIGN.md, Distributed training)")
     repo_root = Path(repo_root).resolve()
     open_class = normalise_open_class(open_class)
     seed = int(seed)
@@ -632,6 +651,8 @@ def run_sweep(
     *,
     open_classes: Iterable[str] = ("all",),
     seeds: Iterable[int] = (0,),
+    launcher: str = "inline",
+    submitit: Any = None,
     say: Callable[[str], None] = _say,
     **pipeline_kwargs: Any,
 ) -> SweepResult:
@@ -639,16 +660,31 @@ def run_sweep(
 
     ``pipeline_kwargs`` go to :func:`run_pipeline` (``data_root``, ``device``, ``stages``,
     ``executor``, ``force``, ``extra``, ``stage_table``...); run names are the defaults.
+
+    ``launcher``: ``"inline"`` runs them here, one after the other; ``"submitit"`` runs each as
+    a submitit job (:func:`ferlib.launch.launch_sweep`), with ``submitit`` a
+    :class:`ferlib.launch.SubmititOptions` (None: a local sweep with the defaults). Either way
+    the result, and the report of failed runs, are the same.
     """
+    if launcher not in LAUNCHERS:
+        raise RunnerError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
     if "run" in pipeline_kwargs or "open_class" in pipeline_kwargs or "seed" in pipeline_kwargs:
         raise RunnerError("run_sweep names its runs itself: pass open_classes and seeds")
+    options = None
+    if launcher == "submitit":
+        from ferlib.launch import check_options
+
+        options = check_options(submitit, device=pipeline_kwargs.get("device", "cpu"))
+    elif submitit is not None:
+        raise RunnerError("submitit options (--cluster, --gpus-per-job, --slurm...) need --launcher submitit")
     classes = expand_open_classes(open_classes)
-    seed_list = [int(s) for s in seeds]
+    seed_list = list(dict.fromkeys(int(s) for s in seeds))  # a run folder is run once
     # a bad -p key or value fails before any run starts (the runs differ only in class and seed)
     extra_params = parse_params(pipeline_kwargs.get("extra"))
     repo_root = Path(pipeline_kwargs.get("repo_root", REPO_ROOT)).resolve()
+    selected = select_stages(pipeline_kwargs.get("stage_table", STAGES), pipeline_kwargs.get("stages"))
     check_parameters(
-        select_stages(pipeline_kwargs.get("stage_table", STAGES), pipeline_kwargs.get("stages")),
+        selected,
         _run_params(
             dataset,
             pipeline_kwargs.get("data_root"),
@@ -661,13 +697,23 @@ def run_sweep(
         extra_params,
         repo_root,
     )
+    runs = [(default_run_name(dataset, c, seed), c, seed) for c in classes for seed in seed_list]
     result = SweepResult()
-    total = len(classes) * len(seed_list)
-    index = 0
-    for open_class in classes:
-        for seed in seed_list:
-            index += 1
-            name = default_run_name(dataset, open_class, seed)
+    total = len(runs)
+    if launcher == "submitit":
+        from ferlib.launch import launch_sweep
+
+        if pipeline_kwargs.get("executor", "papermill") == "papermill":
+            resolve_kernel(pipeline_kwargs.get("kernel"))  # a missing kernel fails here, not in every job
+        outcomes = launch_sweep(dataset, runs, {**pipeline_kwargs, "repo_root": repo_root}, options, say=say)
+        for name, outcome in outcomes.items():
+            if outcome.error is None:
+                result.runs[name] = outcome.result
+            else:
+                result.failed[name] = outcome.error
+                say(f"FAILED {name}: {outcome.error}")
+    else:
+        for index, (name, open_class, seed) in enumerate(runs, start=1):
             say(f"== sweep {index}/{total}: {name}")
             try:
                 result.runs[name] = run_pipeline(dataset, open_class=open_class, seed=seed, say=say, **pipeline_kwargs)
@@ -724,6 +770,90 @@ def _add_common(parser: argparse.ArgumentParser, *, choose_stages: bool = True) 
     )
 
 
+#: the sweep's submitit options (dest -> SubmititOptions field); None = not given
+_SUBMITIT_ARGS = (
+    "cluster",
+    "gpus_per_job",
+    "cpus_per_job",
+    "mem_gb",
+    "time_min",
+    "partition",
+    "array_parallelism",
+    "max_attempts",
+    "slurm",
+)
+
+
+def _add_launcher(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "launcher",
+        "where the runs execute; with --launcher submitit each run folder is one job, a failed job is "
+        "resubmitted and resumes from its finished stages, and submitit's logs go to <outputs>/.submitit/",
+    )
+    group.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default="inline",
+        help="inline: one run after the other in this process (default); submitit: one job per run",
+    )
+    group.add_argument(
+        "--cluster",
+        choices=("local", "slurm", "debug"),
+        default=None,
+        help="submitit: local (subprocesses of this machine, one per GPU; default), slurm (sbatch, one job "
+        "array) or debug (in this process)",
+    )
+    group.add_argument(
+        "--gpus-per-job",
+        type=int,
+        default=None,
+        metavar="N",
+        help="GPUs of each job (default 1 with --device cuda, else 0); local: the visible GPUs are cut into "
+        "slots of N, one job per slot, and each job sees its slot as cuda:0..",
+    )
+    group.add_argument(
+        "--cpus-per-job", type=int, default=None, metavar="N", help="CPUs of each job (its OMP_NUM_THREADS too)"
+    )
+    group.add_argument("--mem-gb", type=float, default=None, metavar="GB", help="slurm: memory of each job")
+    group.add_argument(
+        "--time-min", type=int, default=None, metavar="MIN", help="time limit of each job in minutes (default 720)"
+    )
+    group.add_argument("--partition", default=None, help="slurm: partition")
+    group.add_argument(
+        "--array-parallelism",
+        type=int,
+        default=None,
+        metavar="N",
+        help="jobs at a time (slurm: the array's %%N; local: default one per GPU slot, 1 without GPUs)",
+    )
+    group.add_argument(
+        "--max-attempts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="attempts per run folder, resubmissions included (default 2)",
+    )
+    group.add_argument(
+        "--slurm",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="any other slurm parameter of submitit (slurm_ prefix optional), e.g. --slurm account=abc "
+        "--slurm qos=high --slurm constraint=a100",
+    )
+
+
+def _submitit_options(args: argparse.Namespace) -> Any:
+    """The sweep's submitit options as given (None when none was): SubmititOptions needs submitit
+    only at check time, so this import is cheap."""
+    given = {name: getattr(args, name) for name in _SUBMITIT_ARGS if getattr(args, name) is not None}
+    if not given and args.launcher == "inline":
+        return None
+    from ferlib.launch import SubmititOptions
+
+    return SubmititOptions(**given)
+
+
 def build_parser(stage_table: Sequence[Stage] = STAGES) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ferlib.run", description="Run ferkit's notebooks with papermill.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -744,6 +874,7 @@ def build_parser(stage_table: Sequence[Stage] = STAGES) -> argparse.ArgumentPars
         "--open", nargs="+", default=["all"], metavar="CLASS", help="open classes: all (the 7 basic emotions) or names"
     )
     sweep.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="N")
+    _add_launcher(sweep)
 
     tables = sub.add_parser(
         "tables",
@@ -774,9 +905,7 @@ def main(
     repo_root: str | os.PathLike = REPO_ROOT,
 ) -> int:
     args = build_parser(stage_table).parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("papermill").setLevel(logging.INFO)  # cell outputs as they come
+    configure_logging()
 
     if args.command == "tables":
         from ferlib.report import collect_results
@@ -800,7 +929,15 @@ def main(
     )
     try:
         if args.command == "sweep":
-            result = run_sweep(args.dataset, open_classes=args.open, seeds=args.seeds, stages=args.stages, **common)
+            result = run_sweep(
+                args.dataset,
+                open_classes=args.open,
+                seeds=args.seeds,
+                stages=args.stages,
+                launcher=args.launcher,
+                submitit=_submitit_options(args),
+                **common,
+            )
             return 0 if result.ok else 1
         stages = [args.name] if args.command == "stage" else args.stages
         run_pipeline(args.dataset, open_class=args.open_class, seed=args.seed, run=args.run, stages=stages, **common)
@@ -814,4 +951,9 @@ def main(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m ferlib.run` loads this file as __main__; the CLI runs from the imported module
+    # instead, so that its classes (RunnerError, PipelineResult...) are those ferlib.launch and
+    # the sweep's jobs use
+    from ferlib.run import main as _main
+
+    sys.exit(_main())

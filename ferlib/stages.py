@@ -31,7 +31,7 @@ from ferlib.losses import make_objective
 from ferlib.manifest import modify_manifest, update_manifest
 from ferlib.metrics import accuracy, confusion, metrics_table, pseudo_label_spread_table
 from ferlib.models import ModelConfig, build_model, validate_head
-from ferlib.openset.data import PROTOCOLS, TABLE_COLUMNS, OpenSetData, apply_protocol
+from ferlib.openset.data import PROTOCOLS, TABLE_COLUMNS, CloseSet, OpenSetData, apply_protocol
 from ferlib.openset.keys import FingerprintCache
 from ferlib.openset.registry import detector_class, validate_detectors
 from ferlib.openset.scoring import DetectorResult, run_detectors
@@ -478,12 +478,15 @@ def load_openset_data(
     seed: int = 0,
     train_images: torch.Tensor | None = None,
     eval_subset: str = "all",
+    close_set: CloseSet | None = None,
 ) -> OpenSetData:
     """Stage 02's files as :class:`OpenSetData`, under ``protocol``, restricted to
     ``eval_subset`` (``"all"`` or ``"test"``: the test split's rows only).
 
     ``images`` are the evaluation images in stage 02's row order (all rows, before the
     subset), ``train_images`` the close training images; both only for detectors that train.
+    ``close_set``: stage 01's network and rows (:func:`load_close_set_inputs`), only for
+    detectors that fine-tune it.
     """
     check_eval_subset(eval_subset)
     out = Path(run_dir) / "02_pseudo_labels"
@@ -502,6 +505,7 @@ def load_openset_data(
         train_images=train_images,
         class_names=tuple(str(n) for n in z["class_names"]),
         extras=_extras_of(z, EVAL_EXTRA),
+        close_set=close_set,
     )
     data = apply_protocol(
         data,
@@ -549,6 +553,40 @@ def _as_protocols(protocols) -> list[str]:
     return protocols
 
 
+def load_close_set_inputs(s: Splits, run_dir: str) -> CloseSet:
+    """Stage 01's network and the rows it trained and selected on, for the detectors that
+    fine-tune it (``needs_close_set``).
+
+    The network is rebuilt from ``01_close_set/results.json`` (architecture, stem, input
+    size, head) with ``best.pt`` as its weights; the rows are :func:`_validation`'s, with
+    the majority-vote targets (a stage 01 trained under label noise or a label mode is
+    fine-tuned on the clean majority vote). ``s`` must carve the validation split as stage
+    01 did (same ``seed``; same ``val_fraction``): a different carve is refused, naming both.
+    """
+    folder = Path(run_dir) / "01_close_set"
+    weights = folder / "best.pt"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: no close-set model to fine-tune; run stage 01 first")
+    built = read_json(folder / "results.json") if (folder / "results.json").is_file() else {}
+    train, val, source = _validation(s)
+    recorded = built.get("validation")
+    if recorded is not None and recorded != source:
+        raise ValueError(
+            f"{folder / 'results.json'}: stage 01 validated on {recorded!r}, but the data loaded here gives "
+            f"{source!r}; pass stage 01's seed (and val_fraction) so the detectors fine-tune on its rows"
+        )
+    model = ModelConfig(
+        built.get("arch", "resnet18"),
+        len(s.label_map.names),
+        built.get("input_size", s.train.images.shape[-1]),
+        stem=built.get("stem", "auto"),
+        pretrained=str(weights),
+        head=built.get("head", "linear"),
+        head_params=built.get("head_params") or {},
+    )
+    return CloseSet(model, train.images, train.targets.numpy(), val.images, val.targets.numpy())
+
+
 def _detector_inputs(
     detectors,
     dataset: str,
@@ -559,12 +597,15 @@ def _detector_inputs(
     class_map: dict[str, str] | None = None,
     data_options: dict | None = None,
     cache_memmap: bool = False,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The evaluation and close training images, decoded only when a selected detector's
-    class attributes ask for them (post-hoc detectors need no data set at all)."""
+    run_dir: str | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, CloseSet | None]:
+    """The evaluation images, the close training images and stage 01's network and rows,
+    each loaded only when a selected detector's class attributes ask for it (post-hoc
+    detectors need no data set at all)."""
     classes = [detector_class(name) for name in detectors]
-    if not any(c.needs_images or c.needs_train_images for c in classes):
-        return None, None
+    if not any(c.needs_images or c.needs_train_images or c.needs_close_set for c in classes):
+        return None, None, None
     s = load_splits(
         dataset,
         data_root,
@@ -574,10 +615,16 @@ def _detector_inputs(
         class_map=class_map,
         data_options=data_options,
         memmap=cache_memmap,
+        seed=seed,
     )
     images = _eval_images(s) if any(c.needs_images for c in classes) else None
     train_images = s.train.rows(s.split.train_index) if any(c.needs_train_images for c in classes) else None
-    return images, train_images
+    close_set = None
+    if any(c.needs_close_set for c in classes):
+        if run_dir is None:
+            raise ValueError("a detector that fine-tunes stage 01's network needs run_dir")
+        close_set = load_close_set_inputs(s, run_dir)
+    return images, train_images, close_set
 
 
 def _merge_metrics(path: Path, new: pd.DataFrame) -> pd.DataFrame:
@@ -679,7 +726,7 @@ def detect_open_set(
     protocols = _as_protocols(protocols)
     validate_detectors(detectors, detector_params)  # names and keys, before any work
     out = Path(run_dir) / "03_detect"
-    images, train_images = _detector_inputs(
+    images, train_images, close_set = _detector_inputs(
         detectors,
         dataset,
         data_root,
@@ -689,6 +736,8 @@ def detect_open_set(
         class_map,
         data_options,
         cache_memmap=cache_memmap,
+        run_dir=run_dir,
+        seed=seed,
     )
     shared = {"input_size": input_size, "stem": stem, "seed": seed, "device": device, "amp": amp, "progress": progress}
     suffix = _subset_suffix(eval_subset)
@@ -696,7 +745,7 @@ def detect_open_set(
     fingerprint = FingerprintCache()
     frames, folders = [], {}
     for protocol in protocols:
-        data = load_openset_data(run_dir, protocol, images, seed, train_images, eval_subset)
+        data = load_openset_data(run_dir, protocol, images, seed, train_images, eval_subset, close_set)
         results = run_detectors(
             data, detectors, detector_params, shared, out, protocol, eval_subset, reuse, fingerprint
         )
@@ -807,7 +856,7 @@ def ablate_cycle(
         except ValueError as exc:
             raise ValueError(f"ablation variant {name!r}: {exc}") from None
         plans[name] = (subset, params, overrides)
-    images, _ = _detector_inputs(
+    images, _, _ = _detector_inputs(
         ["cycle"],
         dataset,
         data_root,

@@ -67,7 +67,7 @@ def test_names_are_checked_before_any_data_is_read(tmp_path):
         stages.train_close_set(**common, objective="cam-flip")
     with pytest.raises(ValueError, match="lam"):
         stages.train_close_set(**common, objective="ce", objective_params={"lam": 1})
-    with pytest.raises(ValueError, match=r"head.*\['branches', 'linear', 'manet', 'uncertainty'\]"):
+    with pytest.raises(ValueError, match=r"head.*\['branches', 'dummy', 'linear', 'manet', 'uncertainty'\]"):
         stages.train_close_set(**common, head="mlp")
     with pytest.raises(ValueError, match="'hiden'.*accepted: embedding, embedding_dropout"):
         stages.train_close_set(**common, head="uncertainty", head_params={"hiden": 3})

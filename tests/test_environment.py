@@ -49,6 +49,7 @@ RUNTIME = {
     "nbformat",
     "ipywidgets",  # tqdm draws its notebook bars with it (without: "IProgress not found")
     "pytorch-ood",  # the field's standard post-hoc detectors (ferlib/openset/pood.py); 0.4 API
+    "submitit",  # sweeps as jobs on this machine or on Slurm (ferlib/launch.py); imported only there
 }
 
 
@@ -163,7 +164,7 @@ def test_makefile_registers_the_papermill_kernel():
         assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"no make target {target}"
 
 
-@pytest.mark.parametrize("dist", ["torch", "torchvision", "ipywidgets", "pytorch-ood"])
+@pytest.mark.parametrize("dist", ["torch", "torchvision", "ipywidgets", "pytorch-ood", "submitit"])
 def test_installed_packages_satisfy_pyproject(runtime, dist):
     try:
         version = metadata.version(dist)
@@ -183,8 +184,10 @@ SETUP_FILES = [
     "outputs/README.md",
     "ferlib/manifest.py",
     "ferlib/run.py",
+    "ferlib/launch.py",
     "tests/test_environment.py",
     "tests/test_run.py",
+    "tests/test_sweep_launch.py",
     "tests/test_manifest.py",
 ]
 

@@ -21,8 +21,8 @@ from ferlib.models import ModelConfig, build_model
 
 
 def test_registry_and_configs():
-    assert available_objectives() == ("cam_flip", "ce", "ensemble", "rul")
-    assert set(OBJECTIVES) == {"ce", "cam_flip", "ensemble", "rul"}
+    assert available_objectives() == ("cam_flip", "ce", "ensemble", "proser", "rul")
+    assert set(OBJECTIVES) == {"ce", "cam_flip", "ensemble", "proser", "rul"}
     assert isinstance(make_objective("ce"), CrossEntropy)
     assert make_objective("cam_flip", lam=0.5).config() == {"name": "cam_flip", "lam": 0.5}
     assert validate_objective("cam_flip") == {"name": "cam_flip", "lam": 5.0}  # defaults filled in
@@ -30,7 +30,9 @@ def test_registry_and_configs():
 
 
 def test_bad_names_and_parameters_name_the_choices():
-    with pytest.raises(ValueError, match=r"objective must be one of \['cam_flip', 'ce', 'ensemble', 'rul'\], got 'CE'"):
+    with pytest.raises(
+        ValueError, match=r"objective must be one of \['cam_flip', 'ce', 'ensemble', 'proser', 'rul'\], got 'CE'"
+    ):
         make_objective("CE")
     with pytest.raises(ValueError, match=r"'cam_flip' has no parameter 'lambda'; objective_params accepted: lam"):
         validate_objective("cam_flip", {"lambda": 1.0})

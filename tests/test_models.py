@@ -18,6 +18,7 @@ HEAD_PARAMS = {
     "uncertainty": {"embedding": 16},
     "branches": {"branches": 3, "width": 32},
     "manet": {"width": 32},
+    "dummy": {"dummies": 2},
 }
 
 
@@ -58,6 +59,7 @@ def test_head_output_shapes(head):
         "uncertainty": {"mu", "log_var", "uncertainty"},
         "branches": {"branch_logits", "spatial_attention", "channel_attention"},
         "manet": {"branch_logits", "branch_features", "spatial_attention", "channel_attention"},
+        "dummy": {"dummy_logits"},
     }[head]
     assert set(out.extras) == expected_extras
 
@@ -134,7 +136,7 @@ def test_cam_pools_to_logits(head):
 
 
 def test_unknown_head_names_the_choices():
-    choices = r"\['branches', 'linear', 'manet', 'uncertainty'\]"
+    choices = r"\['branches', 'dummy', 'linear', 'manet', 'uncertainty'\]"
     with pytest.raises(ValueError, match=rf"head must be one of {choices}.*'cam'"):
         build_model(ModelConfig(head="cam"), verbose=False)
     with pytest.raises(ValueError, match="head must be one of"):

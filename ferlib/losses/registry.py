@@ -12,6 +12,7 @@ from ferlib.losses.base import BaseObjective
 from ferlib.losses.cam_flip import CamFlipConsistency
 from ferlib.losses.ce import CrossEntropy
 from ferlib.losses.ensemble import EnsembleObjective
+from ferlib.losses.proser import ProserPlaceholders
 from ferlib.losses.rul import RelativeUncertaintyMixup
 
 OBJECTIVES: dict[str, type[BaseObjective]] = {
@@ -19,6 +20,7 @@ OBJECTIVES: dict[str, type[BaseObjective]] = {
     "cam_flip": CamFlipConsistency,
     "rul": RelativeUncertaintyMixup,
     "ensemble": EnsembleObjective,
+    "proser": ProserPlaceholders,
 }
 
 

@@ -7,7 +7,8 @@
 Where things live: :mod:`~ferlib.models.base` (``ModelConfig``, ``ForwardOutput``, the
 ``Head`` interface), :mod:`~ferlib.models.trunk` (backbones), one file per head
 (:mod:`~ferlib.models.linear`, :mod:`~ferlib.models.uncertainty`,
-:mod:`~ferlib.models.branches`, :mod:`~ferlib.models.manet`; their CBAM block in
+:mod:`~ferlib.models.branches`, :mod:`~ferlib.models.manet`,
+:mod:`~ferlib.models.dummy` (PROSER's dummy classifier); their CBAM block in
 :mod:`~ferlib.models.cbam`), :mod:`~ferlib.models.registry` (heads by name),
 :mod:`~ferlib.models.net` (``FERNet``, ``build_model``), :mod:`~ferlib.models.weights`
 (pretrained and legacy checkpoints). This package knows architectures only, nothing

@@ -42,6 +42,17 @@ class FERNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_all(x).logits
 
+    def forward_until(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """The trunk's map entering stage ``stage`` (see :class:`~ferlib.models.trunk.Trunk`)."""
+        return self.trunk.forward_until(x, stage)
+
+    def forward_from(self, h: torch.Tensor, stage: int) -> ForwardOutput:
+        """Everything :meth:`forward_all` gives, from the map ``h`` entering trunk stage
+        ``stage`` (e.g. a mixture of two samples' maps)."""
+        fmap = self.trunk.forward_from(h, stage)
+        out = self.head(fmap)
+        return ForwardOutput(out.logits, out.features, fmap, out.extras)
+
     def cam(self, feature_map: torch.Tensor) -> torch.Tensor:
         """Class activation maps (B, K, h, w) of the head (see the head's ``cam``)."""
         return self.head.cam(feature_map)

@@ -14,6 +14,7 @@ import torch
 
 from ferlib.models.base import Head
 from ferlib.models.branches import BranchesHead
+from ferlib.models.dummy import DummyHead
 from ferlib.models.linear import LinearHead
 from ferlib.models.manet import MANetHead
 from ferlib.models.uncertainty import UncertaintyHead
@@ -23,6 +24,7 @@ HEADS: dict[str, type[Head]] = {
     "uncertainty": UncertaintyHead,
     "branches": BranchesHead,
     "manet": MANetHead,
+    "dummy": DummyHead,
 }
 
 

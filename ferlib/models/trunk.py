@@ -29,12 +29,39 @@ ARCHS: dict[str, tuple[Callable[..., nn.Module], int]] = {
 
 
 class Trunk(nn.Module):
-    """Images (B, 3, S, S) -> last feature map (B, out_channels, h, w)."""
+    """Images (B, 3, S, S) -> last feature map (B, out_channels, h, w).
+
+    A trunk is a sequence of stages (:meth:`stages`); :meth:`forward_until` and
+    :meth:`forward_from` split it between two of them, so that a method can mix or perturb
+    an intermediate map (PROSER's manifold mixup, :mod:`ferlib.losses.proser`):
+    ``forward_from(forward_until(x, k), k)`` is ``forward(x)`` for every ``k`` in
+    ``0..num_stages``.
+    """
 
     out_channels: int
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def stages(self) -> list[nn.Module]:
+        """The trunk's stages in order (their composition is :meth:`forward`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not list its stages")
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages())
+
+    def forward_until(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """The map entering stage ``stage`` (0: the input itself; ``num_stages``: the output)."""
+        for module in self.stages()[:stage]:
+            x = module(x)
+        return x
+
+    def forward_from(self, h: torch.Tensor, stage: int) -> torch.Tensor:
+        """The trunk's output from the map ``h`` entering stage ``stage``."""
+        for module in self.stages()[stage:]:
+            h = module(h)
+        return h
 
 
 class ResNetTrunk(Trunk):
@@ -58,6 +85,9 @@ class ResNetTrunk(Trunk):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def stages(self) -> list[nn.Module]:
+        return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
 
 
 def _conv_bn(cin: int, cout: int, pool: bool) -> list[nn.Module]:
@@ -109,6 +139,9 @@ class SmallFaceTrunk(Trunk):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block3(self.block2(self.block1(self.stem(x))))
+
+    def stages(self) -> list[nn.Module]:
+        return [self.stem, self.block1, self.block2, self.block3]
 
 
 #: arch name -> trunk class (built from the ModelConfig)

@@ -7,7 +7,8 @@ themselves when the close set is the positive class.
 Layout: :mod:`~ferlib.openset.base` (the :class:`Detector` contract and its capability
 attributes, :class:`NetworkConfig`), :mod:`~ferlib.openset.posthoc` (baselines on the
 close-set model's outputs), :mod:`~ferlib.openset.tknn`, :mod:`~ferlib.openset.cycle` (the
-paper's method), :mod:`~ferlib.openset.contrast`, :mod:`~ferlib.openset.registry` (every
+paper's method), :mod:`~ferlib.openset.contrast`, :mod:`~ferlib.openset.proser` (PROSER,
+fine-tuned from stage 01's network), :mod:`~ferlib.openset.registry` (every
 detector by name, parameter validation), :mod:`~ferlib.openset.keys` (result keys) and
 :mod:`~ferlib.openset.scoring` (what stage 03 runs: the label-free view, keyed folders).
 A new detector is one file and one line in ``registry.DETECTORS``.

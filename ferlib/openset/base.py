@@ -10,6 +10,9 @@ one registry line and no stage code changes:
 
 * ``needs_images`` / ``needs_train_images``: the stage decodes the evaluation images /
   the close-set training images only when a selected detector asks for them;
+* ``needs_close_set``: it fine-tunes stage 01's close-set network on stage 01's own
+  training rows and validation split (``OpenSetData.close_set``), which the stage loads
+  only then;
 * ``reads_model_outputs``: it reads the close-set model's logits or features, which the
   protocol changes (the reference protocol hands open training rows another image's
   outputs);
@@ -70,10 +73,12 @@ class Detector(ABC):
     :meth:`score` (and :meth:`fit` when they need training data)."""
 
     name: ClassVar[str] = "detector"
-    #: trains on the evaluation images (OpenSetData.images)
+    #: reads the evaluation images (OpenSetData.images): cycle and contrast train on them
     needs_images: ClassVar[bool] = False
     #: needs the close-set training images (OpenSetData.train_images)
     needs_train_images: ClassVar[bool] = False
+    #: needs stage 01's network, training rows and validation split (OpenSetData.close_set)
+    needs_close_set: ClassVar[bool] = False
     #: reads the close-set model's logits / features (changed by the protocol)
     reads_model_outputs: ClassVar[bool] = False
     #: the close-set model's per-sample extras it reads -> the head that produces each

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ferlib.models.base import ModelConfig
+
 PROTOCOLS = ("honest", "reference")
 
 #: columns of the pseudo-label table, one row per evaluation sample
@@ -27,6 +29,29 @@ TABLE_COLUMNS = ["index", "path", "label", "target", "pseudo", "is_open", "origi
 
 #: the only table columns a detector sees (:meth:`OpenSetData.detector_view`)
 VIEW_COLUMNS = ["index", "pseudo"]
+
+
+@dataclass
+class CloseSet:
+    """Stage 01's close-set training as it ran, for detectors that fine-tune its network
+    (``Detector.needs_close_set``): the network (``model``: stage 01's architecture and head
+    as recorded in its ``results.json``, ``pretrained`` = its ``best.pt``), the training rows
+    it trained on and the validation rows it selected on (close classes only; uint8 images,
+    majority-vote targets 0..K-1). No evaluation image is among them, and the protocol
+    changes none of it.
+    """
+
+    model: ModelConfig
+    train_images: torch.Tensor
+    train_targets: np.ndarray
+    val_images: torch.Tensor
+    val_targets: np.ndarray
+
+    def __post_init__(self) -> None:
+        for split in ("train", "val"):
+            images, targets = getattr(self, f"{split}_images"), getattr(self, f"{split}_targets")
+            if len(images) != len(targets):
+                raise ValueError(f"close set: {len(images)} {split} images but {len(targets)} targets")
 
 
 @dataclass
@@ -38,7 +63,9 @@ class OpenSetData:
     ``images`` are the evaluation images (uint8) for detectors that train a network.
     ``extras`` are the close-set model's per-sample extras (``uncertainty`` (N,),
     ``branch_logits`` (N, branches, K), ...; stage 02's ``eval_extra_<name>``), aligned with
-    the rows like ``logits``; empty when its head has none.
+    the rows like ``logits``; empty when its head has none. ``close_set``: stage 01's
+    network and its training and validation rows (:class:`CloseSet`), handed only to
+    detectors that ask for it.
     """
 
     table: pd.DataFrame
@@ -51,6 +78,7 @@ class OpenSetData:
     protocol: str = "honest"
     class_names: tuple[str, ...] = ()
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    close_set: CloseSet | None = None
 
     def __post_init__(self) -> None:
         n = len(self.table)

@@ -7,14 +7,17 @@ resolved parameters except those that do not change the result (:data:`NON_RESUL
 pseudo labels and the protocol (``reads_pseudo_labels``), the close-set outputs and the
 protocol (``reads_model_outputs``), the close-set model's per-sample extras it reads
 (``reads_extras``), the evaluation images (``needs_images``), the close
-training images (``needs_train_images``). So re-running stage 03 with ``lam=0`` or after
-stage 02 produced new pseudo labels lands in a fresh folder and trains, while moving the
-run from GPU to CPU lands in the same folder and resumes. The ingredients are written
+training images (``needs_train_images``), stage 01's network and its training and
+validation rows (``needs_close_set``: the weights file's content, not its path). So
+re-running stage 03 with ``lam=0`` or after stage 02 produced new pseudo labels lands in a
+fresh folder and trains, while moving the run from GPU to CPU lands in the same folder and
+resumes. The ingredients are written
 beside the checkpoints (``key.json``) for debugging.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -78,7 +81,27 @@ def result_ingredients(
         ingredients["images"] = fp(view.images)
     if cls.needs_train_images:
         ingredients["train_images"] = fp(view.train_images)
+    if cls.needs_close_set:
+        ingredients["close_set"] = close_set_ingredients(view, fp)
     return ingredients
+
+
+def close_set_ingredients(view: OpenSetData, fp: Any = tensor_digest) -> dict[str, Any]:
+    """Stage 01's network (architecture, head, the content of its weights file) and the
+    content of its training and validation rows (images and targets)."""
+    close = view.close_set
+    if close is None:
+        raise ValueError(
+            "this detector fine-tunes stage 01's close-set network, but OpenSetData.close_set is None "
+            "(stage 03 loads it from run_dir/01_close_set; run stage 01 first)"
+        )
+    model = {k: v for k, v in dataclasses.asdict(close.model).items() if k != "pretrained"}
+    weights = close.model.pretrained
+    return {
+        "model": model,
+        "weights": file_digest(weights) if weights else None,
+        "data": fp(close.train_images, close.train_targets, close.val_images, close.val_targets),
+    }
 
 
 def result_key(ingredients: dict[str, Any]) -> str:

@@ -35,6 +35,7 @@ DETECTORS: dict[str, str] = {
     "contrast": "ferlib.openset.contrast:ContrastDetector",
     "uncertainty": "ferlib.openset.uncertainty:UncertaintyScore",
     "disagreement": "ferlib.openset.disagreement:BranchDisagreement",
+    "proser": "ferlib.openset.proser:ProserDetector",
     "sal_filter": "ferlib.openset.sal:SALFilter",
     "sal": "ferlib.openset.sal:SAL",
     "pseudo_oe": "ferlib.openset.pseudo_oe:PseudoOutlierExposure",

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from ferlib.openset.data import TABLE_COLUMNS, OpenSetData
+from ferlib.models import ModelConfig, build_model
+from ferlib.openset.data import TABLE_COLUMNS, CloseSet, OpenSetData
 
 
 def features_data(
@@ -119,10 +120,25 @@ def tiny_image_data(n_close: int = 24, n_open: int = 16, seed: int = 0, size: in
     return data
 
 
-#: tiny settings of the two trained detectors (a few seconds each on one CPU core)
+def tiny_close_set(folder, k: int = 4, seed: int = 0, size: int = 32) -> CloseSet:
+    """What stage 03 hands a detector that fine-tunes stage 01's network (``needs_close_set``):
+    a freshly initialised ResNet-18 (ImageNet stem, linear head) saved as ``folder/best.pt``,
+    and random close training (16) and validation (8) images with targets 0..k-1."""
+    g = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    model = ModelConfig("resnet18", k, size, stem="imagenet")
+    torch.save(build_model(model, verbose=False).state_dict(), folder / "best.pt")
+    images = torch.from_numpy(g.integers(0, 255, (24, 3, size, size), dtype=np.uint8))
+    targets = np.arange(24) % k
+    model.pretrained = str(folder / "best.pt")
+    return CloseSet(model, images[:16], targets[:16], images[16:], targets[16:])
+
+
+#: tiny settings of the trained detectors (a few seconds each on one CPU core)
 TINY_PARAMS = {
     "cycle": {"cycles": 1, "epochs_per_cycle": 1, "batch_size": 16, "arch": "resnet18", "stem": "imagenet"},
     "contrast": {"epochs": 1, "batch_size": 16, "stem": "imagenet"},
+    "proser": {"epochs": 1, "batch_size": 16},
 }
 
 
@@ -139,6 +155,11 @@ def make_noisy_images() -> Callable[..., OpenSetData]:
 @pytest.fixture
 def make_tiny_image_data() -> Callable[..., OpenSetData]:
     return tiny_image_data
+
+
+@pytest.fixture
+def make_tiny_close_set() -> Callable[..., CloseSet]:
+    return tiny_close_set
 
 
 @pytest.fixture

@@ -24,6 +24,9 @@ def test_cheap_detectors_are_every_untrained_one():
         "tknn",
         "uncertainty",
         "disagreement",
+        "sal_filter",
+        "sal",
+        "pseudo_oe",
     }
 
 

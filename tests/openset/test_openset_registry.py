@@ -28,6 +28,7 @@ def test_registry_covers_every_detector_including_the_trained_ones():
         "contrast",
         "uncertainty",
         "disagreement",
+        "proser",
         "sal_filter",
         "sal",
         "pseudo_oe",

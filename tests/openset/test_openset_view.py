@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ferlib.openset import available_detectors, run_detectors
+from ferlib.openset import available_detectors, detector_class, run_detectors
 from ferlib.openset.base import Detector
 
 ANSWER_COLUMNS = ["label", "target", "is_open", "origin", "source_index", "path"]
@@ -21,10 +21,14 @@ def _shuffled(data, seed=0):
 
 
 @pytest.mark.parametrize("name", available_detectors())
-def test_shuffling_label_columns_changes_no_score(name, make_tiny_image_data, tiny_params):
+def test_shuffling_label_columns_changes_no_score(
+    name, make_tiny_image_data, tiny_params, make_tiny_close_set, tmp_path
+):
     """Every registered detector (the trained ones with tiny settings, in memory) through
     the path stage 03 uses; the shuffled columns must really differ."""
     data = make_tiny_image_data()
+    if detector_class(name).needs_close_set:
+        data.close_set = make_tiny_close_set(tmp_path)
     shuffled = _shuffled(data)
     assert not np.array_equal(shuffled.table["is_open"], data.table["is_open"])
     shared = {"input_size": 32, "progress": False, "seed": 0}
