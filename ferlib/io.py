@@ -24,7 +24,15 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Pat
 
     The temporary file lives in the same directory, so ``os.replace`` is atomic: readers
     see either the old file or the complete new one, never a torn write.
+
+    Under ``torchrun`` only rank 0 writes, and every rank returns once the file is complete
+    (:func:`ferlib.distributed.run_on_main`): the same code writes one set of files, and a
+    rank that reads the file next reads rank 0's. So every rank must make the call.
     """
+    from ferlib import distributed
+
+    if distributed.is_distributed():
+        return distributed.run_on_main(lambda: atomic_write(path, writer))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

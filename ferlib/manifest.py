@@ -73,7 +73,15 @@ def _locked(run_dir: Path) -> Iterator[None]:
 
 
 def modify_manifest(run_dir: str | os.PathLike, change: Callable[[dict], dict]) -> dict:
-    """Apply ``change(manifest) -> manifest`` under a lock and write the result atomically."""
+    """Apply ``change(manifest) -> manifest`` under a lock and write the result atomically.
+
+    Under ``torchrun`` rank 0 alone reads, changes and writes (taking the lock only there: a
+    rank holding it while waiting for rank 0's write would block rank 0), and every rank
+    returns rank 0's manifest (:func:`ferlib.distributed.run_on_main`)."""
+    from ferlib import distributed
+
+    if distributed.is_distributed():
+        return distributed.run_on_main(lambda: modify_manifest(run_dir, change))
     run_dir = Path(run_dir)
     with _locked(run_dir):
         manifest = change(read_manifest(run_dir))
@@ -166,7 +174,8 @@ def collect_environment() -> dict:
     Keys: ``python``, ``platform``, ``torch``, ``torchvision``, ``numpy``, ``sklearn``,
     ``pandas``, ``ferlib`` (versions; ``None`` when a library is missing), ``cuda_available``,
     ``cuda_device`` (name of device 0 or ``None``), ``git_commit`` and ``git_dirty`` (both
-    ``None`` when ferlib does not run from a git checkout), and a few host facts.
+    ``None`` when ferlib does not run from a git checkout), ``world_size`` under torchrun,
+    and a few host facts.
     """
     import ferlib
 
@@ -197,6 +206,10 @@ def collect_environment() -> dict:
                 env["cuda_device_count"] = torch.cuda.device_count()
         except Exception as exc:  # noqa: BLE001 - a driver problem is recorded, not raised
             env["cuda_error"] = repr(exc)
+    from ferlib import distributed
+
+    if distributed.world_size() > 1:  # under torchrun (absent in a single process)
+        env["world_size"] = distributed.world_size()
     git = git_info()
     env["git_commit"] = git["commit"] if git else None
     env["git_dirty"] = git["dirty"] if git else None

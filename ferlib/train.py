@@ -15,14 +15,19 @@ A checkpoint is resumed only when every input that determines the result is the 
 targets, the objective's parameters and the model's initial weights. What does not change
 the result (device, progress, evaluation batch size) is left out, so a run moved from a GPU
 to a CPU resumes.
+
+Under ``torchrun`` the same :func:`fit` and :func:`predict` run data-parallel
+(DistributedDataParallel; :mod:`ferlib.distributed`); see :func:`fit` for what is and is
+not the single-process computation.
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -32,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ferlib import distributed
 from ferlib.data.augment import AugmentConfig, augment_batch, to_float
 from ferlib.digest import json_digest, state_dict_digest, tensor_digest
 from ferlib.io import read_json, torch_save, write_csv, write_json
@@ -368,7 +374,8 @@ def training_key(
     module structure (architecture, head, pretrained weights, init seed and dropout in
     one go). Call it before training: ``model`` must hold its initial weights. Noisy
     targets change the targets' digest; soft targets and their mode enter only when
-    present, so the keys of runs without them stay as they were.
+    present, so the keys of runs without them stay as they were. Under ``torchrun`` the world
+    size enters too (see :func:`fit`); a single process's key has no such entry.
     """
     ingredients = {
         "loop_version": LOOP_VERSION,
@@ -383,6 +390,10 @@ def training_key(
     }
     if train.soft_targets is not None:
         ingredients["soft_targets"] = {"mode": train.soft_mode, "data": tensor_digest(train.soft_targets)}
+    if distributed.is_distributed():
+        # not the single-process computation (BatchNorm statistics per shard, batch-level
+        # objectives): a checkpoint resumes only under the same world size (see fit)
+        ingredients["world_size"] = distributed.world_size()
     return json_digest(ingredients), ingredients
 
 
@@ -428,6 +439,41 @@ def _resume_point(path: Path, key: str, cfg: TrainConfig, desc: str) -> dict | N
     return ckpt
 
 
+def _load_best(out: Path) -> dict | None:
+    """The best-on-validation weights written by :func:`fit`, or None when there are none."""
+    return torch.load(out / "best.pt", map_location="cpu") if (out / "best.pt").exists() else None
+
+
+class _ObjectiveStep(nn.Module):
+    """What DistributedDataParallel wraps: one call of the objective on the model.
+
+    DDP synchronises gradients of what runs inside its ``forward``; objectives call more
+    than ``model(x)`` (``forward_all``, ``cam``, ``head.classify``), so the whole objective
+    call is the wrapped forward. The objective is kept out of the module tree (it is not
+    trained)."""
+
+    def __init__(self, model: nn.Module, objective: Objective, cfg: TrainConfig):
+        super().__init__()
+        self.model = model
+        self._objective = [objective]
+        self._cfg = cfg
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with _autocast(self._cfg):
+            return self._objective[0](self.model, x, t, index)
+
+
+def _check_same_key(key: str, desc: str) -> None:
+    """Under torchrun: refuse to train when the ranks' inputs differ (data, targets, initial
+    weights...): DDP would silently train rank 0's model on a mixture."""
+    keys = distributed.all_gather_objects(key)
+    if len(set(keys)) > 1:
+        raise RuntimeError(
+            f"{desc}: the ranks' training inputs differ (keys {keys}); every rank must build the same "
+            "data, targets, settings and initial model"
+        )
+
+
 def fit(
     model: nn.Module,
     train: TensorData,
@@ -446,6 +492,45 @@ def fit(
     :func:`training_key`, whose ingredients are written to ``key.json`` beside the
     checkpoint) start over, so stale checkpoints never leak into a changed run.
     Without ``val`` the last epoch is kept.
+
+    **Under torchrun** (``WORLD_SIZE`` > 1; nothing to pass: :mod:`ferlib.distributed`
+    initialises the process group, gloo on CPU, NCCL for CUDA tensors, and a CUDA device
+    becomes ``cuda:LOCAL_RANK``) the loop runs data-parallel with DistributedDataParallel:
+
+    - ``batch_size`` stays the *global* batch. Every rank draws the same permutation from
+      the seeded generator, so the same global batches in the same order, and trains on its
+      contiguous slice of each (:func:`ferlib.distributed.shard`; sizes differ by at most
+      one). A global batch is skipped when a slice would hold fewer than 2 samples
+      (BatchNorm), i.e. a last partial batch of fewer than ``2 * world_size`` samples (one
+      process skips only fewer than 2).
+    - Augmentation: each rank augments the whole global batch with the shared generator and
+      keeps its slice, so every sample gets exactly the augmentation it gets in one process
+      (the draws depend on the batch's size and order, so augmenting only the slice could
+      not be). Cost: every rank decodes, normalises and augments the global batch (tensor
+      operations, small beside the forward and backward passes, which run on the slice
+      only); without augmentation only the slice is loaded. ``probability`` targets are
+      drawn the same way.
+    - Gradients: DDP averages the ranks' gradients; each rank's loss is the mean over its
+      slice, scaled by ``world_size * slice / global batch`` (1 for equal slices), so the
+      average is the gradient of the global batch's mean loss for any loss that is a mean
+      of per-sample terms (cross-entropy, label smoothing, soft targets, CAM flip).
+      ``find_unused_parameters`` is on (heads whose extras a loss leaves unused, ensemble's
+      frozen branches keep ``grad`` None as in one process).
+    - Not the single-process computation: BatchNorm normalises each slice with the slice's
+      statistics (torch's SyncBatchNorm refuses CPU tensors, so it is not used: the CPU
+      test could not check it), and running statistics are rank 0's (broadcast every
+      epoch); losses over batch-level quantities (RUL's mixup pairs, the ensemble's
+      diversity kernel) see the slice; torch's global generator (dropout, RUL's pairing) is
+      seeded per rank, so ranks draw different masks. Hence the world size enters the
+      key (:func:`training_key`): a checkpoint resumes only under the same world size, and
+      a single-process checkpoint never resumes under DDP, or the reverse.
+    - Validation runs :func:`predict` on each rank's slice of the rows, gathered to every
+      rank, so every rank computes the same metrics and picks the same best epoch.
+      Training loss and accuracy are summed over the ranks.
+    - Files (checkpoints, history, ``key.json``) are written by rank 0 only, the others
+      waiting (:mod:`ferlib.io`). On a resume rank 0 reads ``last.pt`` and sends it to every
+      rank; the ranks' keys must agree (else ``RuntimeError``). At the end every rank holds
+      rank 0's best (or last) weights. Progress and messages come from rank 0 only.
     """
     objective = objective or CrossEntropy()
     if len(train) < 2:
@@ -455,8 +540,20 @@ def fit(
         check(model)  # e.g. cam_flip on a head without CAM: fail before any epoch
     _check_smoothing(objective, cfg)
     _check_soft_targets(objective, train)
+    distributed.init(cfg.device)  # no-op in a single process
+    parallel = distributed.is_distributed()
+    n_ranks = distributed.world_size() if parallel else 1
+    if parallel:
+        if cfg.batch_size < 2 * n_ranks:
+            raise ValueError(f"batch_size={cfg.batch_size} is the global batch: at least 2 per rank ({n_ranks} ranks)")
+        local = distributed.local_device(cfg.device)
+        cfg = replace(cfg, device=local, progress=cfg.progress and distributed.is_main())
     key, ingredients = training_key(model, train, val, cfg, objective)
+    if parallel:
+        _check_same_key(key, desc)
     torch.manual_seed(cfg.seed)
+    if parallel and distributed.rank() > 0:
+        torch.manual_seed(cfg.seed + 1_000_003 * distributed.rank())  # dropout masks differ per rank
     if cfg.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
     model = _to_device(model, cfg)
@@ -470,7 +567,8 @@ def fit(
     best_acc, best_epoch, start = -1.0, -1, 0
 
     if out is not None:
-        ckpt = _resume_point(out / "last.pt", key, cfg, desc)
+        # under torchrun: rank 0 reads it (and drops a stale best.pt), every rank gets it
+        ckpt = distributed.run_on_main(lambda: _resume_point(out / "last.pt", key, cfg, desc))
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
@@ -483,6 +581,12 @@ def fit(
             if cfg.progress:
                 print(f"{desc}: resuming from {out / 'last.pt'} after epoch {ckpt['epoch'] + 1}")
         write_json(out / "key.json", {"key": key, **ingredients})
+    trainer = (
+        nn.parallel.DistributedDataParallel(_ObjectiveStep(model, objective, cfg), find_unused_parameters=True)
+        if parallel
+        else None
+    )
+    synced = list(model.buffers()) + (list(ema.model.buffers()) if ema is not None else [])
 
     n = len(train)
     n_batches = max(1, n // cfg.batch_size + (1 if n % cfg.batch_size >= 2 else 0))
@@ -498,32 +602,44 @@ def fit(
             range(n_batches), desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, disable=not cfg.progress
         )
         for step in bar:
-            index = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            if len(index) < 2:  # BatchNorm cannot train on a single sample
+            index = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]  # the global batch
+            if len(index) < 2 * n_ranks:  # BatchNorm cannot train on a single sample (per rank)
                 continue
             lr = cfg.lr_at(epoch + step / n_batches)
             for group in opt.param_groups:
                 group["lr"] = lr
-            x = _batch(train.images, index, cfg)
-            if cfg.augment is not None:
-                x = augment_batch(x, cfg.augment, aug_gen)
-            y = train.targets[index].to(cfg.device)  # hard labels: training accuracy
-            t = y if train.soft_targets is None else train.loss_targets(index, label_gen).to(cfg.device)
-            with _autocast(cfg):
-                loss, logits = objective(model, x, t, index)
+            lo, hi = distributed.shard(len(index)) if parallel else (0, len(index))
+            rows = index[lo:hi]  # this rank's slice: the whole batch in one process
+            if cfg.augment is not None:  # augmented as a whole batch, as in one process
+                x = augment_batch(_batch(train.images, index, cfg), cfg.augment, aug_gen)[lo:hi]
+            else:
+                x = _batch(train.images, rows, cfg)
+            y = train.targets[rows].to(cfg.device)  # hard labels: training accuracy
+            t = y if train.soft_targets is None else train.loss_targets(index, label_gen)[lo:hi].to(cfg.device)
+            if trainer is not None:
+                loss, logits = trainer(x, t, rows)
+            else:
+                with _autocast(cfg):
+                    loss, logits = objective(model, x, t, rows)
             if cfg.label_smoothing > 0:
                 loss = _smoothed(loss, logits, t, cfg.label_smoothing)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {step}")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if len(rows) * n_ranks != len(index):  # unequal slices: DDP's average = global mean
+                (loss * (len(rows) * n_ranks / len(index))).backward()
+            else:
+                loss.backward()
             opt.step()
             if ema is not None:
                 ema.update(model, epoch * n_batches + step)
-            total_loss += loss.item() * len(index)
+            total_loss += loss.item() * len(rows)
             correct += (logits.argmax(1) == y).sum().item()
-            seen += len(index)
+            seen += len(rows)
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", refresh=False)  # redraw on tqdm's clock
+        if parallel:
+            total_loss, correct, seen = distributed.all_reduce_sum([total_loss, correct, seen])
+            distributed.broadcast_tensors(synced)  # rank 0's BatchNorm statistics: what it saves
         row = {
             "epoch": epoch + 1,
             "train_loss": total_loss / max(seen, 1),
@@ -548,6 +664,8 @@ def fit(
         else:
             improved = True
         row["seconds"] = time.perf_counter() - t0
+        if parallel:
+            row["seconds"] = distributed.broadcast_object(row["seconds"])  # rank 0's, as saved
         history.append(row)
         if improved:
             best_acc, best_epoch = row.get("val_acc", 0.0), epoch + 1
@@ -579,10 +697,18 @@ def fit(
         for callback in callbacks:
             callback(EpochInfo(epoch + 1, evaluated, row))
 
-    if out is not None and (out / "best.pt").exists() and val is not None:
-        model.load_state_dict(torch.load(out / "best.pt", map_location="cpu"))
+    if trainer is not None:
+        # DDP sits in reference cycles: free its gradient buckets now, not at some later
+        # collection (see also ferlib.distributed._destroy for the process group at exit)
+        del trainer
+        gc.collect()
+    best = distributed.run_on_main(lambda: _load_best(out)) if out is not None and val is not None else None
+    if best is not None:
+        model.load_state_dict(best)
     elif ema is not None:
         model.load_state_dict(ema.model.state_dict())  # the averaged weights are the result
+    if parallel:
+        torch.manual_seed(cfg.seed)  # the ranks leave with the same global generator
     return FitResult(pd.DataFrame(history), best_epoch, out)
 
 
@@ -632,13 +758,24 @@ def predict(
     Outputs are indexed exactly like ``images``: there is no shuffling anywhere on this
     path, which is what makes pseudo labels index-aligned (the reference code's loader
     shuffled and then indexed by position).
+
+    Under ``torchrun`` every rank must call it (with the same model and rows): each rank
+    predicts its contiguous slice of the rows (:func:`ferlib.distributed.shard`) on its own
+    device, and the slices are gathered in rank order, so every rank returns the whole
+    :class:`Prediction`, the same on all ranks (W times faster than one rank predicting
+    alone, at the cost of pickling the outputs once between processes). A CUDA ``device``
+    becomes this rank's GPU (:func:`ferlib.distributed.local_device`).
     """
     was_training = model.training
     model.eval()
+    parallel = distributed.is_distributed()
+    device = distributed.local_device(device)
+    lo, hi = distributed.shard(len(images)) if parallel else (0, len(images))
+    progress = progress and distributed.is_main()
     cfg = TrainConfig(device=device, channels_last=channels_last, amp=amp, input_size=input_size)
     logits, feats, extras = [], [], {}
-    for start in progress_bar(range(0, len(images), batch_size), desc=desc, leave=False, disable=not progress):
-        index = torch.arange(start, min(start + batch_size, len(images)))
+    for start in progress_bar(range(lo, hi, batch_size), desc=desc, leave=False, disable=not progress):
+        index = torch.arange(start, min(start + batch_size, hi))
         x = _batch(images, index, cfg)
         if flip:
             x = torch.flip(x, dims=[3])
@@ -652,6 +789,14 @@ def predict(
         for k, v in ex.items():
             extras.setdefault(k, []).append(v.cpu())
     model.train(was_training)
+    if parallel:  # every rank's batches, in rank (so row) order
+        parts = distributed.all_gather_objects((logits, feats, extras))
+        logits = [lg for part in parts for lg in part[0]]
+        feats = [ft for part in parts for ft in part[1]]
+        extras = {}
+        for part in parts:
+            for k, v in part[2].items():
+                extras.setdefault(k, []).extend(v)
     if not logits:
         return Prediction(torch.empty(0, 0), torch.empty(0, 0))
     # an extra that looked per-sample in some batches only (a per-batch tensor whose length

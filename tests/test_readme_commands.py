@@ -23,7 +23,8 @@ def _commands() -> list[str]:
         for line in joined.splitlines():
             line = line.strip()
             if "-m ferlib.run " in line and not line.startswith("#"):
-                commands.append(line.split("-m ferlib.run ", 1)[1])
+                command = line.split("-m ferlib.run ", 1)[1]
+                commands.append(command.removeprefix("-- "))  # torchrun keeps what follows its "--"
     return commands
 
 

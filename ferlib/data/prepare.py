@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ferlib.distributed import runs_main_first
 from ferlib.emotions import Emotion, parse_emotion
 from ferlib.io import hash_strings
 
@@ -162,6 +163,7 @@ def _options_key(options: Mapping[str, Any]) -> str:
     return "options:" + ",".join(items) + ";" + class_map_key(options.get("class_map"))
 
 
+@runs_main_first  # under torchrun rank 0 decodes/writes the caches first, the others reuse them
 def load_splits(
     dataset: str,
     data_root: str | None,
