@@ -186,6 +186,28 @@ def _columns(frame, cols: Iterable[str]) -> None:
         raise ValueError(f"column(s) {missing} not in the table; columns are {list(frame.columns)}")
 
 
+#: markers of the line plots' series, in order (colours from PALETTE, styles from LINESTYLES)
+SERIES_MARKERS: tuple[str, ...] = ("o", "s", "^", "v", "D", "P", "X", "*")
+
+
+def _series(ax, j: int, x, mean, std, label: str) -> None:
+    """Series ``j`` of a line plot: mean with the std as error bars (none when all zero/NaN),
+    the j-th colour, line style and marker, so that series stay apart in grey print too."""
+    std = np.nan_to_num(np.asarray(std, dtype=float))
+    ax.errorbar(
+        np.asarray(x, dtype=float),
+        np.asarray(mean, dtype=float),
+        yerr=std if std.any() else None,
+        color=PALETTE[j % len(PALETTE)],
+        linestyle=LINESTYLES[j % len(LINESTYLES)],
+        marker=SERIES_MARKERS[j % len(SERIES_MARKERS)],
+        markersize=3,
+        capsize=1.5,
+        elinewidth=0.6,
+        label=label,
+    )
+
+
 def _auroc_from(metrics, detector: str, protocol: str | None) -> float | None:
     """The AUROC of ``detector`` from a metrics table or mapping, None when absent."""
     if metrics is None:
@@ -812,7 +834,6 @@ def accuracy_vs_noise(
     nrows = math.ceil(len(kinds) / ncols)
     fig, axes = _figure(SINGLE_COLUMN if ncols == 1 else DOUBLE_COLUMN, 0.6 + 1.9 * nrows, nrows, ncols, sharey=True)
     methods = list(dict.fromkeys(frame["method"].astype(str)))
-    markers = ("o", "s", "^", "v", "D", "P", "X", "*")
     for ax, kind in zip(axes.flat, kinds):
         rows = frame[frame["kind"].astype(str) == kind]
         if kind != "clean" and len(clean):
@@ -821,19 +842,7 @@ def accuracy_vs_noise(
             m = rows[rows["method"].astype(str) == method].sort_values("x")
             if m.empty:
                 continue
-            std = np.nan_to_num(m[f"{value}_std"].to_numpy(dtype=float))
-            ax.errorbar(
-                m["x"].to_numpy(dtype=float),
-                m[f"{value}_mean"].to_numpy(dtype=float),
-                yerr=std if std.any() else None,
-                color=PALETTE[j % len(PALETTE)],
-                linestyle=LINESTYLES[j % len(LINESTYLES)],
-                marker=markers[j % len(markers)],
-                markersize=3,
-                capsize=1.5,
-                elinewidth=0.6,
-                label=method,
-            )
+            _series(ax, j, m["x"], m[f"{value}_mean"], m[f"{value}_std"], method)
         ax.set_title(kind)
         ax.set_xlabel("noise rate" if kind != "annotator" else "noise rate (measured)")
     for ax in axes[:, 0]:
@@ -961,22 +970,10 @@ def metric_vs_open_fraction(summary, *, metric: str = "auroc", title: str | None
     _columns(summary, ["fraction", "open_share", "detector", f"{metric}_mean", f"{metric}_std"])
     fig, axes = _figure(SINGLE_COLUMN, 2.4)
     ax = axes[0, 0]
-    markers = ("o", "s", "^", "v", "D", "P", "X", "*")
     for j, det in enumerate(dict.fromkeys(summary["detector"].astype(str))):
         rows = summary[summary["detector"].astype(str) == det].sort_values("open_share")
-        std = np.nan_to_num(rows[f"{metric}_std"].to_numpy(dtype=float))
-        ax.errorbar(
-            100 * rows["open_share"].to_numpy(dtype=float),
-            rows[f"{metric}_mean"].to_numpy(dtype=float),
-            yerr=std if std.any() else None,
-            color=PALETTE[j % len(PALETTE)],
-            linestyle=LINESTYLES[j % len(LINESTYLES)],
-            marker=markers[j % len(markers)],
-            markersize=3,
-            capsize=1.5,
-            elinewidth=0.6,
-            label=det,
-        )
+        x = 100 * rows["open_share"].to_numpy(dtype=float)
+        _series(ax, j, x, rows[f"{metric}_mean"], rows[f"{metric}_std"], det)
     if metric == "auroc":
         ax.axhline(0.5, color="#999999", linestyle=":", linewidth=0.8)
     ax.set_xlabel("open samples in the evaluation set (%)")

@@ -142,6 +142,30 @@ TINY_PARAMS = {
 }
 
 
+def tiny_stage_params(base) -> dict:
+    """Stage arguments of a tiny synthetic run under ``base`` (the data set written there):
+    140/28/56 images, Surprise open, 32 px, ImageNet stem; stage 01 takes ``epochs`` and
+    ``batch_size`` on top. Shared by the tests that run stages 01-03 for real."""
+    from ferlib.data.synthetic import SyntheticConfig, write_synthetic
+
+    root = write_synthetic(base / "synthetic", SyntheticConfig(n_train=140, n_valid=28, n_test=56, seed=0))
+    return dict(
+        dataset="synthetic",
+        data_root=str(root),
+        open_class="surprise",
+        input_size=32,
+        progress=False,
+        run_dir=str(base / "run"),
+        cache_dir=str(base / "cache"),
+        stem="imagenet",
+    )
+
+
+@pytest.fixture(scope="session")
+def make_tiny_stage_params() -> Callable[..., dict]:
+    return tiny_stage_params
+
+
 @pytest.fixture
 def make_features_data() -> Callable[..., OpenSetData]:
     return features_data

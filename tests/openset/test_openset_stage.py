@@ -126,22 +126,9 @@ def test_write_npy_is_atomic(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, make_tiny_stage_params):
     """Stages 01-02 on a tiny synthetic set (a few seconds): 1 epoch, 32 px, ImageNet stem."""
-    from ferlib.data.synthetic import SyntheticConfig, write_synthetic
-
-    base = tmp_path_factory.mktemp("openset_stage")
-    root = write_synthetic(base / "synthetic", SyntheticConfig(n_train=140, n_valid=28, n_test=56, seed=0))
-    params = dict(
-        dataset="synthetic",
-        data_root=str(root),
-        open_class="surprise",
-        input_size=32,
-        progress=False,
-        run_dir=str(base / "run"),
-        cache_dir=str(base / "cache"),
-        stem="imagenet",
-    )
+    params = make_tiny_stage_params(tmp_path_factory.mktemp("openset_stage"))
     stages.train_close_set(**params, epochs=1, batch_size=32)
     table = stages.predict_pseudo_labels(**params)
     return params, table

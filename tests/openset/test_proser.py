@@ -400,25 +400,14 @@ def test_proser_separates_open_from_close_on_synthetic_squares(tmp_path):
 
 
 @pytest.mark.slow
-def test_stage_03_runs_proser_by_name_from_stage_01(tmp_path):
+def test_stage_03_runs_proser_by_name_from_stage_01(tmp_path, make_tiny_stage_params):
     """Stage 03 with ``detectors=[..., 'proser']``: it fine-tunes stage 01's network once for
     both protocols (``any_protocol`` folder) on stage 01's own rows; a stage 03 whose data
     would carve another validation split is refused."""
     from ferlib import stages
     from ferlib.data.prepare import load_splits
-    from ferlib.data.synthetic import SyntheticConfig, write_synthetic
 
-    root = write_synthetic(tmp_path / "synthetic", SyntheticConfig(n_train=140, n_valid=28, n_test=56, seed=0))
-    params = dict(
-        dataset="synthetic",
-        data_root=str(root),
-        open_class="surprise",
-        input_size=32,
-        progress=False,
-        run_dir=str(tmp_path / "run"),
-        cache_dir=str(tmp_path / "cache"),
-        stem="imagenet",
-    )
+    params = make_tiny_stage_params(tmp_path)
     stages.train_close_set(**params, epochs=1, batch_size=32)
     stages.predict_pseudo_labels(**params)
     metrics = stages.detect_open_set(
@@ -437,6 +426,6 @@ def test_stage_03_runs_proser_by_name_from_stage_01(tmp_path):
     # stage 01 validated on another split than the one loaded here: refused, naming both
     results = run / "01_close_set" / "results.json"
     results.write_text(json.dumps({**close, "validation": "10% of the training split carved (seed 7)"}))
-    s = load_splits("synthetic", str(root), "surprise", 32, str(tmp_path / "cache"))
+    s = load_splits("synthetic", params["data_root"], "surprise", 32, str(tmp_path / "cache"))
     with pytest.raises(ValueError, match="stage 01 validated on"):
         stages.load_close_set_inputs(s, str(run))
