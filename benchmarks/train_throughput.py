@@ -245,6 +245,8 @@ def fresh_model(args: argparse.Namespace, size: int, num_classes: int, cfg: Trai
     mcfg = ModelConfig(arch=args.arch, num_classes=num_classes, input_size=size, stem=args.stem)
     model = _to_device(build_model(mcfg, verbose=False), cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if args.compile:  # model(x) compiled (training); forward_all (inference) stays eager, as in fit
+        model = torch.compile(model)
     return model, opt
 
 
@@ -392,6 +394,7 @@ def environment(args: argparse.Namespace, data: BenchData) -> dict:
         "prefetch_factor": args.prefetch_factor,
         "channels_last": args.channels_last,
         "amp": args.amp,
+        "compile": args.compile,
         "warmup": args.warmup,
         "seconds": args.seconds,
         "batches": args.batches,
@@ -485,6 +488,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--amp", action="store_true", help="bfloat16 autocast on CUDA on every path (ignored on CPU, as in the kit)"
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model's training forward on every path (TrainConfig.compile); the "
+        "--warmup batches absorb the compilation, so raise --warmup to 3 or more",
     )
     p.add_argument(
         "--data",

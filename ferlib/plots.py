@@ -982,3 +982,82 @@ def metric_vs_open_fraction(summary, *, metric: str = "auroc", title: str | None
         ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), ncols=1)
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# open-set detection against the close-set model's training length (memorisation)
+
+#: line style of each evaluation protocol in the figures that show both
+PROTOCOL_LINESTYLES = {"honest": "-", "reference": "--"}
+
+
+@_styled
+def metric_vs_epochs(table, *, metric: str = "auroc", title: str | None = None) -> Figure:
+    """``metric`` of each detector against the close-set model's training epochs, solid under
+    the honest protocol and dashed under the reference one (top), and the model's training
+    and close test accuracy (bottom), from ``tools/memorisation.py``'s table (columns
+    ``epoch, protocol, detector, <metric>, train_acc, test_acc``).
+
+    Why: the reference protocol hands open training images the outputs of other training
+    images, which a close-set model memorises as it trains; the gap between the two line
+    styles against the training accuracy shows how much of a score's AUROC that is. The
+    x axis is logarithmic (base 2) when the epochs span a factor of four or more."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FormatStrFormatter, NullLocator
+
+    _columns(table, ["epoch", "protocol", "detector", metric, "train_acc", "test_acc"])
+    fig, axes = _figure(SINGLE_COLUMN, 4.0, 2, 1, sharex=True, height_ratios=(2.2, 1.0))
+    top, bottom = axes[0, 0], axes[1, 0]
+    detectors = list(dict.fromkeys(table["detector"].astype(str)))
+    protocols = [p for p in PROTOCOL_LINESTYLES if p in set(table["protocol"].astype(str))]
+    for j, det in enumerate(detectors):
+        for protocol in protocols:
+            rows = table[(table["detector"].astype(str) == det) & (table["protocol"].astype(str) == protocol)]
+            rows = rows.sort_values("epoch")
+            top.plot(
+                rows["epoch"].to_numpy(dtype=float),
+                rows[metric].to_numpy(dtype=float),
+                color=PALETTE[j % len(PALETTE)],
+                linestyle=PROTOCOL_LINESTYLES[protocol],
+                marker=SERIES_MARKERS[j % len(SERIES_MARKERS)],
+                markersize=3,
+                markerfacecolor="white" if protocol == "reference" else None,
+            )
+    if metric == "auroc":
+        top.axhline(0.5, color="#999999", linestyle=":", linewidth=0.8)
+    top.set_ylabel(_METRIC_LABEL.get(metric, metric))
+    if title:
+        top.set_title(title)
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=PALETTE[j % len(PALETTE)],
+            marker=SERIES_MARKERS[j % len(SERIES_MARKERS)],
+            markersize=3,
+            label=det,
+        )
+        for j, det in enumerate(detectors)
+    ] + [Line2D([], [], color="#555555", linestyle=PROTOCOL_LINESTYLES[p], label=p) for p in protocols]
+    fig.legend(handles=handles, loc="outside lower center", ncols=4)
+    per_epoch = table.drop_duplicates("epoch").sort_values("epoch")
+    epochs = per_epoch["epoch"].to_numpy(dtype=float)
+    for k, (col, label) in enumerate((("train_acc", "training rows"), ("test_acc", "close test"))):
+        bottom.plot(
+            epochs,
+            per_epoch[col].to_numpy(dtype=float),
+            color=OKABE_ITO["black"] if k == 0 else OKABE_ITO["sky"],
+            linestyle=LINESTYLES[k],
+            marker=SERIES_MARKERS[k],
+            markersize=3,
+            label=label,
+        )
+    bottom.set_ylabel("accuracy")
+    bottom.set_xlabel("close-set training epochs")
+    bottom.legend(loc="upper left")
+    if len(epochs) and epochs.min() > 0 and epochs.max() / epochs.min() >= 4:
+        bottom.set_xscale("log", base=2)
+    bottom.set_xticks(epochs)
+    bottom.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    bottom.xaxis.set_minor_locator(NullLocator())
+    return fig

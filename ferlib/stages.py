@@ -7,16 +7,23 @@ alone and every intermediate file can be opened in JupyterLab.
 
     run_dir/
       01_close_set/   best.pt, last.pt, history.csv, results.json
-      02_pseudo_labels/  pseudo_labels.csv, outputs.npz, spread.csv
-      03_detect/     scores_<protocol>[_test].csv, detector_features_<protocol>[_test].npy,
+      02_pseudo_labels/  pseudo_labels.csv, outputs.npz, spread.csv,
+                     tuning/ (outputs on the tuning rows, written by stage 03 on demand)
+      03_detect/     scores_<protocol>[_test|_tuning].csv, detector_features_<protocol>[_<subset>].npy,
                      <eval_subset>/<protocol|any_protocol>/<detector>-<key>/ (trained detectors)
       metrics.csv    one row per (eval_subset, protocol, detector)
+
+``eval_subset`` (stage 03): ``all`` is the reported evaluation set (the test split and the
+open class's training images), ``test`` its test-split rows, ``tuning`` the validation
+split's close and open rows: the set to choose hyper-parameters on, never reported
+(:func:`_predict_tuning`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +33,7 @@ import torch
 from ferlib.data.prepare import Splits, TrainingLabels, check_labels, load_splits, training_labels
 from ferlib.data.prepare import close_rows as _close_rows
 from ferlib.data.prepare import parse_open_class as _open
+from ferlib.digest import file_digest, json_digest, tensor_digest
 from ferlib.io import read_json, write_csv, write_json, write_npy, write_npz
 from ferlib.losses import make_objective
 from ferlib.manifest import modify_manifest, update_manifest
@@ -481,10 +489,12 @@ def load_openset_data(
     close_set: CloseSet | None = None,
 ) -> OpenSetData:
     """Stage 02's files as :class:`OpenSetData`, under ``protocol``, restricted to
-    ``eval_subset`` (``"all"`` or ``"test"``: the test split's rows only).
+    ``eval_subset`` (``"all"``; ``"test"``: the test split's rows only; ``"tuning"``: the
+    tuning rows, see :func:`_predict_tuning`).
 
     ``images`` are the evaluation images in stage 02's row order (all rows, before the
-    subset), ``train_images`` the close training images; both only for detectors that train.
+    subset; for ``"tuning"``: the tuning images in its row order), ``train_images`` the
+    close training images; both only for detectors that train.
     ``close_set``: stage 01's network and rows (:func:`load_close_set_inputs`), only for
     detectors that fine-tune it.
     """
@@ -493,8 +503,10 @@ def load_openset_data(
     for name in ("pseudo_labels.csv", "outputs.npz"):
         if not (out / name).is_file():
             raise FileNotFoundError(f"{out / name}: no pseudo labels; run stage 02 (predict_pseudo_labels) first")
-    table = pd.read_csv(out / "pseudo_labels.csv")
     z = np.load(out / "outputs.npz")
+    if eval_subset == "tuning":
+        return _load_tuning_data(run_dir, z, protocol, images, train_images, close_set)
+    table = pd.read_csv(out / "pseudo_labels.csv")
     data = OpenSetData(
         table=table[TABLE_COLUMNS].copy(),
         logits=z["eval_logits"],
@@ -531,8 +543,12 @@ def _eval_images(s: Splits) -> torch.Tensor:
     )
 
 
-#: evaluation sets stage 03 can score: every stage 02 row, or the test split's rows only
-EVAL_SUBSETS = ("all", "test")
+#: evaluation sets stage 03 can score: every stage 02 row, the test split's rows only, or
+#: the tuning set (the validation split's close and open rows: for choosing hyper-parameters,
+#: never reported; :func:`_predict_tuning`)
+EVAL_SUBSETS = ("all", "test", "tuning")
+#: folder under ``02_pseudo_labels/`` holding the close-set model's outputs on the tuning rows
+TUNING_DIR = "tuning"
 
 
 def check_eval_subset(eval_subset: str) -> None:
@@ -543,6 +559,164 @@ def check_eval_subset(eval_subset: str) -> None:
 def _subset_suffix(eval_subset: str) -> str:
     """File-name suffix of a restricted run, so that it writes beside the full run's files."""
     return "" if eval_subset == "all" else f"_{eval_subset}"
+
+
+def _tuning_images(s: Splits) -> torch.Tensor:
+    """The tuning images in the tuning table's row order (:meth:`Splits.tuning_rows`)."""
+    return s.valid.images[torch.as_tensor(s.tuning_rows())]
+
+
+def _predict_tuning(
+    s: Splits,
+    run_dir: str,
+    input_size: int,
+    stem: str = "auto",
+    device: str = "cpu",
+    amp: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Pseudo labels and close-set outputs on the *tuning set*, the evaluation set to choose
+    hyper-parameters on (stage 03 with ``eval_subset="tuning"`` calls this).
+
+    The tuning set is the validation split's close-class rows plus its open-class rows
+    (:meth:`~ferlib.data.prepare.Splits.tuning_rows`; for FERPlus, FER2013Valid's images). It
+    holds no test row and no open-class training row, so it shares nothing with the reported
+    evaluation set (stage 02's table); a data set whose validation split is carved from
+    training has none (its open-class validation rows would be open-class training rows).
+    Its scores and metrics are never reported: they are what detector and method settings
+    are chosen on.
+
+    It is slightly optimistic for its close rows: stage 01 chose its best epoch on them, and
+    PROSER calibrates its dummy bias on them. That bias is the same for every setting
+    compared on it, and the set is never reported: choosing on data the model has seen a
+    little, rather than on the reported data, is its purpose.
+
+    Stage 01's network (architecture and head from its ``results.json``, its flip test-time
+    augmentation) predicts the rows in order. The outputs go to
+    ``02_pseudo_labels/tuning/`` (``outputs.npz``, a readable ``pseudo_labels.csv``,
+    ``key.json``), beside and apart from stage 02's files, whose arrays they never change;
+    they are reused while their key (the weights file's content, the model's settings, the
+    tuning images and labels, the classes) is unchanged.
+    """
+    if s.split.open_class is None:
+        raise ValueError("the tuning set needs an open class (open_class is none)")
+    folder = Path(run_dir) / "02_pseudo_labels" / TUNING_DIR
+    close_dir = Path(run_dir) / "01_close_set"
+    weights = close_dir / "best.pt"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: no close-set model; run stage 01 first")
+    built = read_json(close_dir / "results.json") if (close_dir / "results.json").is_file() else {}
+    arch = built.get("arch", "resnet18")
+    tta = bool((built.get("recipe_settings") or {}).get("flip_tta", False))  # as stage 02 predicts
+    rows = s.tuning_rows()
+    images = s.valid.images[torch.as_tensor(rows)]
+    labels = s.valid.labels.numpy()[rows]
+    names = s.label_map.names
+    ingredients = {
+        "weights": file_digest(weights),
+        "model": {
+            "arch": arch,
+            "input_size": input_size,
+            "stem": stem,
+            "head": built.get("head", "linear"),
+            "head_params": built.get("head_params") or {},
+        },
+        "flip_tta": tta,
+        "images": tensor_digest(images),
+        "labels": tensor_digest(labels),
+        "classes": names,
+        "open_class": s.split.open_class.label,
+    }
+    key = json_digest(ingredients)
+    path = folder / "outputs.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            if "key" in z.files and str(z["key"]) == key:
+                return _tuning_table(z)
+    model = _close_model(run_dir, arch, input_size, len(names), device, stem)
+    pred = predict(model, images, device=device, progress=progress, desc="tuning rows", amp=amp, tta=tta)
+    logits = pred.logits.numpy()
+    arrays = {
+        "key": np.array(key),
+        "path": np.array([s.valid.paths[i] for i in rows], dtype=str),
+        "label": labels,
+        "target": s.label_map.encode(labels),
+        "is_open": labels == int(s.split.open_class),
+        "source_index": rows,
+        "class_names": np.array(names),
+        "eval_logits": logits,
+        "eval_features": pred.features.numpy(),
+        **_extras_arrays(EVAL_EXTRA, pred),
+    }
+    table = _tuning_table(arrays)
+    readable = table.copy()
+    for k in range(logits.shape[1]):
+        readable[f"logit_{k}"] = logits[:, k]
+    write_csv(folder / "pseudo_labels.csv", readable)  # for reading; the npz is what stage 03 loads
+    write_json(folder / "key.json", {"key": key, "ingredients": ingredients})
+    write_npz(path, arrays)  # last: its key marks the outputs finished
+    n_open = int(table["is_open"].sum())
+    close = ~table["is_open"].to_numpy()
+    acc = accuracy(table["target"].to_numpy()[close], table["pseudo"].to_numpy()[close])
+    print(f"tuning set: {len(table)} validation rows, {n_open} open; close-set accuracy on its close rows {acc:.4f}")
+    return table
+
+
+def _tuning_table(z) -> pd.DataFrame:
+    """The tuning rows' table (:data:`TABLE_COLUMNS`, ``origin`` "valid") from their outputs."""
+    labels = np.asarray(z["label"])
+    return pd.DataFrame(
+        {
+            "index": np.arange(len(labels)),
+            "path": np.asarray(z["path"]).astype(str),
+            "label": labels,
+            "target": np.asarray(z["target"]),
+            "pseudo": np.asarray(z["eval_logits"]).argmax(1),
+            "is_open": np.asarray(z["is_open"]).astype(bool),
+            "origin": "valid",
+            "source_index": np.asarray(z["source_index"]),
+        }
+    )[TABLE_COLUMNS]
+
+
+def _load_tuning_data(
+    run_dir: str,
+    z,
+    protocol: str,
+    images: torch.Tensor | None,
+    train_images: torch.Tensor | None,
+    close_set: CloseSet | None,
+) -> OpenSetData:
+    """The tuning rows as :class:`OpenSetData` (``z``: stage 02's ``outputs.npz``, for the
+    close training rows' features). The protocols differ only on open-class training rows,
+    which the tuning set has none of: both give the same data."""
+    path = Path(run_dir) / "02_pseudo_labels" / TUNING_DIR / "outputs.npz"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no close-set outputs on the tuning rows; stage 03 with eval_subset='tuning' "
+            "(detect_open_set) computes them"
+        )
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    with np.load(path) as t:
+        ours, theirs = [str(n) for n in t["class_names"]], [str(n) for n in z["class_names"]]
+        if ours != theirs:
+            raise ValueError(
+                f"{path}: classes {ours}, stage 02's are {theirs}; re-run stage 03 with eval_subset='tuning'"
+            )
+        data = OpenSetData(
+            table=_tuning_table(t),
+            logits=t["eval_logits"],
+            features=t["eval_features"],
+            train_features=z["all_train_features"][z["train_index"]],
+            train_targets=z["train_targets"],
+            images=images,
+            train_images=train_images,
+            class_names=tuple(theirs),
+            extras=_extras_of(t, EVAL_EXTRA),
+            close_set=close_set,
+        )
+    return replace(data, protocol=protocol)
 
 
 def _as_protocols(protocols) -> list[str]:
@@ -599,14 +773,17 @@ def _detector_inputs(
     cache_memmap: bool = False,
     run_dir: str | None = None,
     seed: int = 0,
+    eval_subset: str = "all",
+    splits: Splits | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, CloseSet | None]:
-    """The evaluation images, the close training images and stage 01's network and rows,
-    each loaded only when a selected detector's class attributes ask for it (post-hoc
-    detectors need no data set at all)."""
+    """The evaluation images (for ``eval_subset="tuning"`` the tuning images), the close
+    training images and stage 01's network and rows, each loaded only when a selected
+    detector's class attributes ask for it (post-hoc detectors need no data set at all).
+    ``splits``: the data already loaded with these arguments, if any."""
     classes = [detector_class(name) for name in detectors]
     if not any(c.needs_images or c.needs_train_images or c.needs_close_set for c in classes):
         return None, None, None
-    s = load_splits(
+    s = splits or load_splits(
         dataset,
         data_root,
         open_class,
@@ -617,7 +794,9 @@ def _detector_inputs(
         memmap=cache_memmap,
         seed=seed,
     )
-    images = _eval_images(s) if any(c.needs_images for c in classes) else None
+    images = None
+    if any(c.needs_images for c in classes):
+        images = _tuning_images(s) if eval_subset == "tuning" else _eval_images(s)
     train_images = s.train.rows(s.split.train_index) if any(c.needs_train_images for c in classes) else None
     close_set = None
     if any(c.needs_close_set for c in classes):
@@ -672,10 +851,16 @@ def detect_open_set(
     under ``03_detect/<eval_subset>/<protocol | any_protocol>/<name>-<key>/``, ``key`` a hash
     of everything that determines its result (:mod:`ferlib.openset.keys`), so a re-run
     with other parameters or new pseudo labels trains afresh and a re-run on another
-    device resumes. Writes ``03_detect/scores_<protocol>.csv`` (``_test`` appended when
-    ``eval_subset="test"``, beside the full run's files), the cycle detector's features
-    ``03_detect/detector_features_<protocol>[_test].npy``, and replaces this call's
-    (eval_subset, protocol) rows of ``metrics.csv``.
+    device resumes. Writes ``03_detect/scores_<protocol>.csv`` (``_test`` or ``_tuning``
+    appended when ``eval_subset`` is "test" or "tuning", beside the full run's files), the
+    cycle detector's features ``03_detect/detector_features_<protocol>[_<eval_subset>].npy``,
+    and replaces this call's (eval_subset, protocol) rows of ``metrics.csv``.
+
+    ``eval_subset="tuning"`` scores the tuning set (:func:`_predict_tuning`: the validation
+    split's close and open rows, none of the reported evaluation set), on which
+    hyper-parameters are chosen; it first computes the close-set model's outputs on those rows
+    (once per model, in ``02_pseudo_labels/tuning/``). Its rows in ``metrics.csv`` carry
+    ``eval_subset="tuning"`` and are never reported.
 
     Parameters
     ----------
@@ -710,13 +895,17 @@ def detect_open_set(
         Detector names from the registry: msp, max_logit, energy, entropy, mahalanobis,
         knn, tknn, cycle, contrast.
     eval_subset : str
-        "all" (every evaluation row) or "test" (the test split's rows only: open samples
-        then a minority); a "test" run writes beside the full run.
+        "all" (every evaluation row), "test" (the test split's rows only) or "tuning" (validation rows, never reported).
+
+        "test": open samples are then a minority. "tuning": the validation split's close and
+        open rows, to choose hyper-parameters on (slightly optimistic for its close rows, on
+        which stage 01 selected its epoch). A "test" or "tuning" run writes beside the full run.
     detector_params : dict[str, dict] | None
         Parameters per detector, e.g. {'tknn': {'k': 10}, 'cycle': {'lam': 0, 'cycles': 2}};
         unknown detectors or keys fail before any work.
     stem : str
-        Network stem of the detectors' networks ("auto", "small", "imagenet").
+        Network stem of the detectors' networks ("auto", "small", "imagenet"), and of stage
+        01's network (as in stage 01) when the tuning rows are predicted.
     amp : bool
         bfloat16 autocast on CUDA for the detectors' networks.
     progress : bool
@@ -726,6 +915,20 @@ def detect_open_set(
     protocols = _as_protocols(protocols)
     validate_detectors(detectors, detector_params)  # names and keys, before any work
     out = Path(run_dir) / "03_detect"
+    splits = None
+    if eval_subset == "tuning":  # the close-set model's outputs on the tuning rows (kept, keyed)
+        splits = load_splits(
+            dataset,
+            data_root,
+            open_class,
+            input_size,
+            cache_dir,
+            class_map=class_map,
+            data_options=data_options,
+            memmap=cache_memmap,
+            seed=seed,
+        )
+        _predict_tuning(splits, run_dir, input_size, stem, device, amp, progress)
     images, train_images, close_set = _detector_inputs(
         detectors,
         dataset,
@@ -738,6 +941,8 @@ def detect_open_set(
         cache_memmap=cache_memmap,
         run_dir=run_dir,
         seed=seed,
+        eval_subset=eval_subset,
+        splits=splits,
     )
     shared = {"input_size": input_size, "stem": stem, "seed": seed, "device": device, "amp": amp, "progress": progress}
     suffix = _subset_suffix(eval_subset)
@@ -856,6 +1061,21 @@ def ablate_cycle(
         except ValueError as exc:
             raise ValueError(f"ablation variant {name!r}: {exc}") from None
         plans[name] = (subset, params, overrides)
+    splits, tuning_images = None, None
+    if any(subset == "tuning" for subset, _, _ in plans.values()):
+        splits = load_splits(
+            dataset,
+            data_root,
+            open_class,
+            input_size,
+            cache_dir,
+            class_map=class_map,
+            data_options=data_options,
+            memmap=cache_memmap,
+            seed=seed,
+        )
+        _predict_tuning(splits, run_dir, input_size, stem, device, amp, progress)
+        tuning_images = _tuning_images(splits)
     images, _, _ = _detector_inputs(
         ["cycle"],
         dataset,
@@ -866,6 +1086,7 @@ def ablate_cycle(
         class_map,
         data_options,
         cache_memmap=cache_memmap,
+        splits=splits,
     )
     shared = {"input_size": input_size, "stem": stem, "seed": seed, "device": device, "amp": amp, "progress": progress}
     out = Path(run_dir) / "03_detect"
@@ -873,7 +1094,8 @@ def ablate_cycle(
     rows = []
     for protocol in protocols:
         for name, (subset, params, overrides) in plans.items():
-            data = load_openset_data(run_dir, protocol, images, seed, eval_subset=subset)
+            subset_images = tuning_images if subset == "tuning" else images
+            data = load_openset_data(run_dir, protocol, subset_images, seed, eval_subset=subset)
             results = run_detectors(
                 data, ["cycle", "msp"], params, shared, out, protocol, subset, fingerprint=fingerprint
             )
@@ -904,7 +1126,8 @@ def ablate_cycle(
 
 
 def load_scores(run_dir: str, protocol: str = "honest", eval_subset: str = "all") -> pd.DataFrame:
-    """Stage 03's scores table for ``protocol`` (``eval_subset="test"``: the test-split run's)."""
+    """Stage 03's scores table for ``protocol`` (``eval_subset="test"`` / ``"tuning"``: the
+    test-split run's / the tuning run's)."""
     check_eval_subset(eval_subset)
     path = Path(run_dir) / "03_detect" / f"scores_{protocol}{_subset_suffix(eval_subset)}.csv"
     if not path.is_file():

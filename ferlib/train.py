@@ -60,7 +60,7 @@ __all__ = [
 #: fields of TrainConfig that do not change what training computes: left out of the key.
 #: ``epochs`` is left out on purpose: a finished run can be extended by asking for more
 #: epochs, and resumes.
-NOT_IN_KEY = ("epochs", "device", "progress", "eval_batch_size")
+NOT_IN_KEY = ("epochs", "device", "progress", "eval_batch_size", "compile")
 #: bump when the loop's arithmetic changes so old checkpoints are not resumed
 LOOP_VERSION = 2
 #: schedules that run to zero over ``epochs``: for these ``epochs`` enters the key
@@ -90,6 +90,13 @@ class TrainConfig:
       EMA copy; 0 turns it off.
     - ``flip_tta``: validation (and the stages' predictions) average the logits of each
       image and its mirror (:func:`predict` ``tta=True``).
+
+    ``compile`` runs the training step (the objective's forward and loss) through
+    ``torch.compile`` (inductor). Like ``device`` it is left out of the key: it computes the
+    same step up to floating-point rounding, so a run may switch it and resume. Whether it
+    pays depends on the device and model: ``benchmarks/train_throughput.py --compile``
+    measures it; the first epoch also pays the compilation (tens of seconds on a CPU).
+    Validation and :func:`predict` stay eager.
     """
 
     epochs: int = 20
@@ -115,6 +122,7 @@ class TrainConfig:
     #: at another size; None: the stored size (ferlib.data.augment.to_float)
     input_size: int | None = None
     amp: bool = False  # bfloat16 autocast on CUDA (ignored on CPU, where it is slower)
+    compile: bool = False  # torch.compile the training step (not in the key; measure before use)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -586,6 +594,8 @@ def fit(
         if parallel
         else None
     )
+    if cfg.compile:  # the objective's whole step, so losses that call more than model(x) compile too
+        trainer = torch.compile(trainer if trainer is not None else _ObjectiveStep(model, objective, cfg))
     synced = list(model.buffers()) + (list(ema.model.buffers()) if ema is not None else [])
 
     n = len(train)

@@ -52,3 +52,42 @@ def test_refuses_what_it_cannot_sweep(tmp_path, detector, param, message):
     run = make_run(tmp_path / "run")
     with pytest.raises(ValueError, match=message):
         _tool().sweep(str(run), detector, param, [1])
+
+
+def _with_tuning_rows(run: Path, seed: int = 1) -> Path:
+    """Give a ``make_run`` run close-set outputs on tuning rows (what stage 03 writes with
+    ``eval_subset="tuning"``): the evaluation rows' arrays with fresh noise on the features."""
+    table = pd.read_csv(run / "02_pseudo_labels" / "pseudo_labels.csv")
+    z = np.load(run / "02_pseudo_labels" / "outputs.npz")
+    rng = np.random.default_rng(seed)
+    folder = run / "02_pseudo_labels" / stages.TUNING_DIR
+    folder.mkdir()
+    np.savez(
+        folder / "outputs.npz",
+        key=np.array("k"),
+        path=np.array([f"valid/{i}.png" for i in range(len(table))]),
+        label=table["label"].to_numpy(),
+        target=table["target"].to_numpy(),
+        is_open=table["is_open"].to_numpy(),
+        source_index=np.arange(len(table)),
+        class_names=z["class_names"],
+        eval_logits=z["eval_logits"],
+        eval_features=z["eval_features"] + rng.normal(0, 1.5, z["eval_features"].shape),
+    )
+    return run
+
+
+def test_choose_on_the_tuning_set_picks_its_best_value_and_reports_the_whole_set(tmp_path, capsys):
+    runs = [str(_with_tuning_rows(make_run(tmp_path / f"run{s}"), seed=s)) for s in (0, 1)]
+    tool = _tool()
+    value, table = tool.choose(runs, "knn", "k", [1, 5, 25])
+    assert set(table["eval_subset"]) == {"tuning", "all"} and set(table["run"]) == {"run0", "run1"}
+    tuning = np.mean([tool.sweep(r, "knn", "k", [1, 5, 25], eval_subset="tuning")["auroc"] for r in runs], axis=0)
+    assert value == [1, 5, 25][int(np.argmax(tuning))]
+    reported = tool.sweep(runs[0], "knn", "k", [value])["auroc"].item()
+    assert table.query("run == 'run0' and eval_subset == 'all' and value == @value")["auroc"].item() == reported
+    assert tool.main(["--run-dir", *runs, "--detector", "knn", "--param", "k", "--values", "1", "5", "25",
+                      "--choose-on", "tuning"]) == 0  # fmt: skip
+    assert f"chosen on tuning: k = {value}" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="another subset"):
+        tool.choose(runs, "knn", "k", [1], choose_on="all")

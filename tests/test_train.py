@@ -473,3 +473,34 @@ def test_sgd_optimizer_is_nesterov():
     opt = _make_optimizer(_small(), TrainConfig(optimizer="sgd", momentum=0.8))
     assert isinstance(opt, torch.optim.SGD)
     assert opt.param_groups[0]["nesterov"] and opt.param_groups[0]["momentum"] == 0.8
+
+
+def test_compiled_step_trains_like_the_eager_one_and_resumes(tmp_path, capsys, monkeypatch):
+    """``compile`` runs the same step through torch.compile: same weights up to rounding,
+    and it is not in the key, so an eager run resumes compiled (and says so).
+
+    Dynamo captures the step and AOTAutograd traces its backward (backend ``aot_eager``);
+    only inductor's C++ code generation is left out, to keep the test at seconds instead of
+    a minute of compiling on two cores (benchmarks/train_throughput.py --compile runs it).
+    """
+    import functools
+
+    calls = []
+
+    def compile_eagerly(module, **kw):
+        calls.append(type(module).__name__)
+        return real_compile(module, **{**kw, "backend": "aot_eager"})
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", functools.wraps(real_compile)(compile_eagerly))
+    train = _toy(64)
+    eager = _fresh(train, None, TrainConfig(epochs=2, **CFG))
+    fit(_model(), train, None, TrainConfig(epochs=1, **CFG), out_dir=tmp_path / "run")
+    compiled = _model()
+    cfg = TrainConfig(epochs=2, compile=True, **{**CFG, "progress": True})
+    fit(compiled, train, None, cfg, out_dir=tmp_path / "run")
+    assert calls == ["_ObjectiveStep"]  # the whole objective step, compiled once
+    assert "resuming" in capsys.readouterr().out
+    for k, v in eager.state_dict().items():
+        torch.testing.assert_close(compiled.state_dict()[k], v, rtol=1e-3, atol=1e-4)
+    assert not _same_weights(compiled, _model())  # it trained

@@ -5,12 +5,18 @@ AUROC and FPR@95 per (protocol, value); the table goes to ``<run>/sensitivity_<d
 Only detectors that read the close-set model's saved outputs (no images, no training) are
 accepted: for those a sweep takes seconds and changes no file of the run.
 
-This is a *sensitivity check reported after the fact*, not a way to choose a value: a
-parameter chosen on the numbers a table reports is tuned on its test set. Choose on
-synthetic data or on a validation split, then show the sweep beside the result.
+On the reported evaluation set (``--eval-subset all``, the default) this is a *sensitivity
+check reported after the fact*, not a way to choose a value: a parameter chosen on the
+numbers a table reports is tuned on its test set. ``--choose-on tuning`` is the way to
+choose: it sweeps the tuning set (the validation split's close and open rows, never
+reported; stage 03 with ``eval_subset="tuning"`` computes its outputs first), picks the value
+with the best mean tuning AUROC over the runs given, and prints the reported set's numbers
+beside it, so the choice is made before those numbers are looked at, by the code.
 
     .venv/bin/python tools/sensitivity.py --run-dir outputs/ferplus_open-surprise_seed0 \\
         --detector tknn --param k --values 10 50 100 200
+    .venv/bin/python tools/sensitivity.py --run-dir outputs/sweep_fast32/ferplus_open-*_seed0 \\
+        --detector tknn --param k --values 10 25 50 100 200 --choose-on tuning
 """
 
 from __future__ import annotations
@@ -33,9 +39,16 @@ from ferlib.report import run_seed  # noqa: E402
 
 
 def sweep(
-    run_dir: str, detector: str, param: str, values: list, protocols=("honest",), params: dict | None = None
+    run_dir: str,
+    detector: str,
+    param: str,
+    values: list,
+    protocols=("honest",),
+    params: dict | None = None,
+    eval_subset: str = "all",
 ) -> pd.DataFrame:
-    """One row per (protocol, value): the detector's AUROC and FPR@95 with ``param = value``."""
+    """One row per (protocol, value): the detector's AUROC and FPR@95 with ``param = value``
+    on ``eval_subset`` (``all``, ``test`` or ``tuning``) of the run."""
     cls = detector_class(detector)
     if cls.needs_images or cls.needs_train_images or cls.trains_networks:
         raise ValueError(
@@ -46,7 +59,7 @@ def sweep(
     seed = run_seed(Path(run_dir), 0)
     rows = []
     for protocol in protocols:
-        data = stages.load_openset_data(run_dir, protocol, seed=seed)
+        data = stages.load_openset_data(run_dir, protocol, eval_subset=eval_subset, seed=seed)
         is_open = data.is_open
         for value in values:
             setting = {detector: {**(params or {}), param: value}}
@@ -58,6 +71,7 @@ def sweep(
                     "param": param,
                     "value": value,
                     "protocol": protocol,
+                    "eval_subset": eval_subset,
                     "n": len(data),
                     "auroc": m["auroc"],
                     "fpr95": m["fpr95"],
@@ -66,13 +80,38 @@ def sweep(
     return pd.DataFrame(rows)
 
 
+def choose(
+    run_dirs: list[str], detector: str, param: str, values: list, choose_on: str = "tuning", report: str = "all"
+) -> tuple[object, pd.DataFrame]:
+    """``(value, table)``: the value with the best mean honest AUROC on ``choose_on`` over
+    ``run_dirs`` (the first on a tie), and every run's rows on both subsets (column ``run``)."""
+    if choose_on == report:
+        raise ValueError(f"choose on another subset than the one reported ({report!r})")
+    parts = []
+    for run in run_dirs:
+        for subset in (choose_on, report):
+            part = sweep(run, detector, param, values, eval_subset=subset)
+            parts.append(part.assign(run=Path(run).name))
+    table = pd.concat(parts, ignore_index=True)
+    on = table[table["eval_subset"] == choose_on].groupby("value", sort=False)["auroc"].mean()
+    best = on.idxmax()
+    return next(v for v in values if v == best), table  # the value as given, not pandas' copy
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--run-dir", required=True, nargs="+", help="one run, or several with --choose-on")
     ap.add_argument("--detector", required=True)
     ap.add_argument("--param", required=True)
     ap.add_argument("--values", nargs="+", required=True, help="values (Python literals)")
     ap.add_argument("--protocols", nargs="+", default=["honest"])
+    ap.add_argument("--eval-subset", default="all", choices=stages.EVAL_SUBSETS)
+    ap.add_argument(
+        "--choose-on",
+        choices=[s for s in stages.EVAL_SUBSETS if s != "all"],
+        help="pick the value on this subset (honest protocol) and report it on the whole evaluation set",
+    )
+    ap.add_argument("--out", help="with --choose-on: the combined table (CSV); default: printed only")
     args = ap.parse_args(argv)
 
     def literal(text: str):
@@ -81,14 +120,38 @@ def main(argv=None) -> int:
         except (ValueError, SyntaxError):
             return text
 
+    values = [literal(v) for v in args.values]
+    fmt = lambda x: f"{x:.3f}"  # noqa: E731
     try:
-        table = sweep(args.run_dir, args.detector, args.param, [literal(v) for v in args.values], args.protocols)
+        if args.choose_on:
+            value, table = choose(args.run_dir, args.detector, args.param, values, args.choose_on)
+        elif len(args.run_dir) > 1:
+            raise ValueError("several --run-dir values need --choose-on")
+        else:
+            table = sweep(
+                args.run_dir[0], args.detector, args.param, values, args.protocols, eval_subset=args.eval_subset
+            )
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.run_dir) / f"sensitivity_{args.detector}_{args.param}.csv"
+    if args.choose_on:
+        wide = table.pivot_table(index="value", columns="eval_subset", values="auroc", aggfunc="mean", sort=False)
+        print(
+            table.pivot_table(index="run", columns=["eval_subset", "value"], values="auroc").to_string(float_format=fmt)
+        )
+        print(f"\nmean AUROC over {len(args.run_dir)} runs:\n{wide.to_string(float_format=fmt)}")
+        print(
+            f"chosen on {args.choose_on}: {args.param} = {value!r}; its mean AUROC on the reported set: "
+            f"{wide.loc[value, 'all']:.3f}"
+        )
+        if args.out:
+            write_csv(Path(args.out), table)
+            print(f"wrote {args.out}")
+        return 0
+    suffix = "" if args.eval_subset == "all" else f"_{args.eval_subset}"
+    out = Path(args.run_dir[0]) / f"sensitivity_{args.detector}_{args.param}{suffix}.csv"
     write_csv(out, table)
-    print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    print(table.to_string(index=False, float_format=fmt))
     print(f"wrote {out}")
     return 0
 

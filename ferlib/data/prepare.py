@@ -39,7 +39,7 @@ from .classmap import ClassTarget, class_map_key, resolve_class_map
 from .errors import DataError, MissingSplitError
 from .ferplus import emotion_votes
 from .noise import TRAIN_STREAM, VALID_STREAM, LabelNoise, add_label_noise, pair_names, resolve_pairs
-from .splits import LabelMap, OpenSetSplit, carve_validation, openset_split
+from .splits import LabelMap, OpenSetSplit, carve_validation, openset_split, tuning_index
 
 #: Where each data set is looked for when the caller gives no ``data_root``.
 DEFAULT_ROOTS: dict[str, str] = {
@@ -70,6 +70,9 @@ class Splits:
       ``val_fraction`` and ``seed``, which callers key on as parameters.
     - ``dropped``: samples left out per ``"<split>/<class>"`` because their class is not
       one of the experiment's (logged when loading).
+    - ``valid_carved``: ``valid`` was carved from ``train`` (the data set has no validation
+      split); its open-class rows then are open-class training rows, part of the reported
+      evaluation set, so there is no tuning set (:meth:`tuning_rows`).
     """
 
     train: ImageCache
@@ -82,6 +85,7 @@ class Splits:
     dropped: dict[str, int] = field(default_factory=dict)
     train_votes: np.ndarray | None = None
     valid_votes: np.ndarray | None = None
+    valid_carved: bool = False
 
     @property
     def label_map(self) -> LabelMap:
@@ -103,6 +107,24 @@ class Splits:
     def validation(self) -> tuple[np.ndarray, np.ndarray]:
         """``(rows of valid, targets)`` of its close-class samples (model selection)."""
         return close_rows(self.valid, self.label_map)
+
+    def tuning_rows(self) -> np.ndarray:
+        """Rows of ``valid`` forming the tuning evaluation set (stage 03's
+        ``eval_subset="tuning"``): the validation split's close-class rows plus its
+        open-class rows (:func:`~ferlib.data.splits.tuning_index`). It shares no row with the
+        reported evaluation set (the test split and the open class's training rows).
+
+        Refused when the validation split was carved from the training split: its open-class
+        rows are then open-class training rows, which the reported evaluation set holds.
+        """
+        if self.valid_carved:
+            raise ValueError(
+                "no tuning set: this data set has no validation split of its own, and the open-class rows "
+                "of a validation split carved from training are open-class training images, which belong "
+                "to the reported evaluation set; tune on the synthetic set or on a data set with a "
+                "validation split (FERPlus, class folders with valid/)"
+            )
+        return tuning_index(self.valid.labels.numpy(), self.split)
 
 
 def parse_open_class(open_class: Emotion | str | int | None) -> Emotion | None:
@@ -282,6 +304,7 @@ def load_splits(
         dropped=dropped,
         train_votes=votes.get("train"),
         valid_votes=valid_votes,
+        valid_carved="valid" not in caches,
     )
 
 

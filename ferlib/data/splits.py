@@ -174,6 +174,24 @@ def openset_split(train_labels, test_labels, classes, open_class: Emotion | str 
     )
 
 
+def tuning_index(valid_labels, split: OpenSetSplit) -> np.ndarray:
+    """Rows of a validation split that form the *tuning* evaluation set of ``split``: its
+    close-class rows (the model-selection rows) and its open-class rows, ascending.
+
+    The tuning set is where hyper-parameters are chosen; it is never reported. It comes
+    from a split of its own (the data set's validation split), so it shares no row with
+    the reported evaluation set (the test split and the open class's training rows) by
+    construction. A row of a class that is neither close nor the open one (none after
+    :func:`~ferlib.data.prepare.load_splits` dropped the experiment's other classes) is
+    left out. Raises for the close-set setting (no open class: nothing to detect).
+    """
+    if split.open_class is None:
+        raise ValueError("the tuning set needs an open class (open_class is none)")
+    labels = _as_int_array(valid_labels)
+    keep = (split.label_map.encode(labels) >= 0) | (labels == int(split.open_class))
+    return np.flatnonzero(keep).astype(np.int64)
+
+
 def carve_validation(targets, fraction: float, seed: int, groups=None) -> tuple[np.ndarray, np.ndarray]:
     """Stratified, deterministic hold-out: positions ``(train, val)`` into ``targets``.
 

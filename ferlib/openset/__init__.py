@@ -7,10 +7,12 @@ themselves when the close set is the positive class.
 Layout: :mod:`~ferlib.openset.base` (the :class:`Detector` contract and its capability
 attributes, :class:`NetworkConfig`), :mod:`~ferlib.openset.posthoc` (baselines on the
 close-set model's outputs), :mod:`~ferlib.openset.tknn`, :mod:`~ferlib.openset.cycle` (the
-paper's method), :mod:`~ferlib.openset.contrast`, :mod:`~ferlib.openset.proser` (PROSER,
-fine-tuned from stage 01's network), :mod:`~ferlib.openset.registry` (every
-detector by name, parameter validation), :mod:`~ferlib.openset.keys` (result keys) and
-:mod:`~ferlib.openset.scoring` (what stage 03 runs: the label-free view, keyed folders).
+paper's method), :mod:`~ferlib.openset.released` (the paper's method as its released code
+runs it: one network, no cycle training), :mod:`~ferlib.openset.contrast`,
+:mod:`~ferlib.openset.proser` (PROSER, fine-tuned from stage 01's network),
+:mod:`~ferlib.openset.registry` (every detector by name, parameter validation),
+:mod:`~ferlib.openset.keys` (result keys) and :mod:`~ferlib.openset.scoring` (what stage 03
+runs: the label-free view, keyed folders).
 A new detector is one file and one line in ``registry.DETECTORS``.
 """
 
@@ -27,6 +29,7 @@ from ferlib.openset.registry import (
     make_detector,
     validate_detectors,
 )
+from ferlib.openset.released import ReleasedConfig, ReleasedDetector
 from ferlib.openset.scoring import DetectorResult, run_detectors
 from ferlib.openset.tknn import TransductiveKNN
 
@@ -53,6 +56,8 @@ __all__ = [
     "DetectorResult",
     "CycleConfig",
     "CycleDetector",
+    "ReleasedConfig",
+    "ReleasedDetector",
     "ContrastConfig",
     "ContrastDetector",
 ]

@@ -35,7 +35,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -124,5 +124,15 @@ class Detector(ABC):
         ``None`` for detectors that learn none."""
         return None
 
+    def __init__(self, cfg: Any = None) -> None:
+        """A detector with a :attr:`config_cls` takes one config (its defaults when None);
+        one that takes keyword arguments defines its own ``__init__``."""
+        if self.config_cls is None:
+            if cfg is not None:
+                raise TypeError(f"detector {self.name!r} takes no config")
+            return
+        self.cfg = cfg if cfg is not None else self.config_cls()
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        cfg = getattr(self, "cfg", None)
+        return f"{type(self).__name__}({'' if cfg is None else cfg})"

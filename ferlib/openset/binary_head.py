@@ -15,7 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["cross_fitted_binary_scores"]
+__all__ = ["cross_fitted_binary_scores", "fold_assignment"]
+
+
+def fold_assignment(n: int, folds: int, seed: int = 0) -> np.ndarray:
+    """Each of ``n`` rows' fold, ``0..folds-1``: a seeded permutation taken modulo ``folds``,
+    so fold sizes differ by at most one. The one fold split of the cross-fitted detectors."""
+    return np.random.default_rng(seed).permutation(n) % folds
 
 
 def cross_fitted_binary_scores(
@@ -42,7 +48,7 @@ def cross_fitted_binary_scores(
         raise ValueError(f"folds must be at least 2, got {folds}")
     if candidates.sum() < 2 or len(close) == 0:
         raise ValueError(f"need close rows and at least 2 candidates, got {len(close)} and {int(candidates.sum())}")
-    fold = np.random.default_rng(seed).permutation(len(feats)) % folds
+    fold = fold_assignment(len(feats), folds, seed)
     out = np.empty(len(feats))
     for k in range(folds):
         held = fold == k

@@ -62,12 +62,6 @@ class ContrastDetector(Detector):
     trains_networks = True
     config_cls = ContrastConfig
 
-    def __init__(self, cfg: ContrastConfig | None = None):
-        self.cfg = cfg or ContrastConfig()
-
-    def __repr__(self) -> str:
-        return f"ContrastDetector({self.cfg})"
-
     def fit(self, data: OpenSetData) -> ContrastDetector:
         c = self.cfg
         if data.images is None or data.train_images is None:

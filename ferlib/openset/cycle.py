@@ -96,12 +96,6 @@ class CycleDetector(Detector):
     trains_networks = True
     config_cls = CycleConfig
 
-    def __init__(self, cfg: CycleConfig | None = None):
-        self.cfg = cfg or CycleConfig()
-
-    def __repr__(self) -> str:
-        return f"CycleDetector({self.cfg})"
-
     def _network(self, index: int, num_classes: int):
         torch.manual_seed(self.cfg.seed + 1000 * index)
         mcfg = ModelConfig(
@@ -113,23 +107,47 @@ class CycleDetector(Detector):
         )
         return build_model(mcfg, verbose=index == 0 and self.cfg.progress)
 
-    def _train_cfg(self, cycle: int, net: int) -> TrainConfig:
+    def _train_config(self, **schedule) -> TrainConfig:
+        """The training loop's settings from the shared :class:`NetworkConfig` fields, the
+        papers' augmentation (flip-or-noise, then random erasing) and ``schedule`` (epochs,
+        seed and the learning-rate schedule, which differ between detectors)."""
         c = self.cfg
         return TrainConfig(
-            epochs=c.epochs_per_cycle,
             batch_size=c.batch_size,
             lr=c.lr,
-            lr_min=c.lr_min,
             weight_decay=c.weight_decay,
-            schedule="cyclic",
-            cycle_epochs=c.epochs_per_cycle,
-            seed=c.seed + 100 * cycle + net,
             device=c.device,
             augment=AugmentConfig(),
             channels_last=c.channels_last,
             amp=c.amp,
             progress=c.progress,
+            **schedule,
         )
+
+    def _train_cfg(self, cycle: int, net: int) -> TrainConfig:
+        c = self.cfg
+        return self._train_config(
+            epochs=c.epochs_per_cycle,
+            lr_min=c.lr_min,
+            schedule="cyclic",
+            cycle_epochs=c.epochs_per_cycle,
+            seed=c.seed + 100 * cycle + net,
+        )
+
+    def _check_images(self, data: OpenSetData) -> None:
+        """The evaluation images must be there, at the configured input size."""
+        if data.images is None:
+            raise ValueError(f"the {self.name} detector trains on the evaluation images; OpenSetData.images is None")
+        if data.images.shape[-1] != self.cfg.input_size:
+            raise ValueError(
+                f"images are {data.images.shape[-1]} px but "
+                f"{type(self.cfg).__name__}.input_size is {self.cfg.input_size}"
+            )
+
+    def _write_record(self, out: Path | None, **facts) -> None:
+        """``detector.json`` in the checkpoint folder: the configuration and ``facts``."""
+        if out is not None:
+            write_json(out / "detector.json", {"config": asdict(self.cfg), **facts})
 
     def per_sample_loss(self, net, images: torch.Tensor, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cross-entropy of each sample against its pseudo label, eval mode, no augmentation."""
@@ -141,10 +159,7 @@ class CycleDetector(Detector):
 
     def fit(self, data: OpenSetData) -> CycleDetector:
         c = self.cfg
-        if data.images is None:
-            raise ValueError("the cycle detector trains on the evaluation images; OpenSetData.images is None")
-        if data.images.shape[-1] != c.input_size:
-            raise ValueError(f"images are {data.images.shape[-1]} px but CycleConfig.input_size is {c.input_size}")
+        self._check_images(data)
         targets = data.pseudo
         n, k = len(data), data.num_classes
         out = Path(c.out_dir) if c.out_dir else None
@@ -185,15 +200,11 @@ class CycleDetector(Detector):
         self.snapshot_losses_ = np.stack([snap for per_net in losses for snap in per_net])
         self.scores_ = self.snapshot_losses_.mean(axis=0)
         self.n_scored_ = n
-        if out is not None:
-            write_json(
-                out / "detector.json",
-                {
-                    "config": asdict(c),
-                    "n_snapshots": len(self.snapshot_losses_),
-                    "selection": [{k: v for k, v in s.items() if k != "rows"} for s in self.selected_],
-                },
-            )
+        self._write_record(
+            out,
+            n_snapshots=len(self.snapshot_losses_),
+            selection=[{k: v for k, v in s.items() if k != "rows"} for s in self.selected_],
+        )
         return self
 
     def embedding_features(self) -> np.ndarray | None:
@@ -203,7 +214,7 @@ class CycleDetector(Detector):
     def score(self, data: OpenSetData) -> np.ndarray:
         """The transductive score of the samples fitted on (mean snapshot loss)."""
         if not hasattr(self, "scores_"):
-            raise RuntimeError("call fit(data) first: the cycle detector scores the samples it trained on")
+            raise RuntimeError(f"call fit(data) first: the {self.name} detector scores the samples it trained on")
         if len(data) != self.n_scored_:
             raise ValueError(
                 f"fitted on {self.n_scored_} samples, asked to score {len(data)}: "

@@ -142,6 +142,16 @@ class OpenSetData:
         return replace(self, table=self.table[VIEW_COLUMNS].copy())
 
 
+def reference_donors(source_index: np.ndarray, n_train: int, seed: int = 0) -> np.ndarray:
+    """Rows of the whole training split (``n_train`` rows, dataset order) whose outputs the
+    reference protocol hands to the training-split rows ``source_index``: the loader's
+    seeded permutation, row ``t`` receiving the outputs of ``perm[t]`` (:func:`apply_protocol`).
+    Studies of the protocol (``tools/memorisation.py``) read the donors from here, so the
+    permutation has one implementation."""
+    perm = np.random.default_rng(seed).permutation(n_train)
+    return perm[np.asarray(source_index, dtype=np.int64)]
+
+
 def apply_protocol(
     data: OpenSetData,
     protocol: str,
@@ -163,11 +173,9 @@ def apply_protocol(
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if all_train_logits is None or all_train_features is None:
         raise ValueError("the reference protocol needs the close-set outputs on the whole training split")
-    n_train = len(all_train_logits)
-    perm = np.random.default_rng(seed).permutation(n_train)
     table = data.table.copy()
     rows = np.flatnonzero(table["origin"].to_numpy() == "train")
-    donors = perm[table["source_index"].to_numpy()[rows]]
+    donors = reference_donors(table["source_index"].to_numpy()[rows], len(all_train_logits), seed)
     logits, features = data.logits.copy(), data.features.copy()
     logits[rows] = all_train_logits[donors]
     features[rows] = all_train_features[donors]

@@ -146,12 +146,6 @@ class ProserDetector(Detector):
     trains_networks = True
     config_cls = ProserConfig
 
-    def __init__(self, cfg: ProserConfig | None = None):
-        self.cfg = cfg or ProserConfig()
-
-    def __repr__(self) -> str:
-        return f"ProserDetector({self.cfg})"
-
     def _network(self, data: OpenSetData):
         """A copy of stage 01's network with a dummy classifier (freshly initialised)."""
         c, close = self.cfg, data.close_set

@@ -92,12 +92,6 @@ class PseudoOutlierExposure(Detector):
     reads_model_outputs = True
     config_cls = PseudoOutlierConfig
 
-    def __init__(self, cfg: PseudoOutlierConfig | None = None):
-        self.cfg = cfg or PseudoOutlierConfig()
-
-    def __repr__(self) -> str:
-        return f"PseudoOutlierExposure({self.cfg})"
-
     def score(self, data: OpenSetData) -> np.ndarray:
         from ferlib.openset.registry import make_detector
 

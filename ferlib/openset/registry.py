@@ -32,6 +32,7 @@ DETECTORS: dict[str, str] = {
     "knn": "ferlib.openset.posthoc:KNN",
     "tknn": "ferlib.openset.tknn:TransductiveKNN",
     "cycle": "ferlib.openset.cycle:CycleDetector",
+    "released": "ferlib.openset.released:ReleasedDetector",
     "contrast": "ferlib.openset.contrast:ContrastDetector",
     "uncertainty": "ferlib.openset.uncertainty:UncertaintyScore",
     "disagreement": "ferlib.openset.disagreement:BranchDisagreement",
@@ -39,6 +40,7 @@ DETECTORS: dict[str, str] = {
     "sal_filter": "ferlib.openset.sal:SALFilter",
     "sal": "ferlib.openset.sal:SAL",
     "pseudo_oe": "ferlib.openset.pseudo_oe:PseudoOutlierExposure",
+    "erd": "ferlib.openset.erd:ErdDetector",
     # pytorch-ood's post-hoc detectors through one adapter (ferlib/openset/pood.py)
     "pood_msp": "ferlib.openset.pood:PoodMaxSoftmax",
     "pood_max_logit": "ferlib.openset.pood:PoodMaxLogit",
@@ -96,6 +98,8 @@ def detector_parameters(name: str) -> dict[str, Any]:
             f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
             for f in dataclasses.fields(cls.config_cls)
         }
+    elif cls.__init__ is Detector.__init__:
+        defaults = {}  # the base class's __init__ takes only a config, and there is none
     else:
         defaults = {
             p.name: p.default

@@ -117,12 +117,6 @@ class SALFilter(Detector):
     reads_pseudo_labels = True
     config_cls = SALConfig
 
-    def __init__(self, cfg: SALConfig | None = None):
-        self.cfg = cfg or SALConfig()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.cfg})"
-
     def _filter(self, data: OpenSetData) -> tuple[np.ndarray, float]:
         from ferlib.openset.pood import recover_linear_head
 

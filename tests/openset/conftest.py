@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -9,8 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
+from ferlib.data.augment import AugmentConfig
 from ferlib.models import ModelConfig, build_model
 from ferlib.openset.data import TABLE_COLUMNS, CloseSet, OpenSetData
+from ferlib.train import TensorData, TrainConfig, fit, predict
 
 
 def features_data(
@@ -134,11 +137,74 @@ def tiny_close_set(folder, k: int = 4, seed: int = 0, size: int = 32) -> CloseSe
     return CloseSet(model, images[:16], targets[:16], images[16:], targets[16:])
 
 
+def squares(y: np.ndarray, g: np.random.Generator, size: int = 32) -> torch.Tensor:
+    """Close classes 0-2: a bright 10-px square centred left-right at height 1, 11 or 21 (as
+    ``noisy_images``); the open class (y < 0): a bar across the middle height, 28 px wide,
+    a shape no close class has at the position of class 1."""
+    x = g.integers(0, 40, (len(y), 3, size, size)).astype(np.uint8)
+    lo = (size - 10) // 2
+    for i, c in enumerate(y):
+        if c >= 0:
+            x[i, :, 1 + 10 * c : 11 + 10 * c, lo : lo + 10] = 230
+        else:
+            x[i, :, 11:21, 2:30] = 230
+    return torch.from_numpy(x)
+
+
+def squares_data(tmp_path: Path, seed: int = 0, per_class: int = 40, n_open: int = 40) -> OpenSetData:
+    """Close training (40 per class) and validation (20) rows, a close-set network trained
+    on them for 4 epochs (saved as stage 01's best.pt) and an evaluation set of 60 close test
+    and 40 open rows carrying that network's logits."""
+    g = np.random.default_rng(seed)
+    y_train, y_val, y_test = np.arange(3 * per_class) % 3, np.arange(60) % 3, np.arange(60) % 3
+    x_train, x_val = squares(y_train, g), squares(y_val, g)
+    y_eval = np.r_[y_test, -np.ones(n_open, int)]
+    x_eval = squares(y_eval, g)
+    torch.manual_seed(seed)
+    cfg = ModelConfig("resnet18", 3, 32, stem="imagenet")
+    net = build_model(cfg, verbose=False)
+    tcfg = TrainConfig(epochs=4, batch_size=32, seed=seed, augment=AugmentConfig(), progress=False)
+    fit(net, TensorData(x_train, torch.as_tensor(y_train)), TensorData(x_val, torch.as_tensor(y_val)), tcfg)
+    torch.save(net.state_dict(), tmp_path / "best.pt")
+    pred = predict(net, x_eval, progress=False)
+    n = len(y_eval)
+    table = pd.DataFrame(
+        {
+            "index": np.arange(n),
+            "path": "",
+            "label": y_eval,
+            "target": y_eval,
+            "pseudo": pred.logits.argmax(1).numpy(),
+            "is_open": y_eval < 0,
+            "origin": "test",
+            "source_index": np.arange(n),
+        }
+    )[TABLE_COLUMNS]
+    close = CloseSet(
+        ModelConfig("resnet18", 3, 32, stem="imagenet", pretrained=str(tmp_path / "best.pt")),
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+    )
+    return OpenSetData(
+        table,
+        pred.logits.numpy(),
+        pred.features.numpy(),
+        np.zeros((3, 512)),
+        np.arange(3),
+        images=x_eval,
+        close_set=close,
+    )
+
+
 #: tiny settings of the trained detectors (a few seconds each on one CPU core)
 TINY_PARAMS = {
     "cycle": {"cycles": 1, "epochs_per_cycle": 1, "batch_size": 16, "arch": "resnet18", "stem": "imagenet"},
+    "released": {"epochs": 1, "batch_size": 16, "arch": "resnet18", "stem": "imagenet"},
     "contrast": {"epochs": 1, "batch_size": 16, "stem": "imagenet"},
     "proser": {"epochs": 1, "batch_size": 16},
+    "erd": {"members": 2, "folds": 2, "epochs": 1, "batch_size": 16},
 }
 
 
@@ -184,6 +250,11 @@ def make_tiny_image_data() -> Callable[..., OpenSetData]:
 @pytest.fixture
 def make_tiny_close_set() -> Callable[..., CloseSet]:
     return tiny_close_set
+
+
+@pytest.fixture
+def make_squares_data() -> Callable[..., OpenSetData]:
+    return squares_data
 
 
 @pytest.fixture

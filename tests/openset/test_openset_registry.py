@@ -25,6 +25,7 @@ def test_registry_covers_every_detector_including_the_trained_ones():
         "knn",
         "tknn",
         "cycle",
+        "released",
         "contrast",
         "uncertainty",
         "disagreement",
@@ -32,6 +33,7 @@ def test_registry_covers_every_detector_including_the_trained_ones():
         "sal_filter",
         "sal",
         "pseudo_oe",
+        "erd",
         # pytorch-ood's, through the adapter (ferlib/openset/pood.py)
         "pood_msp",
         "pood_max_logit",
@@ -70,7 +72,7 @@ def test_capabilities():
     contrast = detector_class("contrast")
     assert contrast.needs_images and contrast.needs_train_images and contrast.trains_networks
     assert not contrast.depends_on_protocol()  # reads no label: one fit for every protocol
-    assert all(detector_class(n).depends_on_protocol() for n in ("msp", "knn", "tknn", "cycle"))
+    assert all(detector_class(n).depends_on_protocol() for n in ("msp", "knn", "tknn", "cycle", "released"))
     # the extras readers need a specific stage 01 head: named, and kept out of the defaults
     assert dict(detector_class("uncertainty").reads_extras) == {"uncertainty": "uncertainty"}
     assert dict(detector_class("disagreement").reads_extras) == {"branch_logits": "branches"}

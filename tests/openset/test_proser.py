@@ -15,14 +15,12 @@ import pytest
 import torch
 from torch import nn
 
-from ferlib.data.augment import AugmentConfig
 from ferlib.losses import make_objective, validate_objective
 from ferlib.losses.proser import ProserPlaceholders, different_class_pairs, placeholder_loss, with_dummy
 from ferlib.metrics import openset_metrics
 from ferlib.models import ForwardOutput, ModelConfig, build_model, load_pretrained
 from ferlib.models.dummy import DummyHead
 from ferlib.openset import detector_class, make_detector, validate_detectors
-from ferlib.openset.data import TABLE_COLUMNS, CloseSet, OpenSetData
 from ferlib.openset.keys import result_ingredients, result_key
 from ferlib.openset.proser import (
     ProserConfig,
@@ -33,7 +31,6 @@ from ferlib.openset.proser import (
 )
 from ferlib.openset.registry import resolve_params
 from ferlib.params import ParameterError, applied_arguments, validate_arguments
-from ferlib.train import TensorData, TrainConfig, fit, predict
 
 # ----------------------------------------------------------------------------- network
 
@@ -308,75 +305,14 @@ def test_refuses_a_close_set_model_it_cannot_extend(tmp_path, make_tiny_image_da
 # ----------------------------------------------------------------------------- on images
 
 
-def squares(y: np.ndarray, g: np.random.Generator, size: int = 32) -> torch.Tensor:
-    """Close classes 0-2: a bright 10-px square centred left-right at height 1, 11 or 21 (as
-    ``noisy_images``); the open class (y < 0): a bar across the middle height, 28 px wide,
-    a shape no close class has at the position of class 1."""
-    x = g.integers(0, 40, (len(y), 3, size, size)).astype(np.uint8)
-    lo = (size - 10) // 2
-    for i, c in enumerate(y):
-        if c >= 0:
-            x[i, :, 1 + 10 * c : 11 + 10 * c, lo : lo + 10] = 230
-        else:
-            x[i, :, 11:21, 2:30] = 230
-    return torch.from_numpy(x)
-
-
-def squares_data(tmp_path: Path, seed: int = 0, per_class: int = 40, n_open: int = 40) -> OpenSetData:
-    """Close training (40 per class) and validation (20) rows, a close-set network trained
-    on them for 4 epochs (saved as stage 01's best.pt) and an evaluation set of 60 close test
-    and 40 open rows carrying that network's logits."""
-    g = np.random.default_rng(seed)
-    y_train, y_val, y_test = np.arange(3 * per_class) % 3, np.arange(60) % 3, np.arange(60) % 3
-    x_train, x_val = squares(y_train, g), squares(y_val, g)
-    y_eval = np.r_[y_test, -np.ones(n_open, int)]
-    x_eval = squares(y_eval, g)
-    torch.manual_seed(seed)
-    cfg = ModelConfig("resnet18", 3, 32, stem="imagenet")
-    net = build_model(cfg, verbose=False)
-    tcfg = TrainConfig(epochs=4, batch_size=32, seed=seed, augment=AugmentConfig(), progress=False)
-    fit(net, TensorData(x_train, torch.as_tensor(y_train)), TensorData(x_val, torch.as_tensor(y_val)), tcfg)
-    torch.save(net.state_dict(), tmp_path / "best.pt")
-    pred = predict(net, x_eval, progress=False)
-    n = len(y_eval)
-    table = pd.DataFrame(
-        {
-            "index": np.arange(n),
-            "path": "",
-            "label": y_eval,
-            "target": y_eval,
-            "pseudo": pred.logits.argmax(1).numpy(),
-            "is_open": y_eval < 0,
-            "origin": "test",
-            "source_index": np.arange(n),
-        }
-    )[TABLE_COLUMNS]
-    close = CloseSet(
-        ModelConfig("resnet18", 3, 32, stem="imagenet", pretrained=str(tmp_path / "best.pt")),
-        x_train,
-        y_train,
-        x_val,
-        y_val,
-    )
-    return OpenSetData(
-        table,
-        pred.logits.numpy(),
-        pred.features.numpy(),
-        np.zeros((3, 512)),
-        np.arange(3),
-        images=x_eval,
-        close_set=close,
-    )
-
-
 @pytest.mark.slow
-def test_proser_separates_open_from_close_on_synthetic_squares(tmp_path):
+def test_proser_separates_open_from_close_on_synthetic_squares(tmp_path, make_squares_data):
     """Measured (seeds 0, 1, 2; 1 CPU thread, about 30 s each): PROSER AUROC 1.000, .969,
     .960 where max softmax of the same close-set network gets .465, .333, .669 (the open bar
     sits where class 1's square does, so the network calls it class 1 confidently). The bar
     .85 leaves a margin; the same scores misaligned with their rows (the reference
     pseudo-label loader's defect) land near .5 and fail it."""
-    data = squares_data(tmp_path)
+    data = make_squares_data(tmp_path)
     view = data.detector_view()
     cfg = ProserConfig(input_size=32, stem="imagenet", batch_size=32, progress=False, out_dir=str(tmp_path / "proser"))
     det = ProserDetector(cfg).fit(view)

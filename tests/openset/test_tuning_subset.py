@@ -1,0 +1,215 @@
+"""The tuning set (stage 03's ``eval_subset="tuning"``): the validation split's close and open
+rows, where hyper-parameters are chosen. It shares no row with the reported evaluation set
+(the test split and the open class's training rows), and scoring it never changes the
+reported run's files or metrics."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ferlib import stages
+from ferlib.data.base import check_num_classes, load_dataset
+from ferlib.data.prepare import load_splits
+from ferlib.data.splits import openset_split, tuning_index
+from ferlib.emotions import BASIC7, Emotion
+
+POSTHOC = ["msp", "energy", "knn", "tknn", "mahalanobis"]
+SPLITS = ("train", "valid", "test")
+
+
+def _splits(params: dict, data_root: str | None = None):
+    return load_splits(
+        "synthetic", data_root or params["data_root"], "surprise", params["input_size"], params["cache_dir"]
+    )
+
+
+def test_tuning_rows_are_the_validation_close_and_open_rows(tmp_path, make_tiny_stage_params):
+    """By construction on the synthetic set: every validation row of a close class (the
+    model-selection rows) and of the open class, and none of the test split or of the
+    training split (whose open-class rows form the reported evaluation set)."""
+    params = make_tiny_stage_params(tmp_path)
+    s = _splits(params)
+    rows = s.tuning_rows()
+    labels = s.valid.labels.numpy()[rows]
+    is_open = labels == int(Emotion.SURPRISE)
+    close_rows, close_targets = s.validation()
+    assert np.array_equal(rows[~is_open], close_rows)  # the close rows: those stage 01 selected on
+    assert np.array_equal(s.label_map.encode(labels[~is_open]), close_targets)
+    assert is_open.sum() == (s.valid.labels.numpy() == int(Emotion.SURPRISE)).sum() > 0
+    assert len(rows) == len(s.valid)  # the synthetic set has only the basic seven
+    tuning = {s.valid.paths[i] for i in rows}
+    reported = {s.test.paths[i] for i in s.split.eval_test_index} | {s.train.paths[i] for i in s.split.eval_train_index}
+    assert len(reported) == s.split.n_eval
+    assert tuning.isdisjoint(reported)
+    assert tuning.isdisjoint(s.train.paths) and tuning.isdisjoint(s.test.paths)
+    assert all(p.startswith("valid/") for p in tuning)
+    assert len(stages._tuning_images(s)) == len(rows)
+
+
+def test_no_tuning_set_when_validation_is_carved_from_training(tmp_path, make_tiny_stage_params):
+    """Carved validation rows of the open class are open-class training images, part of the
+    reported evaluation set: refused, and the close-set data is what it was."""
+    params = make_tiny_stage_params(tmp_path)
+    carved = tmp_path / "carved"
+    shutil.copytree(params["data_root"], carved)
+    shutil.rmtree(carved / "valid")
+    s = _splits(params, str(carved))
+    assert s.valid_carved and not _splits(params).valid_carved
+    with pytest.raises(ValueError, match="no tuning set"):
+        s.tuning_rows()
+
+
+def test_tuning_index_on_label_arrays():
+    train = np.array([0, 1, 2, 2, 3])
+    test = np.array([0, 2, 3])
+    split = openset_split(train, test, BASIC7, Emotion.SURPRISE)
+    valid = np.array([2, 0, 6, 2, 1])
+    assert tuning_index(valid, split).tolist() == [0, 1, 2, 3, 4]
+    close_only = openset_split(train, test, BASIC7, None)
+    with pytest.raises(ValueError, match="open class"):
+        tuning_index(valid, close_only)
+
+
+@pytest.mark.ferplus
+def test_ferplus_tuning_set_is_fer2013valid_and_disjoint_from_the_reported_set(ferplus_root):
+    """On FERPlus's label files (nothing decoded): the tuning set is FER2013Valid's rows of the
+    seven classes, with open rows for every open class, and no path of the test split or of
+    the open class's training rows."""
+    experiment = check_num_classes(7, ferplus_root)
+    ds = {split: load_dataset("ferplus", ferplus_root, split).keep_classes(experiment)[0] for split in SPLITS}
+    paths = {split: [str(p) for p in d.paths] for split, d in ds.items()}
+    for open_class in BASIC7:
+        split = openset_split(ds["train"].labels, ds["test"].labels, BASIC7, open_class)
+        rows = tuning_index(ds["valid"].labels, split)
+        assert len(rows) == len(ds["valid"])
+        n_open = int((ds["valid"].labels[rows] == int(open_class)).sum())
+        assert n_open > 0, open_class
+        tuning = {paths["valid"][i] for i in rows}
+        reported = {paths["test"][i] for i in split.eval_test_index}
+        reported |= {paths["train"][i] for i in split.eval_train_index}
+        assert tuning.isdisjoint(reported)
+        assert all("FER2013Valid" in p for p in tuning)
+
+
+# ----------------------------------------------------------------------------- stages 01-03
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """Stages 01-02 on a balanced synthetic set with 140 validation rows (20 open): smallface
+    at 48 px, 3 epochs (about 30 s on one core); stage 03 over every reported row."""
+    from ferlib.data.synthetic import SyntheticConfig, write_synthetic
+
+    base = tmp_path_factory.mktemp("tuning")
+    cfg = SyntheticConfig(n_train=560, n_valid=140, n_test=28, seed=0, class_shares=None)
+    root = write_synthetic(base / "synthetic", cfg)
+    params = dict(
+        dataset="synthetic",
+        data_root=str(root),
+        open_class="surprise",
+        input_size=48,
+        progress=False,
+        run_dir=str(base / "run"),
+        cache_dir=str(base / "cache"),
+    )
+    stages.train_close_set(**params, arch="smallface", epochs=3, batch_size=32)
+    table = stages.predict_pseudo_labels(**params, arch="smallface")
+    metrics = stages.detect_open_set(**params, detectors=POSTHOC)
+    return params, table, metrics
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_stage_03_on_the_tuning_set_writes_beside_the_reported_run(trained_run):
+    params, table, metrics_all = trained_run
+    run = Path(params["run_dir"])
+    stage02 = _files(run / "02_pseudo_labels")
+    scores_all = {p: (run / "03_detect" / f"scores_{p}.csv").read_bytes() for p in ("honest", "reference")}
+
+    metrics = stages.detect_open_set(**params, detectors=POSTHOC, eval_subset="tuning")
+    assert set(metrics["eval_subset"]) == {"tuning"} and len(metrics) == 2 * len(POSTHOC)
+    # the reported run's files and metrics are untouched; stage 02's arrays too
+    assert {k: v for k, v in _files(run / "02_pseudo_labels").items() if not k.startswith("tuning/")} == stage02
+    for p, before in scores_all.items():
+        assert (run / "03_detect" / f"scores_{p}.csv").read_bytes() == before
+    merged = pd.read_csv(run / "metrics.csv")
+    pd.testing.assert_frame_equal(
+        merged[merged["eval_subset"] == "all"].reset_index(drop=True), metrics_all, check_dtype=False
+    )
+    assert (merged["eval_subset"] == "tuning").sum() == 2 * len(POSTHOC)
+
+    # the tuning rows: the validation split's, none of the reported evaluation set's
+    tuning = stages.load_scores(params["run_dir"], "honest", eval_subset="tuning")
+    assert len(tuning) == 140 and set(tuning["origin"]) == {"valid"}
+    assert tuning["is_open"].sum() == 20
+    assert set(tuning["path"]).isdisjoint(table["path"])
+    # no training row: both protocols see the same data
+    ref = stages.load_scores(params["run_dir"], "reference", eval_subset="tuning")
+    pd.testing.assert_frame_equal(tuning, ref)
+    by = metrics.set_index(["protocol", "detector"])["auroc"]
+    for name in POSTHOC:
+        assert by[("honest", name)] == pytest.approx(by[("reference", name)])
+
+    # the close-set outputs on the tuning rows are kept, and reused while the model is the same
+    outputs = run / "02_pseudo_labels" / "tuning" / "outputs.npz"
+    stamp = outputs.stat().st_mtime_ns
+    again = stages.detect_open_set(**params, detectors=["msp"], protocols=["honest"], eval_subset="tuning")
+    assert outputs.stat().st_mtime_ns == stamp
+    assert again["auroc"].item() == pytest.approx(by[("honest", "msp")])
+    from ferlib.manifest import read_manifest
+
+    assert set(read_manifest(run)["detection"]) == {"all", "tuning"}
+
+
+@pytest.mark.slow
+def test_a_detector_separates_open_from_close_on_the_tuning_set(trained_run):
+    params, _, _ = trained_run
+    metrics = stages.detect_open_set(**params, detectors=POSTHOC, protocols=["honest"], eval_subset="tuning")
+    auroc = metrics.set_index("detector")["auroc"]
+    assert auroc["tknn"] > 0.75, auroc.round(3).to_dict()
+
+
+@pytest.mark.slow
+def test_trained_detectors_and_the_ablation_run_on_the_tuning_images(trained_run, tiny_params):
+    """A detector that trains on the evaluation images gets the tuning images and its own
+    folder (``03_detect/tuning/...``); so does an ablation variant with eval_subset tuning."""
+    params, _, _ = trained_run
+    run = Path(params["run_dir"])
+    stages.detect_open_set(
+        **params, detectors=["contrast"], protocols=["honest"], eval_subset="tuning", detector_params=tiny_params
+    )
+    (folder,) = (run / "03_detect" / "tuning").glob("any_protocol/contrast-*")
+    assert len(np.load(folder / "scores.npy")) == 140
+    table = stages.ablate_cycle(
+        **params, protocols=["honest"], detector_params=tiny_params, variants={"tuning": {"eval_subset": "tuning"}}
+    )
+    row = table.set_index("variant").loc["tuning"]
+    assert row["n"] == 140 and row["eval_subset"] == "tuning"
+    assert row["folder"].startswith("03_detect/tuning/honest/cycle-")
+
+
+def test_unknown_eval_subset_names_the_tuning_set(tmp_path):
+    for call in (
+        lambda: stages.check_eval_subset("tset"),
+        lambda: stages.load_scores(str(tmp_path), "honest", eval_subset="tset"),
+        lambda: stages.detect_open_set(run_dir=str(tmp_path), detectors=["msp"], eval_subset="tset"),
+    ):
+        with pytest.raises(ValueError, match="tuning"):
+            call()
+
+
+def test_tuning_data_needs_its_outputs(tmp_path):
+    """Without ``02_pseudo_labels/tuning/`` the tuning set cannot be loaded: the message says
+    what computes it."""
+    out = tmp_path / "02_pseudo_labels"
+    out.mkdir()
+    (out / "pseudo_labels.csv").write_text("index\n")
+    np.savez(out / "outputs.npz", class_names=np.array(["a"]))
+    with pytest.raises(FileNotFoundError, match="eval_subset='tuning'"):
+        stages.load_openset_data(str(tmp_path), eval_subset="tuning")
