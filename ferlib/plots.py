@@ -771,7 +771,7 @@ def per_class_summary(
             color=PALETTE[k % len(PALETTE)],
             edgecolor="white",
             linewidth=0.3,
-            hatch="////" if k >= len(PALETTE) else None,  # colours repeat after eight
+            hatch=_HATCHES[(k // len(PALETTE)) % len(_HATCHES)],  # colours repeat after eight
             error_kw={"elinewidth": 0.6, "capsize": 1.5},
         )
     markers = ("x", "D", "^", "v", "s")
@@ -803,8 +803,16 @@ def per_class_summary(
     where = ", ".join(str(v) for v in (dataset, attrs.get("protocol") and f"{attrs['protocol']} protocol") if v)
     if where:
         ax.set_title(where)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), ncols=1)
+    entries = len(ax.get_legend_handles_labels()[1])
+    # one column holds what the axes' height fits; more series (21 detectors) get more columns
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), ncols=max(1, -(-entries // _LEGEND_ROWS)))
     return fig
+
+
+#: bar hatches, one per round of the palette (a third of 21 detectors share colours with each other)
+_HATCHES = (None, "////", "....", "xxxx")
+#: legend entries per column beside a 2.6-inch-high axes
+_LEGEND_ROWS = 12
 
 
 # --------------------------------------------------------------------------------------------

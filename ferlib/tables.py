@@ -116,7 +116,7 @@ def collect_runs(paths_or_glob) -> pd.DataFrame:
     if not frames:
         raise ValueError(f"every metrics.csv found for {paths_or_glob!r} is empty")
     out = pd.concat(frames, ignore_index=True)
-    keys = [c for c in ("dataset", "open_class", "seed", "detector", "protocol") if c in out]
+    keys = [c for c in ("dataset", "open_class", "seed", "detector", "protocol", "eval_subset") if c in out]
     dup = out.duplicated(keys, keep=False)
     if dup.any():
         warnings.warn(

@@ -236,3 +236,43 @@ def test_per_class_summary_figure_draws_the_table(runs_dir):
     assert len(ours) == 1  # RAF-DB: the paper's numbers are drawn
     np.testing.assert_allclose(ours[0].get_ydata(), summary["paper:Ours"].to_numpy(dtype=float))
     plt.close(fig)
+
+
+def test_per_class_summary_keeps_every_detector_apart_in_the_legend():
+    """21 detectors (the FERPlus sweep): every one in the legend, in several columns, and no
+    two bars share both colour and hatch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from ferlib import plots
+
+    names = [f"det{k}" for k in range(21)]
+    rng = np.random.default_rng(0)
+    summary = pd.DataFrame(
+        {f"{d}:mean": rng.uniform(0.5, 1, 3) for d in names}, index=pd.Index(["Sur", "Fea", "mean"], name="open")
+    )
+    summary.attrs = {"detectors": names, "metric": "auroc"}
+    fig = plots.per_class_summary(summary)
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == names
+    assert legend._ncols >= 2
+    looks = {(c.patches[0].get_facecolor(), c.patches[0].get_hatch()) for c in ax.containers}
+    assert len(looks) == len(names)
+    plt.close(fig)
+
+
+def test_tuning_rows_beside_the_reported_ones_are_not_taken_for_a_second_seed(runs_dir):
+    import warnings
+
+    for metrics in runs_dir.rglob("metrics.csv"):
+        frame = pd.read_csv(metrics)
+        frame["eval_subset"] = "all"
+        write_csv(metrics, pd.concat([frame, frame.assign(eval_subset="tuning")], ignore_index=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runs = tables.collect_runs(runs_dir)
+    assert set(runs["eval_subset"]) == {"all", "tuning"}
