@@ -719,6 +719,39 @@ def _load_tuning_data(
     return replace(data, protocol=protocol)
 
 
+def _tuning_splits(
+    run_dir: str,
+    dataset: str,
+    data_root: str | None,
+    open_class: str | None,
+    seed: int,
+    class_map: dict | None,
+    data_options: dict | None,
+    input_size: int,
+    cache_dir: str | None,
+    cache_memmap: bool,
+    stem: str,
+    device: str,
+    amp: bool,
+    progress: bool,
+) -> Splits:
+    """The run's splits, once the close-set outputs on their tuning rows exist (computed once
+    per key by :func:`_predict_tuning`): what stage 03 and the ablation need for ``tuning``."""
+    splits = load_splits(
+        dataset,
+        data_root,
+        open_class,
+        input_size,
+        cache_dir,
+        class_map=class_map,
+        data_options=data_options,
+        memmap=cache_memmap,
+        seed=seed,
+    )
+    _predict_tuning(splits, run_dir, input_size, stem, device, amp, progress)
+    return splits
+
+
 def _as_protocols(protocols) -> list[str]:
     protocols = [protocols] if isinstance(protocols, str) else list(protocols)
     bad = [p for p in protocols if p not in PROTOCOLS]
@@ -917,18 +950,10 @@ def detect_open_set(
     out = Path(run_dir) / "03_detect"
     splits = None
     if eval_subset == "tuning":  # the close-set model's outputs on the tuning rows (kept, keyed)
-        splits = load_splits(
-            dataset,
-            data_root,
-            open_class,
-            input_size,
-            cache_dir,
-            class_map=class_map,
-            data_options=data_options,
-            memmap=cache_memmap,
-            seed=seed,
-        )
-        _predict_tuning(splits, run_dir, input_size, stem, device, amp, progress)
+        splits = _tuning_splits(
+            run_dir, dataset, data_root, open_class, seed, class_map, data_options, input_size, cache_dir,
+            cache_memmap, stem, device, amp, progress,
+        )  # fmt: skip
     images, train_images, close_set = _detector_inputs(
         detectors,
         dataset,
@@ -1063,18 +1088,10 @@ def ablate_cycle(
         plans[name] = (subset, params, overrides)
     splits, tuning_images = None, None
     if any(subset == "tuning" for subset, _, _ in plans.values()):
-        splits = load_splits(
-            dataset,
-            data_root,
-            open_class,
-            input_size,
-            cache_dir,
-            class_map=class_map,
-            data_options=data_options,
-            memmap=cache_memmap,
-            seed=seed,
-        )
-        _predict_tuning(splits, run_dir, input_size, stem, device, amp, progress)
+        splits = _tuning_splits(
+            run_dir, dataset, data_root, open_class, seed, class_map, data_options, input_size, cache_dir,
+            cache_memmap, stem, device, amp, progress,
+        )  # fmt: skip
         tuning_images = _tuning_images(splits)
     images, _, _ = _detector_inputs(
         ["cycle"],
