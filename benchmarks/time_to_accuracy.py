@@ -31,6 +31,7 @@ against minutes), and the summary table on stdout. No figure is asserted anywher
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -46,7 +47,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from ferlib.data.prepare import close_rows, load_splits  # noqa: E402
+from ferlib.data.prepare import LABEL_MODES, close_rows, load_splits, training_labels  # noqa: E402
 from ferlib.io import write_csv  # noqa: E402
 from ferlib.models import TRUNKS, ModelConfig, build_model  # noqa: E402
 from ferlib.recipes import available_recipes, train_config  # noqa: E402
@@ -90,14 +91,20 @@ def _subsample(data: TensorData, limit: int, seed: int) -> TensorData:
 
 
 def load_ferplus(args: argparse.Namespace) -> Data:
-    """FERPlus train / validation / test, the basic seven classes (contempt dropped), majority vote."""
+    """FERPlus train / validation / test, the basic seven classes (contempt dropped). Training
+    targets follow ``--label-mode`` (stage 01's ``label_mode``); validation and test are always
+    scored against the majority vote, so the modes are compared on the same labels."""
     s = load_splits("ferplus", args.data_root, None, args.input_size, args.cache_dir, seed=args.seed)
-    train_rows, train_targets = s.training()
-    val_rows, val_targets = s.validation()
+    labels = training_labels(s, args.label_mode, None, "ferplus")  # majority, or the vote distribution
     test_rows, test_targets = close_rows(s.test, s.label_map)
     data = Data(
-        TensorData(s.train.images[torch.as_tensor(train_rows)], train_targets),
-        TensorData(s.valid.images[torch.as_tensor(val_rows)], val_targets),
+        TensorData(
+            s.train.images[torch.as_tensor(labels.train_rows)],
+            labels.train_targets,
+            labels.train_soft,
+            args.label_mode if labels.train_soft is not None else "crossentropy",
+        ),
+        TensorData(s.valid.images[torch.as_tensor(labels.val_rows)], labels.val_targets),
         TensorData(s.test.images[torch.as_tensor(test_rows)], test_targets),
     )
     print(
@@ -123,11 +130,13 @@ def run_config(arch: str, recipe: str, data: Data, args: argparse.Namespace) -> 
     model = build_model(ModelConfig(arch, num_classes=7, input_size=args.input_size), verbose=False)
     cfg = train_config(
         recipe,
+        json.loads(args.recipe_params) if args.recipe_params else None,
         epochs=args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
         amp=args.amp,
+        compile=args.compile,
         progress=args.progress,
     )
     budget = args.budget_minutes * 60
@@ -141,6 +150,9 @@ def run_config(arch: str, recipe: str, data: Data, args: argparse.Namespace) -> 
                 "config": f"{arch}:{recipe}",
                 "arch": arch,
                 "recipe": recipe,
+                "label_mode": args.label_mode,
+                "recipe_params": args.recipe_params,
+                "compile": args.compile,
                 "epoch": info.epoch,
                 "train_seconds": clock["seconds"],
                 "train_loss": info.row["train_loss"],
@@ -178,6 +190,7 @@ def summarise(curves: pd.DataFrame) -> pd.DataFrame:
         out.append(
             {
                 "config": config,
+                "label_mode": last["label_mode"],
                 "epochs": int(last["epoch"]),
                 "stopped": last["stopped"],
                 "best_epoch": int(best["epoch"]),
@@ -236,6 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=str(Path("outputs") / "cache"), help="the kit's uint8 image cache")
     p.add_argument("--out", default=str(Path("outputs") / "bench" / "time_to_accuracy"))
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the training step (TrainConfig.compile); its first epoch pays the compilation",
+    )
+    p.add_argument(
+        "--label-mode", default="majority", choices=LABEL_MODES, help="training targets (stage 01's label_mode)"
+    )
+    p.add_argument(
+        "--recipe-params", default="", help="JSON overrides for every config's recipe, e.g. '{\"ema_decay\": 0}'"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--progress", action="store_true", help="per-epoch progress bars")
     args = p.parse_args(argv)

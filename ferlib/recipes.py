@@ -50,9 +50,17 @@ RECIPE_FIELDS: tuple[str, ...] = (
     "label_smoothing",
     "ema_decay",
     "flip_tta",
+    "augment",
 )
 
-_DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.name in RECIPE_FIELDS}
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.name in RECIPE_FIELDS and f.name != "augment"}
+#: the augmentation as overrides of :class:`~ferlib.data.augment.AugmentConfig` (JSON-friendly);
+#: ``{}`` is the papers' policy
+_DEFAULTS["augment"] = {}
+
+#: ``fast_affine``'s warp: rotation, shift and zoom as in the FER repositories' ``RandomAffine``
+#: (about 10 degrees, 10% shift, 10% zoom), on every training image
+AFFINE = {"affine_p": 1.0, "rotate_deg": 10.0, "translate": 0.1, "scale": [0.9, 1.1]}
 
 #: name -> complete settings (every RECIPE_FIELDS entry)
 RECIPES: dict[str, dict[str, Any]] = {
@@ -70,6 +78,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "flip_tta": True,
     },
 }
+RECIPES["fast_affine"] = {**RECIPES["fast"], "augment": dict(AFFINE)}
 
 
 def available_recipes() -> tuple[str, ...]:
@@ -87,6 +96,8 @@ def recipe_settings(name: str, params: Mapping[str, Any] | None = None) -> dict[
     if not isinstance(name, str) or name not in RECIPES:
         raise ValueError(f"recipe must be one of {', '.join(available_recipes())}; got {name!r}")
     params = dict(params or {})
+    if isinstance(params.get("augment"), dict):  # merged into the recipe's, field by field
+        params["augment"] = {**RECIPES.get(name, {}).get("augment", {}), **params["augment"]}
     unknown = sorted(set(params) - set(RECIPE_FIELDS))
     if unknown:
         raise ValueError(

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ferlib import distributed
-from ferlib.data.augment import AugmentConfig, augment_batch, to_float
+from ferlib.data.augment import AugmentConfig, augment_batch, augment_config, to_float
 from ferlib.digest import json_digest, state_dict_digest, tensor_digest
 from ferlib.io import read_json, torch_save, write_csv, write_json
 from ferlib.losses import CrossEntropy, Objective, objective_config
@@ -126,6 +126,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):  # a recipe's overrides of the papers' policy
+            self.augment = augment_config(self.augment)
         self.validate()
 
     def validate(self) -> None:
@@ -172,6 +174,8 @@ class TrainConfig:
         too when the schedule runs to zero over them). Recipe fields at their off value are
         left out, so checkpoints written before they existed still resume."""
         fields = {k: v for k, v in asdict(self).items() if k not in NOT_IN_KEY}
+        if self.augment is not None:
+            fields["augment"] = self.augment.key_fields()
         if self.schedule in RUN_LENGTH_SCHEDULES:
             fields["epochs"] = self.epochs
         for name, off in _RECIPE_OFF.items():

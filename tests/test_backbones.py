@@ -66,3 +66,12 @@ def test_smallface_learns_the_synthetic_faces():
     fit(model, train, None, cfg)
     acc = (predict(model, test.images, progress=False).logits.argmax(1) == test.targets).float().mean().item()
     assert acc > 0.3, acc  # chance is 1/7; the seeded run gives .43
+
+
+def test_smallface_wide_keeps_the_map_and_doubles_the_width():
+    narrow = build_model(ModelConfig("smallface", num_classes=7, input_size=48), verbose=False)
+    wide = build_model(ModelConfig("smallface_wide", num_classes=7, input_size=48), verbose=False)
+    out = wide.forward_all(torch.rand(2, 3, 48, 48))
+    assert out.feature_map.shape == (2, 2 * narrow.num_features, 6, 6)
+    assert wide.cam(out.feature_map).shape == (2, 7, 6, 6)
+    validate_arguments(train_close_set, {"arch": "smallface_wide"})

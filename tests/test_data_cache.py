@@ -284,3 +284,49 @@ def test_augment_on_cuda_matches_cpu_generator_draws():
     for make in (lambda: torch.Generator().manual_seed(5), lambda: torch.Generator(device="cuda").manual_seed(5)):
         a = augment_batch(x.cuda(), cfg, make())
         assert torch.equal(a, augment_batch(x.cuda(), cfg, make()))
+
+
+def test_affine_warp_moves_a_dot_as_drawn_and_leaves_undrawn_samples_exact():
+    """A single bright pixel must land where the drawn shift puts it (a broken sign or unit
+    convention moves it elsewhere); with affine_p 0.5 about half the batch is untouched."""
+    b, s = 200, 33
+    x = torch.zeros(b, 1, s, s)
+    x[:, :, 16, 16] = 1.0  # the centre: rotation and zoom keep it, a shift moves it
+    shift_only = AugmentConfig(flip_or_noise_p=0.0, erasing_p=0.0, affine_p=1.0, translate=0.15)
+    y = augment_batch(x, shift_only, torch.Generator().manual_seed(0))
+    peak = y.flatten(1).argmax(1)
+    rows, cols = peak // s, peak % s
+    assert (rows - 16).abs().max() <= round(0.15 * s) + 1 and (cols - 16).abs().max() <= round(0.15 * s) + 1
+    assert (rows != 16).float().mean() > 0.5 and (cols != 16).float().mean() > 0.5  # it does move them
+    turn_only = AugmentConfig(flip_or_noise_p=0.0, erasing_p=0.0, affine_p=1.0, rotate_deg=30.0, scale=(0.8, 1.2))
+    z = augment_batch(x, turn_only, torch.Generator().manual_seed(0)).flatten(1).argmax(1)
+    assert torch.equal(z, torch.full_like(z, 16 * s + 16))  # the centre stays the centre
+    half = AugmentConfig(flip_or_noise_p=0.0, erasing_p=0.0, affine_p=0.5, translate=0.15)
+    img = torch.rand(b, 3, s, s, generator=torch.Generator().manual_seed(5))
+    w = augment_batch(img, half, torch.Generator().manual_seed(1))
+    untouched = (w == img).flatten(1).all(1)
+    assert 70 < int(untouched.sum()) < 130
+    a = augment_batch(img, half, torch.Generator().manual_seed(1))
+    assert torch.equal(a, w)  # deterministic given the generator
+
+
+def test_affine_rotation_turns_a_dot_by_the_drawn_angle_at_most():
+    s = 65
+    x = torch.zeros(300, 1, s, s)
+    x[:, :, 32, 56] = 1.0  # 24 px right of the centre
+    cfg = AugmentConfig(flip_or_noise_p=0.0, erasing_p=0.0, affine_p=1.0, rotate_deg=20.0)
+    peak = augment_batch(x, cfg, torch.Generator().manual_seed(0)).flatten(1).argmax(1)
+    dy, dx = (peak // s - 32).float(), (peak % s - 32).float()
+    radius, angle = torch.hypot(dy, dx), torch.rad2deg(torch.atan2(dy, dx)).abs()
+    assert ((radius - 24).abs() <= 1.5).all()  # rotation keeps the distance to the centre
+    assert angle.max() <= 21.5 and angle.max() > 15  # within +-20 degrees, and it uses the range
+
+
+def test_augment_config_refuses_bad_affine_settings():
+    for kwargs, word in [
+        ({"affine_p": 1.5}, "affine_p"),
+        ({"translate": 1.0}, "translate"),
+        ({"scale": (1.2, 0.9)}, "scale"),
+    ]:
+        with pytest.raises(ValueError, match=word):
+            AugmentConfig(**kwargs)

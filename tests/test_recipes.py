@@ -10,7 +10,12 @@ from ferlib.train import TrainConfig
 
 def test_reference_is_todays_defaults():
     default = TrainConfig()
-    assert recipe_settings("reference") == {f: getattr(default, f) for f in RECIPE_FIELDS}
+    settings = recipe_settings("reference")
+    assert settings["augment"] == {}  # the papers' policy, as overrides
+    assert {f: settings[f] for f in RECIPE_FIELDS if f != "augment"} == {
+        f: getattr(default, f) for f in RECIPE_FIELDS if f != "augment"
+    }
+    assert TrainConfig(**settings) == default
     assert train_config("reference", epochs=3).key_fields() == TrainConfig(epochs=3).key_fields()
 
 
@@ -51,7 +56,7 @@ def test_bad_recipe_names_the_choices(name, params, words):
 
 def test_stage_validates_recipe_before_any_work():
     validate_arguments(train_close_set, {"recipe": "fast", "recipe_params": {"ema_decay": 0.0}})
-    with pytest.raises(ParameterError, match="train_close_set: recipe must be one of fast, reference"):
+    with pytest.raises(ParameterError, match="train_close_set: recipe must be one of fast, fast_affine, reference"):
         validate_arguments(train_close_set, {"recipe": "quick"})
     with pytest.raises(ParameterError, match="recipe_params accepted"):
         validate_arguments(train_close_set, {"recipe": "fast", "recipe_params": {"lr_max": 1.0}})
@@ -120,3 +125,32 @@ def test_stage_01_trains_smallface_with_a_recipe_and_records_it(tmp_path):
     logits = table[[c for c in table.columns if c.startswith("logit_")]].to_numpy()[:8]
     assert not np.allclose(with_tta, without)
     np.testing.assert_allclose(logits, with_tta, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_affine_is_fast_plus_a_warp_and_augment_overrides_merge():
+    warp = recipe_settings("fast_affine")
+    assert {k: v for k, v in warp.items() if k != "augment"} == {
+        k: v for k, v in recipe_settings("fast").items() if k != "augment"
+    }
+    cfg = TrainConfig(**warp)
+    assert cfg.augment.affine_p == 1.0 and cfg.augment.rotate_deg > 0 and cfg.augment.scale == (0.9, 1.1)
+    # one field overridden, the recipe's others kept
+    merged = recipe_settings("fast_affine", {"augment": {"rotate_deg": 5.0}})["augment"]
+    assert merged["rotate_deg"] == 5.0 and merged["affine_p"] == 1.0
+    # the warp enters the training key; the papers' policy keeps keys written before it existed
+    assert "affine_p" in cfg.key_fields()["augment"]
+    assert "affine_p" not in TrainConfig(**recipe_settings("fast")).key_fields()["augment"]
+
+
+@pytest.mark.parametrize(
+    "augment, words",
+    [
+        ({"rotate": 5}, ["'rotate'", "rotate_deg"]),
+        ({"affine_p": 2.0}, ["affine_p", "[0, 1]"]),
+        ([1], ["augment", "dict"]),
+    ],
+)
+def test_bad_augment_overrides_name_the_field(augment, words):
+    with pytest.raises(ValueError) as info:
+        recipe_settings("fast", {"augment": augment})
+    assert all(w in str(info.value) for w in words), str(info.value)

@@ -91,3 +91,20 @@ def test_choose_on_the_tuning_set_picks_its_best_value_and_reports_the_whole_set
     assert f"chosen on tuning: k = {value}" in capsys.readouterr().out
     with pytest.raises(ValueError, match="another subset"):
         tool.choose(runs, "knn", "k", [1], choose_on="all")
+
+
+def test_choose_holds_the_given_settings_fixed(tmp_path, capsys):
+    runs = [str(_with_tuning_rows(make_run(tmp_path / f"run{s}"), seed=s)) for s in (0, 1)]
+    tool = _tool()
+    fixed = {"top_fraction": 0.3}
+    _, table = tool.choose(runs, "pseudo_oe", "rounds", [1, 2], params=fixed)
+    direct = tool.sweep(runs[0], "pseudo_oe", "rounds", [1, 2], params=fixed)
+    got = table.query("run == 'run0' and eval_subset == 'all'")["auroc"].to_numpy()
+    np.testing.assert_allclose(got, direct["auroc"].to_numpy())
+    with pytest.raises(ValueError, match="top_fraction"):  # the fixed settings reach the detector
+        tool.choose(runs, "pseudo_oe", "rounds", [1], params={"top_fraction": 1.5})
+    argv = ["--run-dir", *runs, "--detector", "pseudo_oe", "--param", "rounds", "--values", "1", "2",
+            "--choose-on", "tuning"]  # fmt: skip
+    assert tool.main([*argv, "--params", "{'top_fraction': 0.3}"]) == 0
+    assert tool.main([*argv, "--params", "[0.3]"]) == 2
+    assert "--params must be a dict" in capsys.readouterr().err

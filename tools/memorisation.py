@@ -38,7 +38,6 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from ferlib import plots, stages  # noqa: E402
-from ferlib.data.augment import AugmentConfig  # noqa: E402
 from ferlib.data.prepare import Splits, load_splits, training_labels  # noqa: E402
 from ferlib.data.splits import carve_validation  # noqa: E402
 from ferlib.io import read_json, torch_save, write_csv, write_json  # noqa: E402
@@ -139,15 +138,10 @@ def prepare(
     rows, targets = select_rows(
         labels.train_rows, labels.train_targets, train_rows, seed, keep=donors if donors_in_train else None
     )
-    cfg = TrainConfig(
-        epochs=1,
-        batch_size=batch_size,
-        **recipe_settings(RECIPE),
-        seed=seed,
-        device=device,
-        augment=AugmentConfig() if augment else None,
-        progress=progress,
-    )
+    settings = recipe_settings(RECIPE)
+    if not augment:  # the memorising condition: no augmentation at all
+        settings["augment"] = None
+    cfg = TrainConfig(epochs=1, batch_size=batch_size, **settings, seed=seed, device=device, progress=progress)
     if cfg.schedule in RUN_LENGTH_SCHEDULES:  # epochs would enter the key: no continuing
         raise ValueError(f"schedule {cfg.schedule!r} runs to zero over the epochs; this study extends one run")
     model = ModelConfig(arch, len(s.label_map.names), input_size, stem=stem)

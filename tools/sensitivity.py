@@ -81,16 +81,23 @@ def sweep(
 
 
 def choose(
-    run_dirs: list[str], detector: str, param: str, values: list, choose_on: str = "tuning", report: str = "all"
+    run_dirs: list[str],
+    detector: str,
+    param: str,
+    values: list,
+    choose_on: str = "tuning",
+    report: str = "all",
+    params: dict | None = None,
 ) -> tuple[object, pd.DataFrame]:
     """``(value, table)``: the value with the best mean honest AUROC on ``choose_on`` over
-    ``run_dirs`` (the first on a tie), and every run's rows on both subsets (column ``run``)."""
+    ``run_dirs`` (the first on a tie), and every run's rows on both subsets (column ``run``).
+    ``params``: the detector's other settings (earlier choices), held fixed."""
     if choose_on == report:
         raise ValueError(f"choose on another subset than the one reported ({report!r})")
     parts = []
     for run in run_dirs:
         for subset in (choose_on, report):
-            part = sweep(run, detector, param, values, eval_subset=subset)
+            part = sweep(run, detector, param, values, params=params, eval_subset=subset)
             parts.append(part.assign(run=Path(run).name))
     table = pd.concat(parts, ignore_index=True)
     on = table[table["eval_subset"] == choose_on].groupby("value", sort=False)["auroc"].mean()
@@ -104,6 +111,7 @@ def main(argv=None) -> int:
     ap.add_argument("--detector", required=True)
     ap.add_argument("--param", required=True)
     ap.add_argument("--values", nargs="+", required=True, help="values (Python literals)")
+    ap.add_argument("--params", default="{}", help="the detector's other settings, held fixed (a Python dict literal)")
     ap.add_argument("--protocols", nargs="+", default=["honest"])
     ap.add_argument("--eval-subset", default="all", choices=stages.EVAL_SUBSETS)
     ap.add_argument(
@@ -121,15 +129,19 @@ def main(argv=None) -> int:
             return text
 
     values = [literal(v) for v in args.values]
+    base = literal(args.params)
+    if not isinstance(base, dict):
+        print(f"error: --params must be a dict literal, got {args.params!r}", file=sys.stderr)
+        return 2
     fmt = lambda x: f"{x:.3f}"  # noqa: E731
     try:
         if args.choose_on:
-            value, table = choose(args.run_dir, args.detector, args.param, values, args.choose_on)
+            value, table = choose(args.run_dir, args.detector, args.param, values, args.choose_on, params=base)
         elif len(args.run_dir) > 1:
             raise ValueError("several --run-dir values need --choose-on")
         else:
             table = sweep(
-                args.run_dir[0], args.detector, args.param, values, args.protocols, eval_subset=args.eval_subset
+                args.run_dir[0], args.detector, args.param, values, args.protocols, base, eval_subset=args.eval_subset
             )
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ RNG when ``None``), so a seeded generator reproduces an epoch exactly.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import Tensor
@@ -93,6 +93,15 @@ class AugmentConfig:
       (``value=0``, i.e. the mean colour in normalised space), same sampling: up to 10
       attempts to draw a rectangle of area ``scale * H * W`` and aspect ``ratio``
       (log-uniform) that fits; no erasing if none fits.
+    - ``affine_p``, ``rotate_deg``, ``translate``, ``scale``: a random affine warp applied
+      first, with probability ``affine_p`` (0: off, the papers' policy): rotation uniform
+      in ``+-rotate_deg`` degrees, shift uniform in ``+-translate`` of the width and height,
+      zoom uniform in ``scale``; bilinear, border pixels repeated outward (a face crop has
+      no meaningful outside). Not in the papers: from-scratch training on 28k small faces
+      overfits within 20 epochs without geometric augmentation (docs/RESULTS.md, "Time to
+      accuracy"), which is what the CIFAR speed runs' random crops and the FER repos'
+      ``RandomAffine`` / ``RandomResizedCrop`` counter. One ``affine_grid`` + ``grid_sample``
+      per batch, on the batch's device.
     """
 
     flip_or_noise_p: float = 0.5
@@ -100,9 +109,16 @@ class AugmentConfig:
     erasing_p: float = 0.5
     erasing_scale: tuple[float, float] = (0.02, 0.25)
     erasing_ratio: tuple[float, float] = (0.3, 3.3)
+    affine_p: float = 0.0
+    rotate_deg: float = 0.0
+    translate: float = 0.0
+    scale: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
-        for name in ("flip_or_noise_p", "erasing_p"):
+        self.erasing_scale = tuple(self.erasing_scale)  # lists from JSON parameters
+        self.erasing_ratio = tuple(self.erasing_ratio)
+        self.scale = tuple(self.scale)
+        for name in ("flip_or_noise_p", "erasing_p", "affine_p"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -114,6 +130,58 @@ class AugmentConfig:
         lo, hi = self.erasing_ratio
         if not 0.0 < lo <= hi:
             raise ValueError(f"erasing_ratio must satisfy 0 < lo <= hi, got {self.erasing_ratio}")
+        if not 0.0 <= self.rotate_deg <= 180.0:
+            raise ValueError(f"rotate_deg must be in [0, 180], got {self.rotate_deg}")
+        if not 0.0 <= self.translate < 1.0:
+            raise ValueError(f"translate must be in [0, 1), got {self.translate}")
+        lo, hi = self.scale
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"scale must satisfy 0 < lo <= hi, got {self.scale}")
+
+    def key_fields(self) -> dict:
+        """The settings as a dict for result keys; the affine fields are left out while the
+        warp is off (``affine_p`` 0), so keys written before it existed stay valid."""
+        d = asdict(self)
+        if self.affine_p == 0:
+            for name in AFFINE_FIELDS:
+                del d[name]
+        return d
+
+
+def augment_config(overrides: dict) -> AugmentConfig:
+    """:class:`AugmentConfig` with ``overrides`` (field -> value) on the papers' defaults;
+    ``ValueError`` naming the unknown fields and the accepted ones (recipes and JSON
+    parameters give the augmentation as such a dict)."""
+    known = {f.name for f in fields(AugmentConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"augment has no field {', '.join(map(repr, unknown))}; accepted: {', '.join(sorted(known))}")
+    return AugmentConfig(**overrides)
+
+
+#: the fields of the random affine warp (left out of keys while ``affine_p`` is 0)
+AFFINE_FIELDS: tuple[str, ...] = ("affine_p", "rotate_deg", "translate", "scale")
+
+
+def random_affine(x: Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> Tensor:
+    """Warp each image of a float batch ``(B, C, H, W)`` by a random affine map with
+    probability ``cfg.affine_p`` (see :class:`AugmentConfig`); the others come back
+    unchanged (bit for bit). Draws on the generator's device, warps on ``x``'s."""
+    b = x.shape[0]
+    rdev = generator.device if generator is not None else x.device
+    u = torch.rand(b, 5, generator=generator, device=rdev).to(x.device, torch.float32)
+    angle = (2 * u[:, 0] - 1) * math.radians(cfg.rotate_deg)
+    lo, hi = cfg.scale
+    zoom = lo + (hi - lo) * u[:, 1]
+    tx = (2 * u[:, 2] - 1) * 2 * cfg.translate  # affine_grid's units: the image spans [-1, 1]
+    ty = (2 * u[:, 3] - 1) * 2 * cfg.translate
+    apply = u[:, 4] < cfg.affine_p
+    # output pixel p samples input at A p + t: the inverse map of "zoom by s, rotate by a"
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    warped = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return torch.where(apply.view(b, 1, 1, 1), warped, x)
 
 
 #: RandomErasing's number of attempts at a fitting rectangle.
@@ -158,7 +226,8 @@ def _on_device(generator: torch.Generator | None, device: torch.device) -> torch
 def augment_batch(x: Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> Tensor:
     """Augment a normalised float batch ``(B, C, H, W)``; returns a new tensor.
 
-    Per sample: with probability ``cfg.flip_or_noise_p`` a horizontal flip or Gaussian
+    Per sample: with probability ``cfg.affine_p`` a random affine warp (off by default), then
+    with probability ``cfg.flip_or_noise_p`` a horizontal flip or Gaussian
     noise (50/50), then random erasing (fill 0) with probability ``cfg.erasing_p``.
     All masks are built with broadcasting; there is no per-sample Python loop.
 
@@ -171,6 +240,8 @@ def augment_batch(x: Tensor, cfg: AugmentConfig, generator: torch.Generator | No
         raise ValueError(f"augment_batch expects a float (B, C, H, W) batch, got {x.dtype} {tuple(x.shape)}")
     b, _, h, w = x.shape
     rdev = generator.device if generator is not None else x.device
+    if cfg.affine_p > 0:
+        x = random_affine(x, cfg, generator)
 
     choice = torch.rand(b, 2, generator=generator, device=rdev)
     transform = choice[:, 0] < cfg.flip_or_noise_p
