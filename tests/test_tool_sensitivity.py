@@ -108,3 +108,14 @@ def test_choose_holds_the_given_settings_fixed(tmp_path, capsys):
     assert tool.main([*argv, "--params", "{'top_fraction': 0.3}"]) == 0
     assert tool.main([*argv, "--params", "[0.3]"]) == 2
     assert "--params must be a dict" in capsys.readouterr().err
+
+
+def test_choose_takes_dict_values(tmp_path, capsys):
+    runs = [str(_with_tuning_rows(make_run(tmp_path / f"run{s}"), seed=s)) for s in (0, 1)]
+    tool = _tool()
+    value, table = tool.choose(runs, "pseudo_oe", "first_params", [{"k": 5}, {"k": 10}])
+    assert value in ({"k": 5}, {"k": 10}) and set(table["setting"]) == {"{'k': 5}", "{'k': 10}"}
+    argv = ["--run-dir", *runs, "--detector", "pseudo_oe", "--param", "first_params", "--values", "{'k': 5}",
+            "{'k': 10}", "--choose-on", "tuning"]  # fmt: skip
+    assert tool.main(argv) == 0
+    assert "chosen on tuning: first_params = {'k':" in capsys.readouterr().out

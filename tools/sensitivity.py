@@ -100,9 +100,10 @@ def choose(
             part = sweep(run, detector, param, values, params=params, eval_subset=subset)
             parts.append(part.assign(run=Path(run).name))
     table = pd.concat(parts, ignore_index=True)
-    on = table[table["eval_subset"] == choose_on].groupby("value", sort=False)["auroc"].mean()
+    table["setting"] = table["value"].map(repr)  # hashable for grouping: values may be dicts (first_params)
+    on = table[table["eval_subset"] == choose_on].groupby("setting", sort=False)["auroc"].mean()
     best = on.idxmax()
-    return next(v for v in values if v == best), table  # the value as given, not pandas' copy
+    return next(v for v in values if repr(v) == best), table  # the value as given, not pandas' copy
 
 
 def main(argv=None) -> int:
@@ -147,14 +148,16 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.choose_on:
-        wide = table.pivot_table(index="value", columns="eval_subset", values="auroc", aggfunc="mean", sort=False)
+        wide = table.pivot_table(index="setting", columns="eval_subset", values="auroc", aggfunc="mean", sort=False)
         print(
-            table.pivot_table(index="run", columns=["eval_subset", "value"], values="auroc").to_string(float_format=fmt)
+            table.pivot_table(index="run", columns=["eval_subset", "setting"], values="auroc").to_string(
+                float_format=fmt
+            )
         )
         print(f"\nmean AUROC over {len(args.run_dir)} runs:\n{wide.to_string(float_format=fmt)}")
         print(
             f"chosen on {args.choose_on}: {args.param} = {value!r}; its mean AUROC on the reported set: "
-            f"{wide.loc[value, 'all']:.3f}"
+            f"{wide.loc[repr(value), 'all']:.3f}"
         )
         if args.out:
             write_csv(Path(args.out), table)
