@@ -102,8 +102,11 @@ def test_papermill_is_refused_under_torchrun(monkeypatch):
 # ----------------------------------------------------------------------------- two processes
 
 
-def _torchrun(args: list[str], cwd: Path = REPO) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _torchrun(args: list[str], tmp: Path, cwd: Path = REPO) -> str:
+    """Launch torchrun; its scratch folders (``torchelastic_*``) go under ``tmp``, not /tmp."""
+    scratch = tmp / "torchrun_tmp"
+    scratch.mkdir(exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     proc = subprocess.run(
@@ -135,7 +138,7 @@ def ddp_runs(tmp_path_factory):
         {"model": "bn", "epochs": 3, "out": str(tmp / "bn"), "result": str(tmp / "bn.pt")},
         {"model": "plain", "epochs": 1, "out": str(tmp / "resumed"), "result": str(tmp / "first.pt")},
     ]
-    _torchrun([str(WORKER), _jobs(tmp, "first", jobs)])
+    _torchrun([str(WORKER), _jobs(tmp, "first", jobs)], tmp)
     return tmp
 
 
@@ -194,7 +197,7 @@ def test_ddp_resumes_and_never_resumes_a_single_process_checkpoint(ddp_runs, tmp
         {"model": "plain", "epochs": 3, "out": str(ddp_runs / "resumed"), "result": str(tmp_path / "resumed.pt")},
         {"model": "plain", "epochs": 3, "out": str(tmp_path / "single"), "result": str(tmp_path / "over.pt")},
     ]
-    output = _torchrun([str(WORKER), _jobs(tmp_path, "second", jobs)])
+    output = _torchrun([str(WORKER), _jobs(tmp_path, "second", jobs)], tmp_path)
     assert output.count("resuming from") == 1 and output.count("starting over") == 1
     whole = torch.load(ddp_runs / "plain.pt")
     for name in ("resumed", "over"):
@@ -219,7 +222,7 @@ def test_torchrun_runs_stage_01_end_to_end(tmp_path):
         "-p", f"cache_dir={tmp_path / 'cache'}", "-p", "progress=False",
     ]
     # fmt: on
-    output = _torchrun(args)
+    output = _torchrun(args, tmp_path)
     run = tmp_path / "out" / "r"
     assert output.count("close-set test accuracy") == 2  # both ranks ran the stage...
     assert {p.name for p in (run / "01_close_set").iterdir()} == {
