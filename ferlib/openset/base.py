@@ -35,11 +35,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ferlib.openset.data import OpenSetData
+
+if TYPE_CHECKING:
+    from ferlib.train import TrainConfig
 
 
 @dataclass
@@ -66,6 +69,26 @@ class NetworkConfig:
     amp: bool = False
     progress: bool = True
     out_dir: str | None = None  # checkpoints, so that a killed detector resumes
+
+    def train_config(self, **schedule: Any) -> TrainConfig:
+        """The training loop's settings from these shared fields, the papers' augmentation
+        (flip-or-noise, then random erasing) and ``schedule`` (epochs, seed, optimizer and the
+        learning-rate schedule, which differ between detectors): one place for every detector
+        that trains a network."""
+        from ferlib.data.augment import AugmentConfig
+        from ferlib.train import TrainConfig
+
+        return TrainConfig(
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            device=self.device,
+            augment=AugmentConfig(),
+            channels_last=self.channels_last,
+            amp=self.amp,
+            progress=self.progress,
+            **schedule,
+        )
 
 
 class Detector(ABC):

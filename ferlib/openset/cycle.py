@@ -36,7 +36,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ferlib.data.augment import AugmentConfig
 from ferlib.io import write_json
 from ferlib.losses import CamFlipConsistency
 from ferlib.models import ModelConfig, build_model
@@ -107,26 +106,9 @@ class CycleDetector(Detector):
         )
         return build_model(mcfg, verbose=index == 0 and self.cfg.progress)
 
-    def _train_config(self, **schedule) -> TrainConfig:
-        """The training loop's settings from the shared :class:`NetworkConfig` fields, the
-        papers' augmentation (flip-or-noise, then random erasing) and ``schedule`` (epochs,
-        seed and the learning-rate schedule, which differ between detectors)."""
-        c = self.cfg
-        return TrainConfig(
-            batch_size=c.batch_size,
-            lr=c.lr,
-            weight_decay=c.weight_decay,
-            device=c.device,
-            augment=AugmentConfig(),
-            channels_last=c.channels_last,
-            amp=c.amp,
-            progress=c.progress,
-            **schedule,
-        )
-
     def _train_cfg(self, cycle: int, net: int) -> TrainConfig:
         c = self.cfg
-        return self._train_config(
+        return c.train_config(
             epochs=c.epochs_per_cycle,
             lr_min=c.lr_min,
             schedule="cyclic",

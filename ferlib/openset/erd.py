@@ -64,7 +64,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ferlib.data.augment import AugmentConfig
 from ferlib.io import write_json
 from ferlib.models import ModelConfig, build_model, load_pretrained
 from ferlib.openset.base import Detector, NetworkConfig
@@ -206,19 +205,8 @@ class ErdDetector(Detector):
 
     def _train_config(self, fold: int, member: int) -> TrainConfig:
         c = self.cfg
-        return TrainConfig(
-            epochs=c.epochs,
-            batch_size=c.batch_size,
-            lr=c.lr,
-            weight_decay=c.weight_decay,
-            optimizer=c.optimizer,
-            schedule="constant",
-            seed=c.seed + 100 * fold + member,
-            device=c.device,
-            augment=AugmentConfig(),
-            channels_last=c.channels_last,
-            amp=c.amp,
-            progress=c.progress,
+        return c.train_config(
+            epochs=c.epochs, optimizer=c.optimizer, schedule="constant", seed=c.seed + 100 * fold + member
         )
 
     # ------------------------------------------------------------------ fit / score

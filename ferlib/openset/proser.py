@@ -50,7 +50,6 @@ import numpy as np
 import torch
 from scipy.special import expit, logsumexp
 
-from ferlib.data.augment import AugmentConfig
 from ferlib.io import write_json
 from ferlib.losses.proser import ProserPlaceholders
 from ferlib.models import build_model, load_pretrained
@@ -184,20 +183,7 @@ class ProserDetector(Detector):
             raise ValueError("proser scores the evaluation images; OpenSetData.images is None")
         out = Path(c.out_dir) if c.out_dir else None
         net = self._network(data)
-        tcfg = TrainConfig(
-            epochs=c.epochs,
-            batch_size=c.batch_size,
-            lr=c.lr,
-            weight_decay=c.weight_decay,
-            optimizer=c.optimizer,
-            schedule="constant",
-            seed=c.seed,
-            device=c.device,
-            augment=AugmentConfig(),
-            channels_last=c.channels_last,
-            amp=c.amp,
-            progress=c.progress,
-        )
+        tcfg = c.train_config(epochs=c.epochs, optimizer=c.optimizer, schedule="constant", seed=c.seed)
         train = TensorData(close.train_images, torch.as_tensor(np.asarray(close.train_targets)))
         result = fit(net, train, None, tcfg, c.objective(), None if out is None else out / "finetune", desc="proser")
         kw = {"device": c.device, "progress": False, "channels_last": c.channels_last, "amp": c.amp}

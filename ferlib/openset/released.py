@@ -103,7 +103,7 @@ class ReleasedDetector(CycleDetector):
             net,
             TensorData(data.images, torch.as_tensor(targets.copy())),
             None,  # no validation split on the evaluation set: the last epoch is kept
-            self._train_config(epochs=c.epochs, seed=c.seed, schedule="exponential", lr_gamma=c.lr_gamma),
+            c.train_config(epochs=c.epochs, seed=c.seed, schedule="exponential", lr_gamma=c.lr_gamma),
             CamFlipConsistency(c.lam),
             None if out is None else out / "net",
             desc="released detector",
