@@ -6,16 +6,51 @@ pseudo-outliers) all end in the same classifier: label the close training rows 0
 candidate evaluation rows 1, fit, and score every evaluation row. Scoring a row with a
 classifier that was trained on it as a candidate would reward memorisation, so the evaluation
 rows are split in seeded folds and each fold is scored by a classifier fitted without that
-fold's candidates (cross-fitting). A logistic regression on standardised pooled features of
-the close-set model keeps it to seconds on a CPU; classes are weighted to balance the usually
-few candidates against the many training rows.
+fold's candidates (cross-fitting). The classifier is one of :data:`BINARY_HEADS`, on
+standardised pooled features of the close-set model, classes weighted to balance the usually
+few candidates against the many training rows: ``logistic`` (linear, the default) or ``mlp``
+(:class:`ferlib.openset.mlp_head.MLPBinaryHead`, one hidden layer); both take seconds on a CPU.
+A new head is one class with ``fit``/``predict_proba`` and one line of :data:`BINARY_HEADS`.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+from typing import Any
+
 import numpy as np
 
-__all__ = ["cross_fitted_binary_scores", "fold_assignment"]
+__all__ = ["BINARY_HEADS", "cross_fitted_binary_scores", "fold_assignment", "make_binary_head"]
+
+#: binary heads by name: "module:factory", called as ``factory(C=..., seed=..., **head_params)``
+BINARY_HEADS: dict[str, str] = {
+    "logistic": "ferlib.openset.binary_head:logistic_head",
+    "mlp": "ferlib.openset.mlp_head:MLPBinaryHead",
+}
+
+
+def logistic_head(C: float = 1.0, seed: int = 0):
+    """scikit-learn's class-balanced logistic regression (``seed`` unused: lbfgs is deterministic)."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=C, max_iter=2000, class_weight="balanced")
+
+
+def make_binary_head(name: str, C: float = 1.0, seed: int = 0, head_params: dict[str, Any] | None = None):
+    """A fresh classifier ``name`` of :data:`BINARY_HEADS`; ``C`` reaches only the heads that
+    take it (the logistic one), ``head_params`` the head's own settings."""
+    if name not in BINARY_HEADS:
+        raise ValueError(f"unknown binary head {name!r}; choose one of {sorted(BINARY_HEADS)}")
+    module, attr = BINARY_HEADS[name].split(":")
+    factory = getattr(importlib.import_module(module), attr)
+    params = dict(head_params or {})
+    if "C" in inspect.signature(factory).parameters:
+        params.setdefault("C", C)
+    try:
+        return factory(seed=seed, **params)
+    except TypeError as err:
+        raise ValueError(f"binary head {name!r}: bad head_params {params}: {err}") from None
 
 
 def fold_assignment(n: int, folds: int, seed: int = 0) -> np.ndarray:
@@ -31,12 +66,13 @@ def cross_fitted_binary_scores(
     folds: int = 5,
     C: float = 1.0,
     seed: int = 0,
+    head: str = "logistic",
+    head_params: dict[str, Any] | None = None,
 ) -> np.ndarray:
-    """P(candidate | x) for every evaluation row (``features``), each fold scored by a logistic
-    regression fitted on ``close_features`` (label 0) and the candidates outside the fold
-    (label 1). ``candidates`` is a boolean mask over the evaluation rows; it needs at least two
-    rows, and every fold's complement at least one."""
-    from sklearn.linear_model import LogisticRegression
+    """P(candidate | x) for every evaluation row (``features``), each fold scored by a binary
+    head (``head``, one of :data:`BINARY_HEADS`) fitted on ``close_features`` (label 0) and the
+    candidates outside the fold (label 1). ``candidates`` is a boolean mask over the evaluation
+    rows; it needs at least two rows, and every fold's complement at least one."""
     from sklearn.preprocessing import StandardScaler
 
     candidates = np.asarray(candidates, dtype=bool)
@@ -48,6 +84,7 @@ def cross_fitted_binary_scores(
         raise ValueError(f"folds must be at least 2, got {folds}")
     if candidates.sum() < 2 or len(close) == 0:
         raise ValueError(f"need close rows and at least 2 candidates, got {len(close)} and {int(candidates.sum())}")
+    make_binary_head(head, C, seed, head_params)  # refuse a bad head before any fitting
     fold = fold_assignment(len(feats), folds, seed)
     out = np.empty(len(feats))
     for k in range(folds):
@@ -58,7 +95,7 @@ def cross_fitted_binary_scores(
         x = np.concatenate([close, cand])
         y = np.r_[np.zeros(len(close)), np.ones(len(cand))]
         scaler = StandardScaler().fit(x)
-        clf = LogisticRegression(C=C, max_iter=2000, class_weight="balanced")
+        clf = make_binary_head(head, C, seed + k, head_params)
         clf.fit(scaler.transform(x), y)
         out[held] = clf.predict_proba(scaler.transform(feats[held]))[:, 1]
     return out

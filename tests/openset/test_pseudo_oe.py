@@ -54,3 +54,46 @@ def test_top_and_binary_head_contracts():
 def test_bad_parameters_are_refused(params, words):
     with pytest.raises(ValueError, match=words):
         make_detector("pseudo_oe", **params)
+
+
+def test_the_mlp_head_separates_what_a_linear_head_cannot():
+    """Close rows in a ball, candidates on a shell around it: no hyperplane separates them
+    (the logistic head stays near chance), one hidden layer does."""
+    rng = np.random.default_rng(0)
+    close = rng.normal(size=(600, 4))
+    direction = rng.normal(size=(300, 4))
+    shell = direction / np.linalg.norm(direction, axis=1, keepdims=True) * 4.0
+    evals = np.concatenate([rng.normal(size=(200, 4)), shell])
+    is_open = np.r_[np.zeros(200, bool), np.ones(300, bool)]
+    lin = cross_fitted_binary_scores(evals, close, is_open, head="logistic")
+    mlp = cross_fitted_binary_scores(evals, close, is_open, head="mlp", head_params={"epochs": 30})
+    assert openset_metrics(lin, is_open)["auroc"] < 0.7
+    assert openset_metrics(mlp, is_open)["auroc"] > 0.95
+
+
+def test_the_mlp_head_is_seeded_and_pseudo_oe_takes_it(make_features_data):
+    from ferlib.openset.mlp_head import MLPBinaryHead
+
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(200, 5)), np.r_[np.zeros(150), np.ones(50)]
+    p = [MLPBinaryHead(seed=s, epochs=2).fit(x, y).predict_proba(x) for s in (0, 0, 1)]
+    assert p[0].shape == (200, 2) and np.allclose(p[0].sum(1), 1.0)
+    assert np.array_equal(p[0], p[1]) and not np.allclose(p[0], p[2])
+    data = make_features_data(n_close=300, n_open=100, seed=4)
+    scores = run_detectors(data, ["pseudo_oe"], {"pseudo_oe": {"head": "mlp"}}, {"seed": 0}, log=False)
+    assert openset_metrics(scores["pseudo_oe"].scores, data.is_open)["auroc"] > 0.95
+    with pytest.raises(ValueError, match="both classes"):
+        MLPBinaryHead().fit(x, np.zeros(200))
+
+
+@pytest.mark.parametrize(
+    "params,words",
+    [
+        ({"head": "forest"}, "unknown binary head 'forest'.*logistic.*mlp"),
+        ({"head": "mlp", "head_params": {"depth": 3}}, "bad head_params"),
+        ({"head": "mlp", "head_params": {"epochs": 0}}, "epochs must be at least 1"),
+    ],
+)
+def test_bad_binary_heads_are_refused(params, words):
+    with pytest.raises(ValueError, match=words):
+        make_detector("pseudo_oe", **params)

@@ -1,0 +1,89 @@
+"""A small MLP as the binary head on frozen features: close training rows against candidates.
+
+Why. The binary heads of SAL and WOODS are networks; the kit's first head
+(:func:`ferlib.openset.binary_head.logistic_head`) is linear, for speed. On FERPlus's pooled
+features of the 32 px close-set model the open class is not linearly separated from the close
+ones: trained on the *true* open rows (``tools/head_ceiling.py``), the MLP reaches a higher
+AUROC than the linear head (docs/RESULTS.md "The binary head's ceiling"), so it raises the
+ceiling that pseudo-outlier training can approach. One hidden layer, a few epochs and weight decay keep it
+from memorising the (noisy) candidates; it trains in seconds on a CPU.
+
+Inputs arrive standardised (the caller fits the scaler on the same rows). Classes are weighted
+to balance, as ``class_weight="balanced"`` does for the logistic head. Seeded: initial weights
+and batch order come from ``seed`` alone, so the scores are reproducible on one machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["MLPBinaryHead"]
+
+
+@dataclass
+class MLPBinaryHead:
+    """``fit(x, y)`` / ``predict_proba(x)`` like a scikit-learn classifier (y in {0, 1}).
+
+    ``hidden``: width of the one hidden layer; ``epochs``, ``batch_size``, ``lr``,
+    ``weight_decay``: AdamW on the class-balanced binary cross-entropy. Common choices, except
+    ``epochs``: 10 came from a first look at FERPlus's tuning set (never the reported set) and
+    is checked there with ``tools/sensitivity.py`` (docs/RESULTS.md "The binary head's ceiling")."""
+
+    hidden: int = 256
+    epochs: int = 10
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay}")
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> MLPBinaryHead:
+        import torch
+        import torch.nn.functional as F
+
+        x_t = torch.as_tensor(np.asarray(x, np.float32))
+        y_t = torch.as_tensor(np.asarray(y, np.float32))
+        n_pos, n = float(y_t.sum()), len(y_t)
+        if not 0 < n_pos < n:
+            raise ValueError(f"the binary head needs rows of both classes, got {int(n_pos)} of {n} positive")
+        # balanced weights: each class carries half the loss, as class_weight="balanced"
+        weight = torch.where(y_t > 0.5, n / (2 * n_pos), n / (2 * (n - n_pos)))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.net_ = torch.nn.Sequential(
+                torch.nn.Linear(x_t.shape[1], self.hidden), torch.nn.ReLU(), torch.nn.Linear(self.hidden, 1)
+            )
+        order = torch.Generator().manual_seed(self.seed)
+        opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        self.net_.train()
+        for _ in range(self.epochs):
+            perm = torch.randperm(n, generator=order)
+            for start in range(0, n, self.batch_size):
+                i = perm[start : start + self.batch_size]
+                logit = self.net_(x_t[i]).squeeze(1)
+                loss = (F.binary_cross_entropy_with_logits(logit, y_t[i], reduction="none") * weight[i]).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return self
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """``(n, 2)``: P(close), P(candidate) per row."""
+        import torch
+
+        if not hasattr(self, "net_"):
+            raise RuntimeError("MLPBinaryHead.predict_proba before fit")
+        self.net_.eval()
+        with torch.no_grad():
+            p = torch.sigmoid(self.net_(torch.as_tensor(np.asarray(x, np.float32))).squeeze(1)).numpy()
+        return np.stack([1.0 - p, p], axis=1).astype(np.float64)

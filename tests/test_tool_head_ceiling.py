@@ -1,0 +1,48 @@
+"""tools/head_ceiling.py: the binary head trained on the true open rows, as a diagnostic."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_visualise import make_run
+
+from ferlib import stages
+from ferlib.metrics import openset_metrics
+from ferlib.openset import run_detectors
+from ferlib.openset.binary_head import cross_fitted_binary_scores
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("head_ceiling", ROOT / "tools" / "head_ceiling.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ceiling_is_the_cross_fitted_head_on_the_truth_and_bounds_pseudo_oe(tmp_path):
+    run = make_run(tmp_path / "run")
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    table = _tool().ceiling([str(run)], ["logistic", "mlp"])
+    assert list(table["head"]) == ["logistic", "mlp"] and (table["run"] == "run").all()
+    data = stages.load_openset_data(str(run), "honest", seed=0)
+    direct = cross_fitted_binary_scores(data.features, data.train_features, data.is_open, 5, seed=0)
+    assert table.loc[0, "auroc"] == pytest.approx(openset_metrics(direct, data.is_open)["auroc"])
+    learned = run_detectors(data, ["pseudo_oe"], {}, {"seed": 0}, log=False)["pseudo_oe"].scores
+    assert table.loc[0, "auroc"] >= openset_metrics(learned, data.is_open)["auroc"] - 1e-9
+    assert table["open_share"].iloc[0] == pytest.approx(data.is_open.mean())
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_cli_writes_the_table_and_refuses_unknown_heads(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    tool = _tool()
+    out = tmp_path / "ceiling.csv"
+    assert tool.main(["--run-dir", str(run), "--heads", "logistic", "--out", str(out)]) == 0
+    assert len(pd.read_csv(out)) == 1 and "mean AUROC: logistic" in capsys.readouterr().out
+    assert tool.main(["--run-dir", str(run), "--heads", "forest"]) == 2
+    assert "unknown binary head(s) ['forest']" in capsys.readouterr().err
