@@ -97,3 +97,21 @@ def test_the_mlp_head_is_seeded_and_pseudo_oe_takes_it(make_features_data):
 def test_bad_binary_heads_are_refused(params, words):
     with pytest.raises(ValueError, match=words):
         make_detector("pseudo_oe", **params)
+
+
+def test_the_mlp_head_takes_at_least_min_steps_updates(monkeypatch):
+    """Few rows: epochs are added until min_steps updates are made; many rows: epochs rule."""
+    import torch
+
+    from ferlib.openset.mlp_head import MLPBinaryHead
+
+    steps = []
+    real = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: steps.append(1) or real(self, *a, **k))
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(1000, 3)), np.r_[np.zeros(900), np.ones(100)]
+    MLPBinaryHead(epochs=2, batch_size=100, min_steps=55).fit(x, y)
+    assert len(steps) == 60  # 10 updates an epoch: 6 epochs reach 55
+    steps.clear()
+    MLPBinaryHead(epochs=2, batch_size=100, min_steps=5).fit(x, y)
+    assert len(steps) == 20
