@@ -1,20 +1,11 @@
 """The time-to-accuracy benchmark runs end to end on FERPlus (tiny) under each label mode."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pandas as pd
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "time_to_accuracy.py"
+from scripts import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("time_to_accuracy", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["time_to_accuracy"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/time_to_accuracy.py")
 
 
 def test_soft_labels_train_on_votes_and_score_the_majority(ferplus_root, tmp_path):

@@ -10,15 +10,14 @@ executors give different metrics on the same tiny run.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import inspect
 import json
 import logging
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from scripts import load_script
 
 from ferlib.params import parameter_docs, signature_parameters
 from ferlib.run import STAGES, main
@@ -28,11 +27,7 @@ papermill = pytest.importorskip("papermill")
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("make_notebooks", ROOT / "tools" / "make_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/make_notebooks.py")
 
 
 def _plain(value):

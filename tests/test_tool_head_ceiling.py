@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 import pytest
+from scripts import load_script
 from test_visualise import make_run
 
 from ferlib import stages
@@ -14,14 +12,9 @@ from ferlib.metrics import openset_metrics
 from ferlib.openset import run_detectors
 from ferlib.openset.binary_head import cross_fitted_binary_scores
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("head_ceiling", ROOT / "tools" / "head_ceiling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/head_ceiling.py")
 
 
 def test_ceiling_is_the_cross_fitted_head_on_the_truth_and_bounds_pseudo_oe(tmp_path):

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from scripts import load_script
 
 from ferlib.data.synthetic import SyntheticConfig, write_synthetic
 from ferlib.metrics import openset_metrics
 from ferlib.openset.data import reference_donors
 
-ROOT = Path(__file__).resolve().parents[1]
 DETECTORS = ["max_logit", "msp", "knn"]
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("memorisation", ROOT / "tools" / "memorisation.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/memorisation.py")
 
 
 def test_reference_donors_is_the_protocols_permutation():

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from scripts import load_script
 from test_visualise import make_run
 
 from ferlib import stages
 from ferlib.metrics import openset_metrics
 from ferlib.openset import make_detector
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("sensitivity", ROOT / "tools" / "sensitivity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/sensitivity.py")
 
 
 def test_sweep_rescores_each_value_and_writes_nothing_of_the_run(tmp_path):

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from scripts import load_script
 from test_visualise import make_run
 
 from ferlib import stages
 from ferlib.metrics import openset_metrics
 from ferlib.openset import make_detector
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("rmd_decomposition", ROOT / "tools" / "rmd_decomposition.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/rmd_decomposition.py")
 
 
 def test_decomposition_agrees_with_the_kit_and_the_library(tmp_path, capsys):
@@ -40,9 +33,7 @@ def test_decomposition_agrees_with_the_kit_and_the_library(tmp_path, capsys):
 
 def test_pseudo_outlier_purity_tool_reads_the_truth_outside_the_detector(tmp_path, capsys):
     run = make_run(tmp_path / "run")
-    spec = importlib.util.spec_from_file_location("pseudo_outliers", ROOT / "tools" / "pseudo_outliers.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/pseudo_outliers.py")
     table = tool.purity_table([str(run)], rounds=2, top_fraction=0.2)
     assert list(table["round"]) == [0, 1, 2]
     assert table["purity"].iloc[1:].between(0, 1).all() and table["auroc"].between(0, 1).all()
