@@ -370,6 +370,7 @@ def predict_pseudo_labels(
     stem: str = "auto",
     amp: bool = False,
     progress: bool = True,
+    pyramid: bool = True,
 ) -> pd.DataFrame:
     """Pseudo labels for the evaluation set, aligned by sample index.
 
@@ -385,6 +386,11 @@ def predict_pseudo_labels(
         Image side in pixels, as in stage 01.
     stem : str
         The stem of stage 01's model: "auto", "small" or "imagenet".
+    pyramid : bool
+        Also save every trunk stage's pooled output for the evaluation and training rows
+        (``eval_extra_pyramid``; smallface 448 values per image), the ``pyramid`` feature
+        space that detectors such as ``pseudo_oe`` can learn on. False saves memory and disk
+        on very large sets with wide trunks (ResNet-50: 3,840 values per image).
     """
     if _open(open_class) is None:
         raise ValueError("stage 02 needs an open class (open_class is none)")
@@ -408,9 +414,18 @@ def predict_pseudo_labels(
     results_path = Path(run_dir) / "01_close_set" / "results.json"
     built = read_json(results_path) if results_path.exists() else {}
     tta = bool((built.get("recipe_settings") or {}).get("flip_tta", False))
-    pred = predict(model, images, device=device, progress=progress, desc="pseudo labels", amp=amp, tta=tta)
+    pred = predict(
+        model, images, device=device, progress=progress, desc="pseudo labels", amp=amp, tta=tta, pyramid=pyramid
+    )
     all_train = predict(
-        model, s.train.images, device=device, progress=progress, desc="training split", amp=amp, tta=tta
+        model,
+        s.train.images,
+        device=device,
+        progress=progress,
+        desc="training split",
+        amp=amp,
+        tta=tta,
+        pyramid=pyramid,
     )
     labels = np.concatenate([s.test.labels.numpy()[test_rows], s.train.labels.numpy()[train_rows]])
     table = pd.DataFrame(
@@ -474,6 +489,12 @@ def _extras_arrays(prefix: str, pred) -> dict[str, np.ndarray]:
     return {prefix + name: value.numpy() for name, value in pred.extras.items()}
 
 
+def _train_extras(z) -> dict[str, np.ndarray]:
+    """The close training rows' extras (stage 02's whole-training-split extras at its
+    ``train_index``), aligned with ``OpenSetData.train_features``."""
+    return {k: v[z["train_index"]] for k, v in _extras_of(z, TRAIN_EXTRA).items()}
+
+
 def _extras_of(z, prefix: str) -> dict[str, np.ndarray]:
     """The extras stage 02 wrote under ``prefix`` (none in a run from before extras were kept)."""
     return {key[len(prefix) :]: z[key] for key in z.files if key.startswith(prefix)}
@@ -518,6 +539,7 @@ def load_openset_data(
         class_names=tuple(str(n) for n in z["class_names"]),
         extras=_extras_of(z, EVAL_EXTRA),
         close_set=close_set,
+        train_extras=_train_extras(z),
     )
     data = apply_protocol(
         data,
@@ -622,6 +644,7 @@ def _predict_tuning(
             "head_params": built.get("head_params") or {},
         },
         "flip_tta": tta,
+        "pyramid": True,  # the tuning rows always carry the pyramid features (a few thousand rows)
         "images": tensor_digest(images),
         "labels": tensor_digest(labels),
         "classes": names,
@@ -634,7 +657,7 @@ def _predict_tuning(
             if "key" in z.files and str(z["key"]) == key:
                 return _tuning_table(z)
     model = _close_model(run_dir, arch, input_size, len(names), device, stem)
-    pred = predict(model, images, device=device, progress=progress, desc="tuning rows", amp=amp, tta=tta)
+    pred = predict(model, images, device=device, progress=progress, desc="tuning rows", amp=amp, tta=tta, pyramid=True)
     logits = pred.logits.numpy()
     arrays = {
         "key": np.array(key),
@@ -715,6 +738,7 @@ def _load_tuning_data(
             class_names=tuple(theirs),
             extras=_extras_of(t, EVAL_EXTRA),
             close_set=close_set,
+            train_extras=_train_extras(z),
         )
     return replace(data, protocol=protocol)
 

@@ -758,6 +758,7 @@ def predict(
     amp: bool = False,
     tta: bool = False,
     input_size: int | None = None,
+    pyramid: bool = False,
 ) -> Prediction:
     """Logits, pooled features and per-sample extras in eval mode with deterministic
     transforms, in row order.
@@ -767,7 +768,8 @@ def predict(
     which a face's left-right symmetry makes a free second opinion. Extras are kept when
     they are per sample and small (see :class:`Prediction`); spatial maps are dropped.
     ``input_size``: resize each batch on the device (as :attr:`TrainConfig.input_size`);
-    ``None`` keeps the stored size.
+    ``None`` keeps the stored size. ``pyramid``: also keep ``extras["pyramid"]``, every trunk
+    stage's pooled output (:meth:`ferlib.models.net.FERNet.forward_all`).
 
     Outputs are indexed exactly like ``images``: there is no shuffling anywhere on this
     path, which is what makes pseudo labels index-aligned (the reference code's loader
@@ -793,9 +795,9 @@ def predict(
         x = _batch(images, index, cfg)
         if flip:
             x = torch.flip(x, dims=[3])
-        lg, ft, ex = _forward_eval(model, x, cfg)
+        lg, ft, ex = _forward_eval(model, x, cfg, pyramid)
         if tta:
-            lg2, ft2, ex2 = _forward_eval(model, torch.flip(x, dims=[3]), cfg)
+            lg2, ft2, ex2 = _forward_eval(model, torch.flip(x, dims=[3]), cfg, pyramid)
             lg, ft = (lg + lg2) / 2, (ft + ft2) / 2
             ex = {k: (v + ex2[k]) / 2 for k, v in ex.items()}
         logits.append(lg.cpu())
@@ -820,7 +822,7 @@ def predict(
 
 
 def _forward_eval(
-    model: nn.Module, x: torch.Tensor, cfg: TrainConfig
+    model: nn.Module, x: torch.Tensor, cfg: TrainConfig, pyramid: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """(float logits, float pooled features, float per-sample extras) of one batch.
 
@@ -829,7 +831,7 @@ def _forward_eval(
     :data:`MAX_EXTRA_DIMS` dimensions."""
     with _autocast(cfg):
         if hasattr(model, "forward_all"):
-            out = model.forward_all(x)
+            out = model.forward_all(x, pyramid=True) if pyramid else model.forward_all(x)
             extras = {
                 k: v.float()
                 for k, v in out.extras.items()

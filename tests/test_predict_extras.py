@@ -79,3 +79,39 @@ def test_a_plain_module_and_an_empty_set_have_no_extras():
     plain = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2))
     assert predict(plain, _images(3), progress=False).extras == {}
     assert predict(_ManyExtras(), _images(0), progress=False).extras == {}
+
+
+# ----------------------------------------------------------------------------- pyramid features
+def test_pyramid_pools_every_stage_after_the_stem_in_the_same_pass():
+    """smallface: 64 + 128 + 256 pooled values; the last 256 are the linear head's pooled
+    features, and asking for the pyramid changes neither the logits nor the features."""
+    model = _model("linear", {})
+    x = to_float(_images(5))
+    with torch.no_grad():
+        plain, both = model.forward_all(x), model.forward_all(x, pyramid=True)
+        maps = model.trunk.stage_maps(x)
+    assert "pyramid" not in plain.extras and both.extras["pyramid"].shape == (5, 448)
+    torch.testing.assert_close(both.logits, plain.logits)
+    torch.testing.assert_close(both.extras["pyramid"][:, -256:], plain.features)
+    torch.testing.assert_close(both.extras["pyramid"][:, :64], maps[1].mean(dim=(2, 3)))
+    torch.testing.assert_close(maps[-1], model.trunk(x))
+
+
+def test_pyramid_of_a_resnet_has_its_four_stages():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="resnet18", num_classes=3, input_size=32, stem="small"), verbose=False).eval()
+    with torch.no_grad():
+        out = model.forward_all(to_float(_images(2)), pyramid=True)
+    assert out.extras["pyramid"].shape == (2, 64 + 128 + 256 + 512)
+
+
+def test_predict_keeps_the_pyramid_only_when_asked_and_averages_it_under_tta():
+    model = _model("linear", {})
+    images = _images(6)
+    assert "pyramid" not in predict(model, images, progress=False).extras
+    plain = predict(model, images, pyramid=True, batch_size=4, progress=False)
+    mirrored = predict(model, images, flip=True, pyramid=True, progress=False)
+    tta = predict(model, images, tta=True, pyramid=True, progress=False)
+    assert plain.extras["pyramid"].shape == (6, 448)
+    torch.testing.assert_close(tta.extras["pyramid"], (plain.extras["pyramid"] + mirrored.extras["pyramid"]) / 2)
+    torch.testing.assert_close(tta.features, tta.extras["pyramid"][:, -256:])

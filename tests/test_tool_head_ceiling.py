@@ -36,6 +36,9 @@ def test_cli_writes_the_table_and_refuses_unknown_heads(tmp_path, capsys):
     tool = _tool()
     out = tmp_path / "ceiling.csv"
     assert tool.main(["--run-dir", str(run), "--heads", "logistic", "--out", str(out)]) == 0
-    assert len(pd.read_csv(out)) == 1 and "mean AUROC: logistic" in capsys.readouterr().out
+    assert len(pd.read_csv(out)) == 1 and "mean AUROC: penultimate/logistic" in capsys.readouterr().out
     assert tool.main(["--run-dir", str(run), "--heads", "forest"]) == 2
     assert "unknown binary head(s) ['forest']" in capsys.readouterr().err
+    # a run whose stage 02 saved no pyramid features: the re-run is named, no traceback
+    assert tool.main(["--run-dir", str(run), "--heads", "logistic", "--features", "pyramid"]) == 2
+    assert "re-run stage 02 (predict_pseudo_labels) with pyramid=True" in capsys.readouterr().err

@@ -34,10 +34,25 @@ class FERNet(nn.Module):
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)
 
-    def forward_all(self, x: torch.Tensor) -> ForwardOutput:
-        fmap = self.trunk(x)
+    def forward_all(self, x: torch.Tensor, pyramid: bool = False) -> ForwardOutput:
+        """Logits, pooled features, the trunk's last map and the head's extras.
+
+        ``pyramid`` adds ``extras["pyramid"]``: the global average of every trunk stage's
+        output after the stem, concatenated (smallface: 64 + 128 + 256 = 448 values). Why:
+        the head pools only the last stage, which training shaped to separate the close
+        classes; the earlier stages keep texture and part evidence that the classifier
+        discarded, and a detector that learns a new boundary on frozen features (an open
+        class the classifier never saw) can use it (multi-layer features, as in Lee et
+        al.'s Mahalanobis detector, NeurIPS 2018). Computed in the same pass, no extra cost."""
+        if not pyramid:
+            fmap = self.trunk(x)
+            out = self.head(fmap)
+            return ForwardOutput(out.logits, out.features, fmap, out.extras)
+        maps = self.trunk.stage_maps(x)
+        fmap = maps[-1]
         out = self.head(fmap)
-        return ForwardOutput(out.logits, out.features, fmap, out.extras)
+        pooled = torch.cat([m.float().mean(dim=(2, 3)) for m in (maps[1:] or maps)], dim=1)
+        return ForwardOutput(out.logits, out.features, fmap, {**out.extras, "pyramid": pooled})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_all(x).logits

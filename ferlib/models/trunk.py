@@ -63,6 +63,14 @@ class Trunk(nn.Module):
             h = module(h)
         return h
 
+    def stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every stage's output map, in order (the last is :meth:`forward`'s output)."""
+        maps = []
+        for module in self.stages():
+            x = module(x)
+            maps.append(x)
+        return maps
+
 
 class ResNetTrunk(Trunk):
     """A torchvision ResNet without its pooling and classifier, stem chosen by input size.

@@ -30,6 +30,9 @@ TABLE_COLUMNS = ["index", "path", "label", "target", "pseudo", "is_open", "origi
 #: the only table columns a detector sees (:meth:`OpenSetData.detector_view`)
 VIEW_COLUMNS = ["index", "pseudo"]
 
+#: feature spaces a detector can read (:meth:`OpenSetData.in_feature_space`)
+FEATURE_SPACES = ("penultimate", "pyramid")
+
 
 @dataclass
 class CloseSet:
@@ -63,7 +66,9 @@ class OpenSetData:
     ``images`` are the evaluation images (uint8) for detectors that train a network.
     ``extras`` are the close-set model's per-sample extras (``uncertainty`` (N,),
     ``branch_logits`` (N, branches, K), ...; stage 02's ``eval_extra_<name>``), aligned with
-    the rows like ``logits``; empty when its head has none. ``close_set``: stage 01's
+    the rows like ``logits``; empty when its head has none; ``extras["pyramid"]`` is every
+    trunk stage's pooled output (stage 02's ``pyramid``). ``train_extras``: the same for the
+    close training rows, aligned with ``train_features``. ``close_set``: stage 01's
     network and its training and validation rows (:class:`CloseSet`), handed only to
     detectors that ask for it.
     """
@@ -79,6 +84,7 @@ class OpenSetData:
     class_names: tuple[str, ...] = ()
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     close_set: CloseSet | None = None
+    train_extras: dict[str, np.ndarray] = field(default_factory=dict)  # same rows as train_features
 
     def __post_init__(self) -> None:
         n = len(self.table)
@@ -88,6 +94,11 @@ class OpenSetData:
         for name, value in self.extras.items():
             if len(value) != n:
                 raise ValueError(f"extras[{name!r}] has {len(value)} rows, table has {n}")
+        for name, value in self.train_extras.items():
+            if len(value) != len(self.train_features):
+                raise ValueError(
+                    f"train_extras[{name!r}] has {len(value)} rows, train_features {len(self.train_features)}"
+                )
         if self.images is not None and len(self.images) != n:
             raise ValueError(f"images has {len(self.images)} rows, table has {n}")
         if self.protocol not in PROTOCOLS:
@@ -127,6 +138,25 @@ class OpenSetData:
             images=None if self.images is None else self.images[torch.as_tensor(rows)],
             extras={k: v[rows] for k, v in self.extras.items()},
         )
+
+    def in_feature_space(self, space: str) -> OpenSetData:
+        """The same rows with ``features`` and ``train_features`` taken from feature space
+        ``space`` (:data:`FEATURE_SPACES`): ``"penultimate"``, the head's pooled features
+        (this object unchanged), or ``"pyramid"``, every trunk stage's pooled output
+        (``extras["pyramid"]``, which stage 02 saves with ``pyramid=True``). Logits stay the
+        classifier's, so a detector that reads both sees them as they were."""
+        if space not in FEATURE_SPACES:
+            raise ValueError(f"unknown feature space {space!r}; choose one of {list(FEATURE_SPACES)}")
+        if space == "penultimate":
+            return self
+        held = {"evaluation": self.extras, "training": self.train_extras}
+        missing = [where for where, arrays in held.items() if space not in arrays]
+        if missing:
+            raise ValueError(
+                f"feature space {space!r}: stage 02 saved no {space} features for the {' and '.join(missing)} rows; "
+                f"re-run stage 02 (predict_pseudo_labels) with {space}=True"
+            )
+        return replace(self, features=self.extras[space], train_features=self.train_extras[space])
 
     def detector_view(self) -> OpenSetData:
         """The evaluation set as a detector may see it: the table keeps only ``index`` and

@@ -6,7 +6,8 @@ resolved parameters except those that do not change the result (:data:`NON_RESUL
 ``eval_subset``, and the content of every input its class attributes say it reads: the
 pseudo labels and the protocol (``reads_pseudo_labels``), the close-set outputs and the
 protocol (``reads_model_outputs``), the close-set model's per-sample extras it reads
-(``reads_extras``), the evaluation images (``needs_images``), the close
+(``reads_extras``) and the feature space it reads (a ``features`` parameter other than
+``penultimate``), the evaluation images (``needs_images``), the close
 training images (``needs_train_images``), stage 01's network and its training and
 validation rows (``needs_close_set``: the weights file's content, not its path). So
 re-running stage 03 with ``lam=0`` or after stage 02 produced new pseudo labels lands in a
@@ -77,6 +78,10 @@ def result_ingredients(
         ingredients["model_outputs"] = fp(view.logits, view.features, view.train_features, view.train_targets)
     if cls.reads_extras:  # only then: the keys of detectors that read no extra stay as they were
         ingredients["model_extras"] = fp(*(view.extras.get(name) for name in sorted(cls.reads_extras)))
+    space = params.get("features", "penultimate")
+    if cls.reads_model_outputs and isinstance(space, str) and space != "penultimate":
+        # a detector reading another feature space (OpenSetData.in_feature_space) reads those arrays too
+        ingredients["feature_space"] = fp(view.extras.get(space), view.train_extras.get(space))
     if cls.needs_images:
         ingredients["images"] = fp(view.images)
     if cls.needs_train_images:

@@ -18,7 +18,11 @@ candidate mask, so the purity of the pseudo-outliers can be read against the tru
 the fact (:func:`candidate_purity`), never inside the detector.
 
 Deviation from WOODS/SAL: the binary head sits on frozen features (a linear model or a small
-MLP), not a fine-tuned network (CPU budget); the close-set network is not changed.
+MLP), not a fine-tuned network (CPU budget); the close-set network is not changed. What it
+cannot relearn it can still read: ``features="pyramid"`` hands the first detector and the heads
+every trunk stage's pooled output instead of the classifier's pooled features alone
+(:meth:`ferlib.openset.data.OpenSetData.in_feature_space`), the evidence earlier layers hold
+and the close-set classifier had no use for.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import numpy as np
 
 from ferlib.openset.base import Detector
 from ferlib.openset.binary_head import cross_fitted_binary_scores, make_binary_head
-from ferlib.openset.data import OpenSetData
+from ferlib.openset.data import FEATURE_SPACES, OpenSetData
 
 __all__ = ["PseudoOutlierExposure", "PseudoOutlierConfig", "candidate_purity"]
 
@@ -42,7 +46,10 @@ class PseudoOutlierConfig:
     share of evaluation rows taken as candidates each round; ``rounds``: binary heads fitted in
     turn; ``head`` (``logistic`` or ``mlp``, :data:`ferlib.openset.binary_head.BINARY_HEADS`)
     and ``head_params`` the binary head, ``C`` the logistic head's regularisation, ``folds`` the
-    cross-fitting; ``seed``: the fold split and the MLP's initial weights.
+    cross-fitting; ``seed``: the fold split and the MLP's initial weights; ``features``: the
+    feature space both the first detector and the heads read
+    (:data:`ferlib.openset.data.FEATURE_SPACES`: ``penultimate``, the classifier's pooled
+    features, or ``pyramid``, every trunk stage's pooled output).
 
     ``top_fraction`` 0.1 and ``rounds`` 1 were chosen on the synthetic set only (3 seeds, open
     shares 5, 13, 20 and 37%, mean AUROC: 0.05/0.1/0.2/0.3 -> .948/.950/.938/.929 with one
@@ -60,9 +67,13 @@ class PseudoOutlierConfig:
     head: str = "logistic"
     head_params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    features: str = "penultimate"
 
     def __post_init__(self) -> None:
         from ferlib.openset.registry import detector_class
+
+        if self.features not in FEATURE_SPACES:
+            raise ValueError(f"features must be one of {list(FEATURE_SPACES)}, got {self.features!r}")
 
         cls = detector_class(self.first)
         if cls.needs_images or cls.needs_train_images or cls.trains_networks or cls is PseudoOutlierExposure:
@@ -106,6 +117,7 @@ class PseudoOutlierExposure(Detector):
         c = self.cfg
         if data.train_features is None or len(data.train_features) == 0:
             raise ValueError("the pseudo_oe detector needs the close training features (OpenSetData.train_features)")
+        data = data.in_feature_space(c.features)
         scores = np.asarray(make_detector(c.first, **c.first_params).fit_score(data), np.float64)
         self.candidates_: list[np.ndarray] = []
         for _ in range(c.rounds):

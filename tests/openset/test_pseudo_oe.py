@@ -115,3 +115,66 @@ def test_the_mlp_head_takes_at_least_min_steps_updates(monkeypatch):
     steps.clear()
     MLPBinaryHead(epochs=2, batch_size=100, min_steps=5).fit(x, y)
     assert len(steps) == 20
+
+
+# ----------------------------------------------------------------------------- feature spaces
+def _signal_only_in_the_pyramid(make_features_data, seed: int = 6):
+    """The penultimate features are noise (open and close alike); the informative features
+    sit in ``extras["pyramid"]`` / ``train_extras["pyramid"]``, as stage 02 saves them."""
+    from dataclasses import replace
+
+    data = make_features_data(n_close=300, n_open=100, seed=seed)
+    rng = np.random.default_rng(seed)
+    return replace(
+        data,
+        features=rng.normal(0, 1, data.features.shape),
+        train_features=rng.normal(0, 1, data.train_features.shape),
+        extras={**data.extras, "pyramid": data.features},
+        train_extras={"pyramid": data.train_features},
+    )
+
+
+def test_features_pyramid_reads_the_pyramid_for_the_first_detector_and_the_heads(make_features_data):
+    data = _signal_only_in_the_pyramid(make_features_data)
+    got = run_detectors(
+        data, ["pseudo_oe"], {"pseudo_oe": {"features": "pyramid", "rounds": 2}}, {"seed": 0}, log=False
+    )["pseudo_oe"].scores
+    assert openset_metrics(got, data.is_open)["auroc"] > 0.95
+    det = make_detector("pseudo_oe", first="tknn", rounds=2)  # the penultimate noise: nothing to find
+    assert openset_metrics(det.score(data.detector_view()), data.is_open)["auroc"] < 0.7
+
+
+def test_feature_space_views_and_their_errors(make_features_data):
+    from dataclasses import replace
+
+    from ferlib.openset.data import OpenSetData
+
+    data = _signal_only_in_the_pyramid(make_features_data)
+    assert data.in_feature_space("penultimate") is data
+    view = data.in_feature_space("pyramid")
+    assert view.features is data.extras["pyramid"] and view.train_features is data.train_extras["pyramid"]
+    np.testing.assert_array_equal(view.logits, data.logits)
+    with pytest.raises(ValueError, match="unknown feature space 'spatial'"):
+        data.in_feature_space("spatial")
+    bare = replace(data, train_extras={})
+    with pytest.raises(ValueError, match=r"no pyramid features for the training rows; re-run stage 02 .*pyramid=True"):
+        bare.in_feature_space("pyramid")
+    with pytest.raises(ValueError, match=r"train_extras\['pyramid'\] has 3 rows, train_features 500"):
+        OpenSetData(**{**data.__dict__, "train_extras": {"pyramid": np.zeros((3, 16))}})
+    with pytest.raises(ValueError, match="features must be one of"):
+        make_detector("pseudo_oe", features="spatial")
+
+
+def test_the_result_key_follows_the_feature_space(make_features_data):
+    from dataclasses import replace
+
+    from ferlib.openset import detector_class
+    from ferlib.openset.keys import result_ingredients, result_key
+
+    data = _signal_only_in_the_pyramid(make_features_data).detector_view()
+    cls = detector_class("pseudo_oe")
+    key = lambda d, space: result_key(result_ingredients(cls, {"features": space}, d, "honest", "all"))  # noqa: E731
+    other = replace(data, extras={**data.extras, "pyramid": data.extras["pyramid"] + 1.0})
+    assert key(data, "pyramid") != key(other, "pyramid")  # new pyramid features: not reused
+    assert key(data, "penultimate") == key(other, "penultimate")  # they are not read there
+    assert key(data, "pyramid") != key(data, "penultimate")

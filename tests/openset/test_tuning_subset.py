@@ -213,3 +213,26 @@ def test_tuning_data_needs_its_outputs(tmp_path):
     np.savez(out / "outputs.npz", class_names=np.array(["a"]))
     with pytest.raises(FileNotFoundError, match="eval_subset='tuning'"):
         stages.load_openset_data(str(tmp_path), eval_subset="tuning")
+
+
+@pytest.mark.slow
+def test_stage_02_saves_the_pyramid_features_of_every_row_set(trained_run):
+    """Evaluation, close training and tuning rows all carry every trunk stage's pooled output
+    (smallface: 448 values, the last 256 the classifier's pooled features), and pseudo_oe
+    learns in that space on the tuning set."""
+    params, _, _ = trained_run
+    data = stages.load_openset_data(params["run_dir"], "honest")
+    assert data.extras["pyramid"].shape == (len(data), 448)
+    assert data.train_extras["pyramid"].shape == (len(data.train_features), 448)
+    np.testing.assert_allclose(data.extras["pyramid"][:, -256:], data.features, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(data.train_extras["pyramid"][:, -256:], data.train_features, rtol=1e-5, atol=1e-6)
+    metrics = stages.detect_open_set(
+        **params,
+        detectors=["pseudo_oe"],
+        protocols=["honest"],
+        eval_subset="tuning",
+        detector_params={"pseudo_oe": {"features": "pyramid"}},
+    )
+    tuning = stages.load_openset_data(params["run_dir"], "honest", eval_subset="tuning")
+    assert tuning.extras["pyramid"].shape == (140, 448)
+    assert metrics["auroc"].item() > 0.6, metrics["auroc"].item()
