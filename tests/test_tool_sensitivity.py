@@ -114,3 +114,18 @@ def test_choose_takes_dict_values(tmp_path, capsys):
             "{'k': 10}", "--choose-on", "tuning"]  # fmt: skip
     assert tool.main(argv) == 0
     assert "chosen on tuning: first_params = {'k':" in capsys.readouterr().out
+
+
+def test_min_gain_keeps_the_incumbent_unless_another_value_beats_it_by_more(tmp_path):
+    runs = [str(_with_tuning_rows(make_run(tmp_path / f"run{s}"), seed=s)) for s in (0, 1)]
+    tool = _tool()
+    values = [1, 5, 25]
+    _, table = tool.choose(runs, "knn", "k", values)
+    tuning = table[table["eval_subset"] == "tuning"].groupby("value")["auroc"].mean()
+    best, worst = int(tuning.idxmax()), int(tuning.idxmin())
+    order = [worst] + [v for v in values if v != worst]  # the worst value as the incumbent
+    gain = tuning[best] - tuning[worst]
+    assert gain > 0
+    assert tool.choose(runs, "knn", "k", order, min_gain=0.0)[0] == best
+    assert tool.choose(runs, "knn", "k", order, min_gain=gain + 1e-9)[0] == worst
+    assert tool.choose(runs, "knn", "k", order, min_gain=gain - 1e-9)[0] == best

@@ -88,10 +88,14 @@ def choose(
     choose_on: str = "tuning",
     report: str = "all",
     params: dict | None = None,
+    min_gain: float = 0.0,
 ) -> tuple[object, pd.DataFrame]:
     """``(value, table)``: the value with the best mean honest AUROC on ``choose_on`` over
     ``run_dirs`` (the first on a tie), and every run's rows on both subsets (column ``run``).
-    ``params``: the detector's other settings (earlier choices), held fixed."""
+    ``params``: the detector's other settings (earlier choices), held fixed. ``min_gain``:
+    the first value is the incumbent and stays unless the best beats its tuning mean by more
+    than this (a margin for the tuning set's own noise, declared before the reported numbers
+    are computed)."""
     if choose_on == report:
         raise ValueError(f"choose on another subset than the one reported ({report!r})")
     parts = []
@@ -103,6 +107,8 @@ def choose(
     table["setting"] = table["value"].map(repr)  # hashable for grouping: values may be dicts (first_params)
     on = table[table["eval_subset"] == choose_on].groupby("setting", sort=False)["auroc"].mean()
     best = on.idxmax()
+    if on[best] - on.iloc[0] <= min_gain:
+        best = on.index[0]
     return next(v for v in values if repr(v) == best), table  # the value as given, not pandas' copy
 
 
@@ -119,6 +125,12 @@ def main(argv=None) -> int:
         "--choose-on",
         choices=[s for s in stages.EVAL_SUBSETS if s != "all"],
         help="pick the value on this subset (honest protocol) and report it on the whole evaluation set",
+    )
+    ap.add_argument(
+        "--min-gain",
+        type=float,
+        default=0.0,
+        help="with --choose-on: keep the first value (the incumbent) unless another beats its tuning mean by more",
     )
     ap.add_argument("--out", help="with --choose-on: the combined table (CSV); default: printed only")
     args = ap.parse_args(argv)
@@ -137,7 +149,9 @@ def main(argv=None) -> int:
     fmt = lambda x: f"{x:.3f}"  # noqa: E731
     try:
         if args.choose_on:
-            value, table = choose(args.run_dir, args.detector, args.param, values, args.choose_on, params=base)
+            value, table = choose(
+                args.run_dir, args.detector, args.param, values, args.choose_on, params=base, min_gain=args.min_gain
+            )
         elif len(args.run_dir) > 1:
             raise ValueError("several --run-dir values need --choose-on")
         else:

@@ -68,11 +68,17 @@ def cross_fitted_binary_scores(
     seed: int = 0,
     head: str = "logistic",
     head_params: dict[str, Any] | None = None,
+    negatives: np.ndarray | None = None,
 ) -> np.ndarray:
     """P(candidate | x) for every evaluation row (``features``), each fold scored by a binary
     head (``head``, one of :data:`BINARY_HEADS`) fitted on ``close_features`` (label 0) and the
     candidates outside the fold (label 1). ``candidates`` is a boolean mask over the evaluation
-    rows; it needs at least two rows, and every fold's complement at least one."""
+    rows; it needs at least two rows, and every fold's complement at least one.
+
+    ``negatives``: an optional boolean mask over the evaluation rows, disjoint from
+    ``candidates``, of rows taken as close (label 0) beside ``close_features``; like the
+    candidates they train only the folds they are not in, so no row is scored by a head that
+    saw it. ``close_features`` may then be empty (a head that never reads the training rows)."""
     from sklearn.preprocessing import StandardScaler
 
     candidates = np.asarray(candidates, dtype=bool)
@@ -82,18 +88,32 @@ def cross_fitted_binary_scores(
         raise ValueError(f"candidates has {len(candidates)} rows, features {len(feats)}")
     if folds < 2:
         raise ValueError(f"folds must be at least 2, got {folds}")
-    if candidates.sum() < 2 or len(close) == 0:
-        raise ValueError(f"need close rows and at least 2 candidates, got {len(close)} and {int(candidates.sum())}")
+    if negatives is None:
+        negatives = np.zeros(len(feats), dtype=bool)
+    negatives = np.asarray(negatives, dtype=bool)
+    if len(negatives) != len(feats):
+        raise ValueError(f"negatives has {len(negatives)} rows, features {len(feats)}")
+    if (negatives & candidates).any():
+        raise ValueError(f"{int((negatives & candidates).sum())} rows are both candidates and negatives")
+    if close.size == 0:
+        close = close.reshape(0, feats.shape[1])
+    n_neg = len(close) + int(negatives.sum())
+    if candidates.sum() < 2 or n_neg == 0:
+        raise ValueError(
+            f"need close rows (training or negatives) and at least 2 candidates, "
+            f"got {n_neg} and {int(candidates.sum())}"
+        )
     make_binary_head(head, C, seed, head_params)  # refuse a bad head before any fitting
     fold = fold_assignment(len(feats), folds, seed)
     out = np.empty(len(feats))
     for k in range(folds):
         held = fold == k
         cand = feats[candidates & ~held]
-        if len(cand) == 0:
-            raise ValueError(f"fold {k} leaves no candidate to train on; use fewer folds")
-        x = np.concatenate([close, cand])
-        y = np.r_[np.zeros(len(close)), np.ones(len(cand))]
+        neg = np.concatenate([close, feats[negatives & ~held]])
+        if len(cand) == 0 or len(neg) == 0:
+            raise ValueError(f"fold {k} leaves no candidate or no close row to train on; use fewer folds")
+        x = np.concatenate([neg, cand])
+        y = np.r_[np.zeros(len(neg)), np.ones(len(cand))]
         scaler = StandardScaler().fit(x)
         clf = make_binary_head(head, C, seed + k, head_params)
         clf.fit(scaler.transform(x), y)
