@@ -20,6 +20,8 @@ one registry line and no stage code changes:
   (``OpenSetData.extras``) and the stage 01 head that produces each; such a detector needs
   that head, so it is not among stage 03's defaults, and it fails with a ``ValueError``
   naming the head when the extra is missing (:meth:`Detector.model_extra`);
+* ``reads_reference``: it reads the held-out close reference rows
+  (``OpenSetData.reference_features``), e.g. to estimate the open share;
 * ``reads_pseudo_labels``: it reads the pseudo labels (the protocol changes them too);
   a detector that reads neither gives the same scores under every protocol, so stage 03
   fits it once and reuses it for every protocol;
@@ -107,6 +109,8 @@ class Detector(ABC):
     #: the close-set model's per-sample extras it reads -> the head that produces each
     #: (changed by the protocol, like the logits; set reads_model_outputs too)
     reads_extras: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    #: reads the held-out close reference rows (OpenSetData.reference_features)
+    reads_reference: ClassVar[bool] = False
     #: reads the pseudo labels (changed by the protocol)
     reads_pseudo_labels: ClassVar[bool] = False
     #: trains networks: stage 03 hands it a keyed checkpoint folder (``out_dir``)

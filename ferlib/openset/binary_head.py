@@ -21,7 +21,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BINARY_HEADS", "cross_fitted_binary_scores", "fold_assignment", "make_binary_head"]
+__all__ = [
+    "BINARY_HEADS",
+    "cross_fitted_binary_fit",
+    "cross_fitted_binary_scores",
+    "fold_assignment",
+    "make_binary_head",
+]
 
 #: binary heads by name: "module:factory", called as ``factory(C=..., seed=..., **head_params)``
 BINARY_HEADS: dict[str, str] = {
@@ -70,15 +76,38 @@ def cross_fitted_binary_scores(
     head_params: dict[str, Any] | None = None,
     negatives: np.ndarray | None = None,
 ) -> np.ndarray:
-    """P(candidate | x) for every evaluation row (``features``), each fold scored by a binary
-    head (``head``, one of :data:`BINARY_HEADS`) fitted on ``close_features`` (label 0) and the
-    candidates outside the fold (label 1). ``candidates`` is a boolean mask over the evaluation
+    """The evaluation rows' scores of :func:`cross_fitted_binary_fit` (see there)."""
+    return cross_fitted_binary_fit(
+        features, close_features, candidates, folds, C, seed, head, head_params, negatives=negatives
+    )[0]
+
+
+def cross_fitted_binary_fit(
+    features: np.ndarray,
+    close_features: np.ndarray,
+    candidates: np.ndarray,
+    folds: int = 5,
+    C: float = 1.0,
+    seed: int = 0,
+    head: str = "logistic",
+    head_params: dict[str, Any] | None = None,
+    negatives: np.ndarray | None = None,
+    reference: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(scores, reference_scores)``: P(candidate | x) for every evaluation row
+    (``features``), each fold scored by a binary head (``head``, one of :data:`BINARY_HEADS`)
+    fitted on ``close_features`` (label 0) and the candidates outside the fold (label 1).
+    ``candidates`` is a boolean mask over the evaluation
     rows; it needs at least two rows, and every fold's complement at least one.
 
     ``negatives``: an optional boolean mask over the evaluation rows, disjoint from
     ``candidates``, of rows taken as close (label 0) beside ``close_features``; like the
     candidates they train only the folds they are not in, so no row is scored by a head that
-    saw it. ``close_features`` may then be empty (a head that never reads the training rows)."""
+    saw it. ``close_features`` may then be empty (a head that never reads the training rows).
+
+    ``reference``: optional rows that no head trains on (held-out close rows), each scored by
+    the head of a seeded fold, so their scores are distributed like the evaluation rows'
+    out-of-fold scores (``reference_scores``; ``None`` without ``reference``)."""
     from sklearn.preprocessing import StandardScaler
 
     candidates = np.asarray(candidates, dtype=bool)
@@ -106,6 +135,9 @@ def cross_fitted_binary_scores(
     make_binary_head(head, C, seed, head_params)  # refuse a bad head before any fitting
     fold = fold_assignment(len(feats), folds, seed)
     out = np.empty(len(feats))
+    ref = None if reference is None else np.asarray(reference, np.float64)
+    ref_fold = None if ref is None else fold_assignment(len(ref), folds, seed + 1)
+    ref_out = None if ref is None else np.empty(len(ref))
     for k in range(folds):
         held = fold == k
         cand = feats[candidates & ~held]
@@ -118,4 +150,6 @@ def cross_fitted_binary_scores(
         clf = make_binary_head(head, C, seed + k, head_params)
         clf.fit(scaler.transform(x), y)
         out[held] = clf.predict_proba(scaler.transform(feats[held]))[:, 1]
-    return out
+        if ref is not None and (ref_fold == k).any():
+            ref_out[ref_fold == k] = clf.predict_proba(scaler.transform(ref[ref_fold == k]))[:, 1]
+    return out, ref_out

@@ -70,7 +70,11 @@ class OpenSetData:
     trunk stage's pooled output (stage 02's ``pyramid``). ``train_extras``: the same for the
     close training rows, aligned with ``train_features``. ``close_set``: stage 01's
     network and its training and validation rows (:class:`CloseSet`), handed only to
-    detectors that ask for it.
+    detectors that ask for it. ``reference_features`` (and ``reference_extras``, aligned with
+    it): the close-set model's outputs on held-out *close* rows it never trained on (the
+    validation split's close rows), a sample of what an unseen close image looks like, for
+    estimating the open share (:mod:`ferlib.openset.share`); ``None`` when stage 02 saved no
+    tuning outputs. Labels of the evaluation rows never enter it.
     """
 
     table: pd.DataFrame
@@ -85,6 +89,8 @@ class OpenSetData:
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     close_set: CloseSet | None = None
     train_extras: dict[str, np.ndarray] = field(default_factory=dict)  # same rows as train_features
+    reference_features: np.ndarray | None = None
+    reference_extras: dict[str, np.ndarray] = field(default_factory=dict)  # same rows as reference_features
 
     def __post_init__(self) -> None:
         n = len(self.table)
@@ -98,6 +104,14 @@ class OpenSetData:
             if len(value) != len(self.train_features):
                 raise ValueError(
                     f"train_extras[{name!r}] has {len(value)} rows, train_features {len(self.train_features)}"
+                )
+        if self.reference_extras and self.reference_features is None:
+            raise ValueError("reference_extras without reference_features")
+        for name, value in self.reference_extras.items():
+            if len(value) != len(self.reference_features):
+                raise ValueError(
+                    f"reference_extras[{name!r}] has {len(value)} rows, "
+                    f"reference_features {len(self.reference_features)}"
                 )
         if self.images is not None and len(self.images) != n:
             raise ValueError(f"images has {len(self.images)} rows, table has {n}")
@@ -150,13 +164,18 @@ class OpenSetData:
         if space == "penultimate":
             return self
         held = {"evaluation": self.extras, "training": self.train_extras}
+        if self.reference_features is not None:
+            held["reference"] = self.reference_extras
         missing = [where for where, arrays in held.items() if space not in arrays]
         if missing:
             raise ValueError(
                 f"feature space {space!r}: stage 02 saved no {space} features for the {' and '.join(missing)} rows; "
                 f"re-run stage 02 (predict_pseudo_labels) with {space}=True"
             )
-        return replace(self, features=self.extras[space], train_features=self.train_extras[space])
+        reference = None if self.reference_features is None else self.reference_extras[space]
+        return replace(
+            self, features=self.extras[space], train_features=self.train_extras[space], reference_features=reference
+        )
 
     def detector_view(self) -> OpenSetData:
         """The evaluation set as a detector may see it: the table keeps only ``index`` and

@@ -7,7 +7,8 @@ resolved parameters except those that do not change the result (:data:`NON_RESUL
 pseudo labels and the protocol (``reads_pseudo_labels``), the close-set outputs and the
 protocol (``reads_model_outputs``), the close-set model's per-sample extras it reads
 (``reads_extras``) and the feature space it reads (a ``features`` parameter other than
-``penultimate``), the evaluation images (``needs_images``), the close
+``penultimate``), the held-out close reference rows (``reads_reference``), the evaluation
+images (``needs_images``), the close
 training images (``needs_train_images``), stage 01's network and its training and
 validation rows (``needs_close_set``: the weights file's content, not its path). So
 re-running stage 03 with ``lam=0`` or after stage 02 produced new pseudo labels lands in a
@@ -82,6 +83,9 @@ def result_ingredients(
     if cls.reads_model_outputs and isinstance(space, str) and space != "penultimate":
         # a detector reading another feature space (OpenSetData.in_feature_space) reads those arrays too
         ingredients["feature_space"] = fp(view.extras.get(space), view.train_extras.get(space))
+    if cls.reads_reference and view.reference_features is not None:
+        ref = view.in_feature_space(space).reference_features if isinstance(space, str) else view.reference_features
+        ingredients["reference"] = fp(ref)
     if cls.needs_images:
         ingredients["images"] = fp(view.images)
     if cls.needs_train_images:

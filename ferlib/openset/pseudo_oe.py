@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from ferlib.openset.base import Detector
-from ferlib.openset.binary_head import cross_fitted_binary_scores, make_binary_head
+from ferlib.openset.binary_head import cross_fitted_binary_fit, make_binary_head
 from ferlib.openset.data import FEATURE_SPACES, OpenSetData
+from ferlib.openset.share import estimate_open_share
 
 __all__ = ["PseudoOutlierExposure", "PseudoOutlierConfig", "candidate_purity"]
 
@@ -56,7 +57,14 @@ class PseudoOutlierConfig:
     unseen image's, open or close; a head that learns "candidate against training row" learns
     part "unseen against seen", which also lifts the close evaluation rows. Low-scored
     evaluation rows are unseen like the candidates, so against them the head can only learn
-    what separates the open rows.
+    what separates the open rows. ``share_multiplier`` (0: off): from the second round on,
+    the candidate share is this multiple of the open share estimated from the previous head's
+    scores against held-out close rows (:func:`ferlib.openset.share.estimate_open_share` on
+    ``OpenSetData.reference_features``, each reference row scored by one fold's head), kept
+    within ``[min_fraction, max_fraction]`` (the floor keeps a candidate in every fold when
+    the estimate is near 0); round 0 still takes ``top_fraction``. Why: FERPlus's open shares run
+    from 6% to 84%, and one fixed share is mostly close rows on one class and a sliver of the
+    open rows on another.
 
     ``top_fraction`` 0.1 and ``rounds`` 1 were chosen on the synthetic set only (3 seeds, open
     shares 5, 13, 20 and 37%, mean AUROC: 0.05/0.1/0.2/0.3 -> .948/.950/.938/.929 with one
@@ -77,6 +85,9 @@ class PseudoOutlierConfig:
     features: str = "penultimate"
     negative_fraction: float = 0.0
     train_negatives: bool = True
+    share_multiplier: float = 0.0
+    max_fraction: float = 0.9
+    min_fraction: float = 0.01
 
     def __post_init__(self) -> None:
         from ferlib.openset.registry import detector_class
@@ -100,6 +111,14 @@ class PseudoOutlierConfig:
             raise ValueError("train_negatives=False needs negative_fraction > 0: the head would have no close rows")
         if self.rounds < 1:
             raise ValueError(f"rounds must be at least 1, got {self.rounds}")
+        if self.share_multiplier < 0:
+            raise ValueError(f"share_multiplier must be non-negative, got {self.share_multiplier}")
+        if self.share_multiplier > 0 and self.rounds < 2:
+            raise ValueError("share_multiplier acts from the second round on: it needs rounds >= 2")
+        if not self.top_fraction <= self.max_fraction < 1.0:
+            raise ValueError(f"max_fraction must be in [top_fraction, 1), got {self.max_fraction}")
+        if not 0.0 < self.min_fraction <= self.top_fraction:
+            raise ValueError(f"min_fraction must be in (0, top_fraction], got {self.min_fraction}")
         if self.folds < 2:
             raise ValueError(f"folds must be at least 2, got {self.folds}")
         if not self.C > 0:
@@ -133,6 +152,7 @@ class PseudoOutlierExposure(Detector):
 
     name = "pseudo_oe"
     reads_model_outputs = True
+    reads_reference = True
     config_cls = PseudoOutlierConfig
 
     def score(self, data: OpenSetData) -> np.ndarray:
@@ -144,14 +164,34 @@ class PseudoOutlierExposure(Detector):
         data = data.in_feature_space(c.features)
         scores = np.asarray(make_detector(c.first, **c.first_params).fit_score(data), np.float64)
         close = data.train_features if c.train_negatives else data.train_features[:0]
+        reference = data.reference_features if c.share_multiplier > 0 else None
+        if c.share_multiplier > 0 and reference is None:
+            raise ValueError(
+                "pseudo_oe with share_multiplier > 0 needs held-out close rows (OpenSetData.reference_features): "
+                "stage 02's tuning outputs, written by stage 03 with eval_subset='tuning'"
+            )
         self.candidates_: list[np.ndarray] = []
         self.negatives_: list[np.ndarray] = []
-        for _ in range(c.rounds):
-            candidates = _top(scores, c.top_fraction)
-            negatives = _bottom(scores, c.negative_fraction) & ~candidates
+        self.shares_: list[float] = []  # each round's estimated open share (share_multiplier > 0)
+        fraction, ref_scores = c.top_fraction, None
+        for r in range(c.rounds):
+            if r > 0 and ref_scores is not None:
+                self.shares_.append(estimate_open_share(scores, ref_scores))
+                fraction = float(np.clip(c.share_multiplier * self.shares_[-1], c.min_fraction, c.max_fraction))
+            candidates = _top(scores, fraction)
+            negatives = _bottom(scores, min(c.negative_fraction, 1.0 - fraction)) & ~candidates
             self.candidates_.append(candidates)
             self.negatives_.append(negatives)
-            scores = cross_fitted_binary_scores(
-                data.features, close, candidates, c.folds, c.C, c.seed, c.head, c.head_params, negatives=negatives
+            scores, ref_scores = cross_fitted_binary_fit(
+                data.features,
+                close,
+                candidates,
+                c.folds,
+                c.C,
+                c.seed,
+                c.head,
+                c.head_params,
+                negatives=negatives,
+                reference=reference,
             )
         return scores

@@ -178,3 +178,110 @@ def test_the_result_key_follows_the_feature_space(make_features_data):
     assert key(data, "pyramid") != key(other, "pyramid")  # new pyramid features: not reused
     assert key(data, "penultimate") == key(other, "penultimate")  # they are not read there
     assert key(data, "pyramid") != key(data, "penultimate")
+
+
+def _mixture_with_reference(share: float, seed: int = 0, n: int = 1500):
+    """Close training rows, a held-out close reference from the same distribution, and an
+    evaluation set with ``share`` open rows (shifted, overlapping the close ones a little)."""
+    import pandas as pd
+
+    from ferlib.openset.data import TABLE_COLUMNS, OpenSetData
+
+    rng = np.random.default_rng(seed)
+    d, k = 8, 3
+    means = rng.normal(0, 3, (k, d))
+
+    def close(m):
+        y = rng.integers(0, k, m)
+        return means[y] + rng.normal(0, 1, (m, d)), y
+
+    n_open = int(round(share * n))
+    close_eval, y_eval = close(n - n_open)
+    open_eval = rng.normal(0, 1, (n_open, d)) + np.r_[2.5, 2.5, np.zeros(d - 2)]
+    train, y_train = close(2000)
+    reference, _ = close(800)
+    feats = np.concatenate([close_eval, open_eval])
+    table = pd.DataFrame(
+        {
+            "index": np.arange(n),
+            "path": [f"{i}.png" for i in range(n)],
+            "label": np.r_[y_eval, np.full(n_open, 9)],
+            "target": np.r_[y_eval, -np.ones(n_open, int)],
+            "pseudo": np.zeros(n, int),
+            "is_open": np.r_[np.zeros(n - n_open, bool), np.ones(n_open, bool)],
+            "origin": "test",
+            "source_index": np.arange(n),
+        }
+    )[TABLE_COLUMNS]
+    logits = np.zeros((n, k))
+    return OpenSetData(table, logits, feats, train, y_train, reference_features=reference)
+
+
+@pytest.mark.parametrize("share", [0.1, 0.6])
+def test_share_multiplier_sizes_the_candidates_by_the_estimated_open_share(share):
+    data = _mixture_with_reference(share)
+    det = make_detector("pseudo_oe", rounds=3, top_fraction=0.2, share_multiplier=1.0)
+    scores = det.score(data.detector_view())
+    assert len(det.shares_) == 2
+    assert all(abs(s - share) < 0.1 for s in det.shares_), det.shares_
+    assert det.candidates_[0].sum() == round(0.2 * len(data))  # round 0 keeps top_fraction
+    assert det.candidates_[-1].sum() == round(det.shares_[-1] * len(data))
+    assert openset_metrics(scores, data.is_open)["auroc"] > 0.9
+
+
+def test_share_multiplier_needs_a_reference_and_keys_follow_it():
+    from dataclasses import replace
+
+    from ferlib.openset.keys import result_ingredients, result_key
+    from ferlib.openset.pseudo_oe import PseudoOutlierExposure
+
+    data = _mixture_with_reference(0.3)
+    with pytest.raises(ValueError, match="reference_features"):
+        make_detector("pseudo_oe", share_multiplier=1.0, rounds=2).score(replace(data, reference_features=None))
+    with pytest.raises(ValueError, match="rounds >= 2"):
+        make_detector("pseudo_oe", share_multiplier=1.0, rounds=1)
+    params = {"share_multiplier": 1.0, "rounds": 2}
+    key = result_key(result_ingredients(PseudoOutlierExposure, params, data, "honest", "all"))
+    moved = replace(data, reference_features=data.reference_features + 1.0)
+    assert key != result_key(result_ingredients(PseudoOutlierExposure, params, moved, "honest", "all"))
+
+
+def test_stage_data_carries_the_validation_close_rows_as_the_reference(tmp_path):
+    """Reported sets: the reference is every close row of the tuning outputs (none of them an
+    evaluation row); the tuning set: a seeded half of its own close rows; no tuning outputs:
+    no reference."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_tool_sensitivity import _with_tuning_rows
+    from test_visualise import make_run
+
+    from ferlib import stages
+
+    plain = make_run(tmp_path / "plain")
+    assert stages.load_openset_data(str(plain), "honest").reference_features is None
+    run = _with_tuning_rows(make_run(tmp_path / "run"), seed=0)
+    with np.load(run / "02_pseudo_labels" / stages.TUNING_DIR / "outputs.npz") as t:
+        close = t["eval_features"][~t["is_open"].astype(bool)]
+    for protocol in ("honest", "reference"):
+        data = stages.load_openset_data(str(run), protocol)
+        np.testing.assert_array_equal(data.reference_features, close)
+        assert not (data.features[:, None, :] == close[None, :, :]).all(-1).any()  # no evaluation row
+    tuning = stages.load_openset_data(str(run), "honest", eval_subset="tuning")
+    ref = tuning.reference_features
+    assert len(ref) == round(stages.TUNING_REFERENCE_SHARE * len(close))
+    assert (ref[:, None, :] == close[None, :, :]).all(-1).any(1).all()  # each one a close tuning row
+    np.testing.assert_array_equal(
+        ref, stages.load_openset_data(str(run), "honest", eval_subset="tuning").reference_features
+    )
+
+
+def test_a_share_estimate_near_zero_keeps_min_fraction_candidates():
+    data = _mixture_with_reference(0.0)
+    det = make_detector("pseudo_oe", rounds=2, top_fraction=0.2, share_multiplier=1.0, min_fraction=0.03)
+    det.score(data.detector_view())
+    assert det.shares_[0] < 0.03
+    assert det.candidates_[1].sum() == round(0.03 * len(data))
+    with pytest.raises(ValueError, match="min_fraction"):
+        make_detector("pseudo_oe", top_fraction=0.2, min_fraction=0.3)
