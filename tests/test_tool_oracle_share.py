@@ -29,6 +29,18 @@ def test_oracle_is_pseudo_oe_with_the_true_share_and_writes_nothing_of_the_run(t
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
 
 
+def test_estimate_is_pseudo_oes_own_share_estimate(tmp_path):
+    from test_tool_sensitivity import _with_tuning_rows
+
+    run = _with_tuning_rows(make_run(tmp_path / "run"), seed=0)
+    table = _tool().oracle([str(run)], [1.0], {"rounds": 2}, estimate=True)
+    data = stages.load_openset_data(str(run), "honest", seed=0)
+    det = make_detector("pseudo_oe", rounds=2, share_multiplier=1.0, seed=0)
+    det.score(data.detector_view())
+    assert table["estimated_share"].iloc[0] == pytest.approx(det.shares_[-1])
+    assert 0.0 <= det.shares_[-1] <= 1.0
+
+
 def test_cli_writes_the_table_and_refuses_bad_params(tmp_path, capsys):
     run = make_run(tmp_path / "run")
     out = tmp_path / "oracle.csv"

@@ -11,7 +11,7 @@ It reads the truth: a diagnostic, never a detector and never a way to choose a s
 Nothing in the runs changes; the table goes to ``--out`` (CSV) when given.
 
     .venv/bin/python tools/oracle_share.py --run-dir outputs/sweep_fast32/ferplus_open-*_seed0 \\
-        --multipliers 0.5 1.0 --params "{'rounds': 3, 'first_params': {'k': 200}, 'head': 'mlp'}"
+        --multipliers 0.5 1.0 --params "{'rounds': 3, 'first_params': {'k': 200}, 'head': 'mlp'}" --estimate
 """
 
 from __future__ import annotations
@@ -37,17 +37,28 @@ MAX_FRACTION = 0.95
 
 
 def oracle(
-    run_dirs: list[str], multipliers: list[float], params: dict | None = None, eval_subset: str = "all"
+    run_dirs: list[str],
+    multipliers: list[float],
+    params: dict | None = None,
+    eval_subset: str = "all",
+    estimate: bool = False,
 ) -> pd.DataFrame:
     """One row per (run, multiplier): AUROC and FPR@95 of ``pseudo_oe`` (``params``, its
     ``top_fraction`` replaced by multiplier x the true open share, capped at
-    :data:`MAX_FRACTION`), the true open share, and the candidates' purity in the last round."""
+    :data:`MAX_FRACTION`), the true open share, and the candidates' purity in the last round.
+    ``estimate``: also the open share that ``pseudo_oe`` with ``share_multiplier=1`` (and
+    ``params``) estimates in its last round, from the run's close reference rows."""
     rows = []
     for run in run_dirs:
         seed = run_seed(Path(run), 0)
         data = stages.load_openset_data(run, "honest", eval_subset=eval_subset, seed=seed)
         is_open = data.is_open
         share = float(is_open.mean())
+        estimated = float("nan")
+        if estimate:
+            det = make_detector("pseudo_oe", **{**(params or {}), "share_multiplier": 1.0, "seed": seed})
+            det.score(data.detector_view())
+            estimated = det.shares_[-1]
         for m in multipliers:
             fraction = float(np.clip(m * share, 2.0 / len(data), MAX_FRACTION))
             det = make_detector("pseudo_oe", **{**(params or {}), "top_fraction": fraction, "seed": seed})
@@ -59,6 +70,7 @@ def oracle(
                     "eval_subset": eval_subset,
                     "multiplier": m,
                     "open_share": share,
+                    "estimated_share": estimated,
                     "top_fraction": fraction,
                     "purity_last_round": float(is_open[det.candidates_[-1]].mean()),
                     "auroc": metrics["auroc"],
@@ -74,13 +86,14 @@ def main(argv=None) -> int:
     ap.add_argument("--multipliers", nargs="+", type=float, default=[1.0])
     ap.add_argument("--params", default="{}", help="pseudo_oe's other settings (a Python dict literal)")
     ap.add_argument("--eval-subset", default="all", choices=stages.EVAL_SUBSETS)
+    ap.add_argument("--estimate", action="store_true", help="add pseudo_oe's own estimate of the open share")
     ap.add_argument("--out", help="the table (CSV); default: printed only")
     args = ap.parse_args(argv)
     try:
         params = ast.literal_eval(args.params)
         if not isinstance(params, dict):
             raise ValueError(f"--params must be a dict literal, got {args.params!r}")
-        table = oracle(args.run_dir, args.multipliers, params, args.eval_subset)
+        table = oracle(args.run_dir, args.multipliers, params, args.eval_subset, args.estimate)
     except (ValueError, SyntaxError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
