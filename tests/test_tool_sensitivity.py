@@ -129,3 +129,21 @@ def test_min_gain_keeps_the_incumbent_unless_another_value_beats_it_by_more(tmp_
     assert tool.choose(runs, "knn", "k", order, min_gain=0.0)[0] == best
     assert tool.choose(runs, "knn", "k", order, min_gain=gain + 1e-9)[0] == worst
     assert tool.choose(runs, "knn", "k", order, min_gain=gain - 1e-9)[0] == best
+
+
+def test_jobs_score_runs_in_child_processes_and_give_the_same_table(tmp_path, capsys):
+    runs = [str(_with_tuning_rows(make_run(tmp_path / f"run{s}"), seed=s)) for s in (0, 1)]
+    tool = _tool()
+    values = [{"k": 5}, {"k": 10}]  # dict values survive the CSV round trip
+    serial_value, serial = tool.choose(runs, "pseudo_oe", "first_params", values, params={"top_fraction": 0.3})
+    value, table = tool.choose(runs, "pseudo_oe", "first_params", values, params={"top_fraction": 0.3}, jobs=2)
+    assert value == serial_value and value in values
+    keys = ["run", "eval_subset", "setting"]
+    a, b = (t.sort_values(keys).reset_index(drop=True) for t in (serial, table))
+    assert list(a[keys].itertuples(index=False)) == list(b[keys].itertuples(index=False))
+    np.testing.assert_allclose(a["auroc"], b["auroc"])
+    assert a["auroc"].nunique() > 1
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        tool.choose(runs, "knn", "k", [1], jobs=0)
+    with pytest.raises(ValueError, match="top_fraction"):  # a child's error names its cause
+        tool.choose(runs, "pseudo_oe", "rounds", [1], params={"top_fraction": 1.5}, jobs=2)

@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import subprocess
 import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -80,6 +83,34 @@ def sweep(
     return pd.DataFrame(rows)
 
 
+def _run_table(
+    run: str, detector: str, param: str, values: list, choose_on: str, report: str, params: dict | None
+) -> pd.DataFrame:
+    """One run's rows on both subsets, in this process."""
+    parts = [
+        sweep(run, detector, param, values, params=params, eval_subset=subset).assign(run=Path(run).name)
+        for subset in (choose_on, report)
+    ]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _run_table_in_subprocess(
+    run: str, detector: str, param: str, values: list, choose_on: str, params: dict | None, folder: Path
+) -> pd.DataFrame:
+    """The same rows, computed by this script in a child process (``--jobs``): each child
+    imports its own torch, so runs proceed side by side on separate cores."""
+    out = folder / f"{Path(run).name}.csv"
+    argv = [sys.executable, str(Path(__file__).resolve()), "--run-dir", run, "--detector", detector]
+    argv += ["--param", param, "--values", *map(repr, values), "--params", repr(params or {})]
+    argv += ["--choose-on", choose_on, "--out", str(out), "--jobs", "1"]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ValueError(f"{run}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'failed'}")
+    table = pd.read_csv(out, keep_default_na=False)
+    table["value"] = table["setting"].map(ast.literal_eval)  # the values as given, not as CSV text
+    return table.drop(columns="setting")
+
+
 def choose(
     run_dirs: list[str],
     detector: str,
@@ -89,20 +120,29 @@ def choose(
     report: str = "all",
     params: dict | None = None,
     min_gain: float = 0.0,
+    jobs: int = 1,
 ) -> tuple[object, pd.DataFrame]:
     """``(value, table)``: the value with the best mean honest AUROC on ``choose_on`` over
     ``run_dirs`` (the first on a tie), and every run's rows on both subsets (column ``run``).
     ``params``: the detector's other settings (earlier choices), held fixed. ``min_gain``:
     the first value is the incumbent and stays unless the best beats its tuning mean by more
     than this (a margin for the tuning set's own noise, declared before the reported numbers
-    are computed)."""
+    are computed). ``jobs``: runs scored at a time, each in a child process (the same rows
+    as ``jobs=1``; give each child ``OMP_NUM_THREADS`` = cores / jobs)."""
     if choose_on == report:
         raise ValueError(f"choose on another subset than the one reported ({report!r})")
-    parts = []
-    for run in run_dirs:
-        for subset in (choose_on, report):
-            part = sweep(run, detector, param, values, params=params, eval_subset=subset)
-            parts.append(part.assign(run=Path(run).name))
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    if jobs == 1 or len(run_dirs) == 1 or report != "all":
+        parts = [_run_table(run, detector, param, values, choose_on, report, params) for run in run_dirs]
+    else:
+        with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(jobs) as pool:
+            parts = list(
+                pool.map(
+                    lambda run: _run_table_in_subprocess(run, detector, param, values, choose_on, params, Path(folder)),
+                    run_dirs,
+                )
+            )
     table = pd.concat(parts, ignore_index=True)
     table["setting"] = table["value"].map(repr)  # hashable for grouping: values may be dicts (first_params)
     on = table[table["eval_subset"] == choose_on].groupby("setting", sort=False)["auroc"].mean()
@@ -133,6 +173,12 @@ def main(argv=None) -> int:
         help="with --choose-on: keep the first value (the incumbent) unless another beats its tuning mean by more",
     )
     ap.add_argument("--out", help="with --choose-on: the combined table (CSV); default: printed only")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="with --choose-on: runs scored at a time, each in a child process (set OMP_NUM_THREADS to cores / jobs)",
+    )
     args = ap.parse_args(argv)
 
     def literal(text: str):
@@ -150,7 +196,14 @@ def main(argv=None) -> int:
     try:
         if args.choose_on:
             value, table = choose(
-                args.run_dir, args.detector, args.param, values, args.choose_on, params=base, min_gain=args.min_gain
+                args.run_dir,
+                args.detector,
+                args.param,
+                values,
+                args.choose_on,
+                params=base,
+                min_gain=args.min_gain,
+                jobs=args.jobs,
             )
         elif len(args.run_dir) > 1:
             raise ValueError("several --run-dir values need --choose-on")
