@@ -13,6 +13,16 @@ model the recipe would hand on (the EMA copy when the recipe averages weights; f
 test-time augmentation when the recipe uses it). Scoring the test split is not timed.
 Stage 01 reports the best-on-validation epoch's test accuracy; so does the summary table.
 
+``--members K`` (default 1) trains K copies of each config from seeds ``seed .. seed+K-1`` and
+adds an ensemble row, ``arch:recipe x K``: after each epoch, the mean of the K members'
+softmax outputs (each with the recipe's flip test-time augmentation), scored on validation
+and test; its time is the *sum* of the members' times (trained one after the other on one
+device, as here; members trained side by side on an under-used GPU finish sooner, which this
+figure does not credit). Why: averaging independently trained networks is the oldest
+reliable way to trade compute for accuracy (deep ensembles; FER2013's best from-scratch
+results are ensembles), and at this model size a GPU is bound by launches, not arithmetic.
+The members' own rows are ``arch:recipe seed s``.
+
 A run stops at ``--epochs`` or when its cumulative time passes ``--budget-minutes``,
 whichever is first; schedules that decay to zero over the run (``fast``) are laid out over
 ``--epochs``, so pick ``--epochs`` to fit the budget (a run cut by the budget says so in the
@@ -124,16 +134,27 @@ def _accuracy(model: torch.nn.Module, data: TensorData, args: argparse.Namespace
     return float((pred.logits.argmax(1) == data.targets).float().mean())
 
 
-def run_config(arch: str, recipe: str, data: Data, args: argparse.Namespace) -> list[dict]:
-    """Train one (arch, recipe) and return one row per epoch."""
-    torch.manual_seed(args.seed)
+def _probabilities(model: torch.nn.Module, data: TensorData, args: argparse.Namespace, tta: bool) -> torch.Tensor:
+    pred = predict(model, data.images, 512, args.device, progress=False, amp=args.amp, tta=tta)
+    return pred.logits.float().softmax(1)
+
+
+def run_config(
+    arch: str, recipe: str, data: Data, args: argparse.Namespace, seed: int | None = None, label: str | None = None
+) -> list[dict]:
+    """Train one (arch, recipe) from ``seed`` (default ``args.seed``) and return one row per
+    epoch. With ``args.members > 1`` each row also holds the epoch's validation and test
+    probabilities (``_val_prob``, ``_test_prob``) for :func:`ensemble_rows`."""
+    seed = args.seed if seed is None else seed
+    keep = getattr(args, "members", 1) > 1
+    torch.manual_seed(seed)
     model = build_model(ModelConfig(arch, num_classes=7, input_size=args.input_size), verbose=False)
     cfg = train_config(
         recipe,
         json.loads(args.recipe_params) if args.recipe_params else None,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        seed=args.seed,
+        seed=seed,
         device=args.device,
         amp=args.amp,
         compile=args.compile,
@@ -145,9 +166,15 @@ def run_config(arch: str, recipe: str, data: Data, args: argparse.Namespace) -> 
 
     def record(info: EpochInfo) -> None:
         clock["seconds"] += info.row["seconds"]
+        extra = {}
+        if keep:  # untimed, like the test accuracy
+            extra = {
+                "_val_prob": _probabilities(info.model, data.val, args, cfg.flip_tta),
+                "_test_prob": _probabilities(info.model, data.test, args, cfg.flip_tta),
+            }
         rows.append(
             {
-                "config": f"{arch}:{recipe}",
+                "config": label or f"{arch}:{recipe}",
                 "arch": arch,
                 "recipe": recipe,
                 "label_mode": args.label_mode,
@@ -157,7 +184,9 @@ def run_config(arch: str, recipe: str, data: Data, args: argparse.Namespace) -> 
                 "train_seconds": clock["seconds"],
                 "train_loss": info.row["train_loss"],
                 "val_acc": info.row["val_acc"],
+                "seed": seed,
                 "test_acc": _accuracy(info.model, data.test, args, cfg.flip_tta),  # untimed
+                **extra,
             }
         )
         r = rows[-1]
@@ -178,6 +207,47 @@ def run_config(arch: str, recipe: str, data: Data, args: argparse.Namespace) -> 
     for r in rows:
         r["stopped"] = stopped
     return rows
+
+
+def ensemble_rows(members: list[list[dict]], data: Data, label: str) -> list[dict]:
+    """The ensemble's curve: after each epoch that every member reached, the accuracy of the
+    members' mean softmax on validation and test, and the members' summed training time."""
+    epochs = min(len(rows) for rows in members)
+    out = []
+    for e in range(epochs):
+        at = [rows[e] for rows in members]
+        val = torch.stack([r["_val_prob"] for r in at]).mean(0)
+        test = torch.stack([r["_test_prob"] for r in at]).mean(0)
+        first = at[0]
+        out.append(
+            {
+                **{k: v for k, v in first.items() if not k.startswith("_")},
+                "config": label,
+                "seed": ",".join(str(r["seed"]) for r in at),
+                "train_seconds": sum(r["train_seconds"] for r in at),
+                "train_loss": float(np.mean([r["train_loss"] for r in at])),
+                "val_acc": float((val.argmax(1) == data.val.targets).float().mean()),
+                "test_acc": float((test.argmax(1) == data.test.targets).float().mean()),
+                "stopped": "budget" if any(r["stopped"] == "budget" for r in at) else "epochs",
+            }
+        )
+    return out
+
+
+def run_members(arch: str, recipe: str, data: Data, args: argparse.Namespace) -> list[dict]:
+    """One config's rows: a single model, or ``args.members`` members plus their ensemble."""
+    if args.members <= 1:
+        return run_config(arch, recipe, data, args)
+    members = [
+        run_config(arch, recipe, data, args, seed=args.seed + m, label=f"{arch}:{recipe} seed {args.seed + m}")
+        for m in range(args.members)
+    ]
+    rows = ensemble_rows(members, data, f"{arch}:{recipe} x{args.members}")
+    for r in rows:
+        print(f"  {r['config']} epoch {r['epoch']}: {r['train_seconds'] / 60:.2f} min, val {r['val_acc']:.4f}, "
+              f"test {r['test_acc']:.4f}", flush=True)  # fmt: skip
+    plain = [{k: v for k, v in r.items() if not k.startswith("_")} for rows_ in members for r in rows_]
+    return plain + rows
 
 
 def summarise(curves: pd.DataFrame) -> pd.DataFrame:
@@ -244,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-size", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--members",
+        type=int,
+        default=1,
+        help="train K members per config (seeds seed..seed+K-1) and add their ensemble's row (default 1)",
+    )
     p.add_argument("--max-train", type=int, default=0, help="subsample training images (0: all)")
     p.add_argument("--max-eval", type=int, default=0, help="subsample validation and test images (0: all)")
     p.add_argument("--cache-dir", default=str(Path("outputs") / "cache"), help="the kit's uint8 image cache")
@@ -263,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--progress", action="store_true", help="per-epoch progress bars")
     args = p.parse_args(argv)
-    if args.epochs < 1 or args.budget_minutes <= 0:
-        raise SystemExit("--epochs must be >= 1 and --budget-minutes > 0")
+    if args.epochs < 1 or args.budget_minutes <= 0 or args.members < 1:
+        raise SystemExit("--epochs and --members must be >= 1 and --budget-minutes > 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     configs = parse_configs(args.configs)
@@ -275,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     curves = []
     t0 = time.perf_counter()
     for arch, recipe in configs:
-        curves += run_config(arch, recipe, data, args)
+        curves += run_members(arch, recipe, data, args)
     curves_df = pd.DataFrame(curves)
     summary = summarise(curves_df)
     summary.insert(1, "device", device)

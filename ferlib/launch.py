@@ -12,6 +12,10 @@ one after the other in the calling process. ``--launcher submitit`` hands each r
     (``CUDA_VISIBLE_DEVICES``, else all of them) are cut into slots of N and one job runs per
     slot, with ``CUDA_VISIBLE_DEVICES`` set to its slot: inside the job, ``cuda`` (``cuda:0``)
     is the slot's first GPU, whichever physical GPU that is.
+    ``--jobs-per-gpu N`` puts N jobs on each slot at once: small models (``smallface`` at
+    32-48 px) leave most of a large GPU idle, bound by kernel launches and the data path, so
+    several runs side by side finish far sooner than one after the other (the H200 sweeps
+    of docs/RESULTS.md ran 21 at once).
 ``slurm``
     :class:`submitit.AutoExecutor` -> ``sbatch``: one job array, ``--array-parallelism`` tasks
     at a time; ``--partition``, ``--time-min``, ``--gpus-per-job``, ``--cpus-per-job``,
@@ -95,6 +99,7 @@ class SubmititOptions:
     jobs at a time (Slurm: the array's ``%N``; local: default one per GPU slot, or 1 without
     GPUs). ``slurm``: further sbatch parameters, by submitit's names with or without the
     ``slurm_`` prefix. ``poll_s``: None = 0.5 s (local, debug) or 15 s (slurm).
+    ``jobs_per_gpu``: local, with GPUs: jobs sharing each GPU slot at once (default 1).
     """
 
     cluster: str = "local"
@@ -107,6 +112,7 @@ class SubmititOptions:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     slurm: Mapping[str, Any] = field(default_factory=dict)
     poll_s: float | None = None
+    jobs_per_gpu: int = 1
 
 
 def parse_slurm_items(items: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -170,7 +176,8 @@ def check_options(options: SubmititOptions | None, device: str = "cpu") -> Submi
     _positive(options.mem_gb, "--mem-gb")
     _positive(options.array_parallelism, "--array-parallelism")
     _positive(options.max_attempts, "--max-attempts")
-    for name in ("gpus_per_job", "cpus_per_job", "array_parallelism", "max_attempts", "time_min"):
+    _positive(options.jobs_per_gpu, "--jobs-per-gpu")
+    for name in ("gpus_per_job", "cpus_per_job", "array_parallelism", "max_attempts", "time_min", "jobs_per_gpu"):
         value = getattr(options, name)
         if value is not None and not isinstance(value, int):
             raise RunnerError(f"--{name.replace('_', '-')} must be an integer, got {value!r}")
@@ -198,6 +205,12 @@ def check_options(options: SubmititOptions | None, device: str = "cpu") -> Submi
     gpus = options.gpus_per_job
     if gpus is None:
         gpus = 1 if index is not None else 0
+    if options.jobs_per_gpu != 1 and (options.cluster != "local" or gpus == 0):
+        where = f"--cluster {options.cluster}" if options.cluster != "local" else "jobs without a GPU"
+        raise RunnerError(
+            f"--jobs-per-gpu applies to --cluster local with GPUs (--device cuda), not to {where}; "
+            "without GPUs use --array-parallelism"
+        )
     if index is not None and options.cluster != "debug":
         if gpus == 0:
             raise RunnerError(f"--device {device} with --gpus-per-job 0: the jobs would see no GPU")
@@ -254,8 +267,13 @@ def visible_gpu_ids(environ: Mapping[str, str] | None = None, count: int | None 
     return list(range(count))
 
 
-def local_slots(gpus_per_job: int, parallelism: int | None, gpu_ids: Sequence[int]) -> list[tuple[int, ...]]:
-    """The GPU ids of each job that may run at once on this machine (``()``: CPU only)."""
+def local_slots(
+    gpus_per_job: int, parallelism: int | None, gpu_ids: Sequence[int], jobs_per_gpu: int = 1
+) -> list[tuple[int, ...]]:
+    """The GPU ids of each job that may run at once on this machine (``()``: CPU only).
+
+    ``jobs_per_gpu``: each GPU slot is handed out that many times, round-robin over the slots
+    so that a capped sweep (``parallelism``) still spreads its jobs over every GPU."""
     if not gpus_per_job:
         return [()] * (parallelism or 1)
     n = len(gpu_ids) // gpus_per_job
@@ -265,7 +283,7 @@ def local_slots(gpus_per_job: int, parallelism: int | None, gpu_ids: Sequence[in
             f"({', '.join(map(str, gpu_ids)) or 'none'}); use --device cpu, fewer --gpus-per-job, "
             "or --cluster slurm"
         )
-    slots = [tuple(gpu_ids[i * gpus_per_job : (i + 1) * gpus_per_job]) for i in range(n)]
+    slots = [tuple(gpu_ids[i * gpus_per_job : (i + 1) * gpus_per_job]) for i in range(n)] * jobs_per_gpu
     return slots[:parallelism] if parallelism else slots
 
 
@@ -386,7 +404,9 @@ def run_jobs(
     if options.cluster == "local":
         if options.gpus_per_job and gpu_ids is None:
             gpu_ids = visible_gpu_ids()
-        slots: list[tuple[int, ...]] | None = local_slots(options.gpus_per_job or 0, options.array_parallelism, gpu_ids)
+        slots: list[tuple[int, ...]] | None = local_slots(
+            options.gpus_per_job or 0, options.array_parallelism, gpu_ids, options.jobs_per_gpu
+        )
     elif options.cluster == "debug":
         slots = [()]
     else:

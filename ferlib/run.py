@@ -773,6 +773,7 @@ def _add_common(parser: argparse.ArgumentParser, *, choose_stages: bool = True) 
 #: the sweep's submitit options (dest -> SubmititOptions field); None = not given
 _SUBMITIT_ARGS = (
     "cluster",
+    "jobs_per_gpu",
     "gpus_per_job",
     "cpus_per_job",
     "mem_gb",
@@ -825,6 +826,14 @@ def _add_launcher(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="jobs at a time (slurm: the array's %%N; local: default one per GPU slot, 1 without GPUs)",
+    )
+    group.add_argument(
+        "--jobs-per-gpu",
+        type=int,
+        default=None,
+        metavar="N",
+        help="local, with --device cuda: jobs sharing each GPU slot at once (default 1); small models leave a "
+        "large GPU mostly idle",
     )
     group.add_argument(
         "--max-attempts",

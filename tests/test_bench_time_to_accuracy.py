@@ -37,3 +37,46 @@ def test_soft_labels_train_on_votes_and_score_the_majority(ferplus_root, tmp_pat
     assert summary.loc[0, "label_mode"] == "crossentropy" and summary.loc[0, "config"] == "smallface:fast_affine"
     assert 0 <= summary.loc[0, "test_acc"] <= 1
     assert (out / "time_to_accuracy.png").is_file() and (out / "time_to_accuracy.pdf").is_file()
+
+
+def test_ensemble_row_scores_the_members_mean_softmax_and_sums_their_time():
+    """Two members each right on a different half, each leaning hard when right and softly
+    when wrong: their mean is right everywhere, which neither member is."""
+    import torch
+
+    bench = _bench()
+    targets = torch.tensor([0, 1, 2, 0])
+    data = bench.Data(
+        None,
+        bench.TensorData(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), targets),
+        bench.TensorData(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), targets),
+    )
+
+    def probs(right: list[bool]) -> torch.Tensor:
+        p = torch.full((4, 3), 0.0)
+        for i, ok in enumerate(right):
+            if ok:
+                p[i, targets[i]] = 0.9
+                p[i, (targets[i] + 1) % 3] = 0.1
+            else:
+                p[i, targets[i]] = 0.4
+                p[i, (targets[i] + 1) % 3] = 0.6
+        return p
+
+    def member(seed: int, right: list[bool], seconds: float) -> list[dict]:
+        p = probs(right)
+        return [
+            {"config": f"m{seed}", "epoch": 1, "seed": seed, "train_seconds": seconds, "train_loss": 1.0,
+             "val_acc": sum(right) / 4, "test_acc": sum(right) / 4, "stopped": "epochs",
+             "_val_prob": p, "_test_prob": p}
+        ]  # fmt: skip
+
+    rows = bench.ensemble_rows(
+        [member(0, [True, True, False, False], 10.0), member(1, [False, False, True, True], 12.5)], data, "x2"
+    )
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["config"] == "x2" and row["seed"] == "0,1"
+    assert row["val_acc"] == 1.0 and row["test_acc"] == 1.0  # each member alone: .5
+    assert row["train_seconds"] == 22.5
+    assert not any(key.startswith("_") for key in row)

@@ -171,6 +171,9 @@ def test_missing_submitit_names_the_pip_command(tmp_path, monkeypatch, capsys):
         (SubmititOptions(gpus_per_job=0), "cuda", ["would see no GPU"]),
         (SubmititOptions(gpus_per_job=1), "cuda:1", ["only its own 1 GPU(s)", "use --device cuda"]),
         (SubmititOptions(), "cuda", ["needs 1 GPU(s) but this machine shows 0"]),
+        (SubmititOptions(jobs_per_gpu=0), "cuda", ["--jobs-per-gpu must be a number >= 1"]),
+        (SubmititOptions(jobs_per_gpu=4), "cpu", ["--jobs-per-gpu applies to --cluster local with GPUs", "without"]),
+        (SubmititOptions(cluster="debug", jobs_per_gpu=2), "cuda", ["not to --cluster debug"]),
     ],
 )
 def test_bad_launcher_options_are_refused_before_any_work(tmp_path, monkeypatch, options, device, words):
@@ -213,6 +216,11 @@ def test_gpu_slots_of_a_local_sweep():
     assert local_slots(0, 3, []) == [(), (), ()]
     with pytest.raises(RunnerError, match="needs 2 GPU"):
         local_slots(2, None, [0])
+    # --jobs-per-gpu: each slot handed out N times, round-robin, so a cap still spreads the jobs
+    assert local_slots(1, None, [0, 1], 3) == [(0,), (1,), (0,), (1,), (0,), (1,)]
+    assert local_slots(1, 3, [0, 1], 3) == [(0,), (1,), (0,)]
+    assert local_slots(2, None, four, 2) == [(0, 1), (2, 3), (0, 1), (2, 3)]
+    assert check_options(SubmititOptions(jobs_per_gpu=4), "cuda").jobs_per_gpu == 4
     # --device cuda implies one GPU per job; cpu none; the debug cluster runs here, as inline
     assert check_options(SubmititOptions(), "cuda").gpus_per_job == 1
     assert check_options(SubmititOptions(), "cuda:0").gpus_per_job == 1
@@ -303,6 +311,25 @@ def test_each_local_job_sees_only_its_own_gpu(tmp_path, jobs_import_tests):
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans
     assert "2 at a time; GPUs per job: [3], [7]" in lines[0]
     assert any(", GPU 7" in line for line in lines)
+
+
+class SlowProbe(Probe):
+    def __call__(self) -> JobOutcome:
+        start = time.time()
+        time.sleep(2.0)
+        return JobOutcome(result=(os.environ.get("CUDA_VISIBLE_DEVICES"), start, time.time()))
+
+
+def test_jobs_per_gpu_share_one_gpu_side_by_side_and_no_more(tmp_path, jobs_import_tests):
+    options = check_options(SubmititOptions(gpus_per_job=1, jobs_per_gpu=2, poll_s=0.1), "cuda")
+    lines: list[str] = []
+    jobs = [(f"probe{i}", SlowProbe()) for i in range(4)]
+    outcomes = launch.run_jobs(jobs, options, tmp_path / ".submitit", say=lines.append, gpu_ids=[5])
+    seen = [outcomes[f"probe{i}"].result for i in range(4)]
+    assert {gpu for gpu, _, _ in seen} == {"5"}
+    at_once = [sum(start <= t < end for _, start, end in seen) for _, t, _ in seen]
+    assert max(at_once) == 2, seen  # two share the GPU; never three
+    assert "2 at a time; GPUs per job: [5], [5]" in lines[0]
 
 
 def test_local_sweep_gives_the_runs_and_table_of_the_inline_sweep(tmp_path, jobs_import_tests, capsys):
