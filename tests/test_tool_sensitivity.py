@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import numpy as np
@@ -112,8 +113,10 @@ def test_choose_takes_dict_values(tmp_path, capsys):
     assert value in ({"k": 5}, {"k": 10}) and set(table["setting"]) == {"{'k': 5}", "{'k': 10}"}
     argv = ["--run-dir", *runs, "--detector", "pseudo_oe", "--param", "first_params", "--values", "{'k': 5}",
             "{'k': 10}", "--choose-on", "tuning"]  # fmt: skip
-    assert tool.main(argv) == 0
+    choice = tmp_path / "choice.txt"
+    assert tool.main([*argv, "--choice-out", str(choice)]) == 0
     assert "chosen on tuning: first_params = {'k':" in capsys.readouterr().out
+    assert ast.literal_eval(choice.read_text()) == value  # a script can chain the next step on it
 
 
 def test_min_gain_keeps_the_incumbent_unless_another_value_beats_it_by_more(tmp_path):

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from ferlib import stages  # noqa: E402
-from ferlib.io import write_csv  # noqa: E402
+from ferlib.io import write_csv, write_text  # noqa: E402
 from ferlib.metrics import openset_metrics  # noqa: E402
 from ferlib.openset.registry import detector_class, detector_parameters  # noqa: E402
 from ferlib.openset.scoring import run_detectors  # noqa: E402
@@ -174,6 +174,10 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--out", help="with --choose-on: the combined table (CSV); default: printed only")
     ap.add_argument(
+        "--choice-out",
+        help="with --choose-on: write the chosen value (a Python literal) to this file, for scripts that chain choices",
+    )
+    ap.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -229,6 +233,9 @@ def main(argv=None) -> int:
         if args.out:
             write_csv(Path(args.out), table)
             print(f"wrote {args.out}")
+        if args.choice_out:
+            write_text(Path(args.choice_out), repr(value) + "\n")
+            print(f"wrote {args.choice_out}")
         return 0
     suffix = "" if args.eval_subset == "all" else f"_{args.eval_subset}"
     out = Path(args.run_dir[0]) / f"sensitivity_{args.detector}_{args.param}{suffix}.csv"
