@@ -78,6 +78,7 @@ def sweep(
                     "n": len(data),
                     "auroc": m["auroc"],
                     "fpr95": m["fpr95"],
+                    **{k: m[k] for k in ("aupr_in", "aupr_out", "n_close", "n_open")},
                 }
             )
     return pd.DataFrame(rows)
@@ -146,10 +147,16 @@ def choose(
     table = pd.concat(parts, ignore_index=True)
     table["setting"] = table["value"].map(repr)  # hashable for grouping: values may be dicts (first_params)
     on = table[table["eval_subset"] == choose_on].groupby("setting", sort=False)["auroc"].mean()
-    best = on.idxmax()
-    if on[best] - on.iloc[0] <= min_gain:
-        best = on.index[0]
+    best = pick(on, min_gain)
     return next(v for v in values if repr(v) == best), table  # the value as given, not pandas' copy
+
+
+def pick(means: pd.Series, min_gain: float = 0.0):
+    """The declared rule on mean tuning AUROCs (index: the candidates, the incumbent first):
+    the best, unless it beats the incumbent by ``min_gain`` or less; then the incumbent (also
+    on a tie). One function, so every choice of the kit applies the same rule."""
+    best = means.idxmax()
+    return means.index[0] if means[best] - means.iloc[0] <= min_gain else best
 
 
 def main(argv=None) -> int:

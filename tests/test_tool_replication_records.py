@@ -1,0 +1,128 @@
+"""tools/replication_records.py: the declared rule applied to per-run records, by code.
+
+The records are written by hand here (the scoring itself is tools/sensitivity.py's ``sweep``,
+tested in test_tool_sensitivity.py); what is tested is the rule: the choices read only the
+tuning rows, the incumbent stays unless beaten by more than the margin, and the reported
+metrics keep every other detector's rows and take pseudo_oe's from the chosen combination.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from scripts import load_script
+
+METRIC_COLUMNS = ["detector", "protocol", "auroc", "fpr95", "aupr_in", "aupr_out", "n_close", "n_open",
+                  "close_acc", "eval_subset"]  # fmt: skip
+
+
+def _tool():
+    return load_script("tools/replication_records.py")
+
+
+def _write_record(root: Path, open_class: str, seed: int, tuning: dict, reported: dict) -> Path:
+    """One record: ``tuning[(share, features)]`` honest tuning AUROC, ``reported[(share, features)]``
+    honest reported AUROC (reference: 1 - that, so the two protocols differ)."""
+    folder = root / f"ferplus_open-{open_class}_seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(
+        json.dumps({"params": {"dataset": "ferplus", "open_class": open_class, "seed": seed}})
+    )
+    metrics = []
+    for detector, auroc in (("msp", 0.61), ("pseudo_oe", 0.70)):
+        for protocol in ("honest", "reference"):
+            metrics.append([detector, protocol, auroc, 0.9, 0.8, 0.3, 100, 50, 0.8, "all"])
+    metrics.append(["msp", "honest", 0.6, 0.9, 0.8, 0.3, 90, 10, 0.8, "tuning"])
+    pd.DataFrame(metrics, columns=METRIC_COLUMNS).to_csv(folder / "metrics.csv", index=False)
+    rows = []
+    for (share, features), auroc in tuning.items():
+        rows.append(["pseudo_oe", features, "honest", "tuning", 100, auroc, 0.5, 0.9, 0.4, 90, 10, share])
+    for (share, features), auroc in reported.items():
+        for protocol, value in (("honest", auroc), ("reference", 1 - auroc)):
+            rows.append(["pseudo_oe", features, protocol, "all", 150, value, 0.5, 0.9, 0.4, 100, 50, share])
+    settings = pd.DataFrame(
+        rows,
+        columns=["detector", "features", "protocol", "eval_subset", "n", "auroc", "fpr95", "aupr_in", "aupr_out",
+                 "n_close", "n_open", "share_multiplier"],
+    )  # fmt: skip
+    settings["params"] = repr({"top_fraction": 0.2})
+    settings.to_csv(folder / "pseudo_oe_settings.csv", index=False)
+    return folder
+
+
+COMBOS = [(0.0, "penultimate"), (1.0, "penultimate"), (0.0, "pyramid"), (1.0, "pyramid")]
+
+
+def _records(root: Path, tuning_values, reported_values) -> Path:
+    for i, (open_class, seed) in enumerate((("surprise", 3), ("fear", 3))):
+        _write_record(
+            root,
+            open_class,
+            seed,
+            dict(zip(COMBOS, tuning_values[i])),
+            dict(zip(COMBOS, reported_values[i])),
+        )
+    return root
+
+
+# tuning: share 1.0 beats 0.0 by .03 (> .01); pyramid beats penultimate at share 1.0 by .005 (<= .01)
+TUNING = [[0.80, 0.83, 0.79, 0.835], [0.70, 0.73, 0.71, 0.735]]
+# reported: pyramid far ahead, and share 0 ahead: what a choice on the reported rows would take
+REPORTED = [[0.95, 0.80, 0.99, 0.81], [0.94, 0.79, 0.98, 0.82]]
+
+
+def test_choices_read_the_tuning_rows_only_and_keep_the_incumbent_within_the_margin(tmp_path):
+    tool = _tool()
+    root = _records(tmp_path / "records", TUNING, REPORTED)
+    share, features = tool.report(root, tmp_path / "tables", expect=2, say=lambda *_: None)
+    assert (share, features) == (1.0, "penultimate")
+    steps = pd.read_csv(tmp_path / "tables" / "choices.csv")
+    assert steps.loc[steps["chosen"], "candidate"].tolist() == ["1.0", "'penultimate'"]
+    assert steps.loc[steps["step"] == 2, "share_multiplier"].eq(1.0).all()  # step 2 holds step 1's choice
+    # reported rows changed beyond recognition: the same choice
+    flipped = [[1 - v for v in run] for run in REPORTED]
+    other = _records(tmp_path / "records2", TUNING, flipped)
+    assert tool.report(other, tmp_path / "tables2", expect=2, say=lambda *_: None) == (1.0, "penultimate")
+    # pyramid's tuning gain raised above the margin: now it is chosen
+    raised = [[0.80, 0.83, 0.79, 0.845], [0.70, 0.73, 0.71, 0.745]]
+    third = _records(tmp_path / "records3", raised, REPORTED)
+    assert tool.report(third, tmp_path / "tables3", expect=2, say=lambda *_: None) == (1.0, "pyramid")
+    # share's gain within the margin: the incumbent 0.0 stays
+    close = [[0.80, 0.805, 0.79, 0.80], [0.70, 0.71, 0.71, 0.70]]
+    fourth = _records(tmp_path / "records4", close, REPORTED)
+    assert tool.report(fourth, tmp_path / "tables4", expect=2, say=lambda *_: None)[0] == 0.0
+
+
+def test_reported_metrics_keep_every_other_row_and_take_pseudo_oe_from_the_chosen_combination(tmp_path):
+    tool = _tool()
+    root = _records(tmp_path / "records", TUNING, REPORTED)
+    tool.report(root, tmp_path / "tables", expect=2, say=lambda *_: None)
+    for i, name in enumerate(("ferplus_open-surprise_seed3", "ferplus_open-fear_seed3")):
+        before = pd.read_csv(root / name / "metrics.csv")
+        after = pd.read_csv(tmp_path / "tables" / "runs" / name / "metrics.csv")
+        assert len(after) == len(before) and list(after.columns) == list(before.columns)
+        others = lambda f: f[f["detector"] != "pseudo_oe"].reset_index(drop=True)  # noqa: E731
+        pd.testing.assert_frame_equal(others(after), others(before))
+        chosen = REPORTED[i][COMBOS.index((1.0, "penultimate"))]
+        got = after[after["detector"] == "pseudo_oe"].set_index("protocol")["auroc"]
+        assert got["honest"] == pytest.approx(chosen) and got["reference"] == pytest.approx(1 - chosen)
+    table = pd.read_csv(tmp_path / "tables" / "ferplus_auroc_honest.csv")
+    assert "pseudo_oe" in table.columns
+
+
+def test_incomplete_or_mixed_records_are_refused(tmp_path):
+    tool = _tool()
+    root = _records(tmp_path / "records", TUNING, REPORTED)
+    with pytest.raises(ValueError, match="2 complete record"):
+        tool.report(root, tmp_path / "tables", expect=21, say=lambda *_: None)
+    settings = root / "ferplus_open-fear_seed3" / "pseudo_oe_settings.csv"
+    frame = pd.read_csv(settings)
+    frame.assign(params=repr({"top_fraction": 0.3})).to_csv(settings, index=False)
+    with pytest.raises(ValueError, match="different fixed settings"):
+        tool.report(root, tmp_path / "tables", expect=2, say=lambda *_: None)
+    frame[~((frame["features"] == "pyramid") & (frame["eval_subset"] == "tuning"))].to_csv(settings, index=False)
+    with pytest.raises(ValueError, match="every combination's tuning row"):
+        tool.report(root, tmp_path / "tables", expect=2, say=lambda *_: None)
