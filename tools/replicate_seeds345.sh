@@ -20,8 +20,9 @@
 # A finished run (its record exists) is skipped, a started one resumes (stage 01 is keyed and
 # checkpointed per epoch), so the script can be run again in each session until step 2 runs.
 # Settings (environment variables):
-#   DEVICE      cpu (default) or cuda. On cuda the runs share the one GPU (--jobs-per-gpu).
-#   JOBS        runs (cpu) and records at a time, one thread each on cpu (default: the cores)
+#   DEVICE      cpu (default) or cuda (every run a process of its own on the one GPU).
+#   JOBS        runs and their records at a time (default: cpu, the cores, one thread each; cuda,
+#               all of them)
 #   DATA_ROOT   FERPlus (default ../shared/data/ferplus)
 #   OUTPUTS     run folders (default outputs/sweep_fast32)
 #   RECORDS     the runs' records (default docs/results/issue12_seeds345)
@@ -30,7 +31,7 @@
 #   SMOKE_CLASSES, SMOKE_SEEDS, SMOKE_EPOCHS: a smaller run to check the script itself (its
 #               output is no result of the rule; set OUTPUTS, RECORDS and TABLES elsewhere).
 # Cost: on 2 CPU cores about 24 minutes per run and record, two at a time (about 4.5 hours for
-# the 21); on one H200 a few minutes for the runs.
+# the 21); on one H200 a few minutes for the runs, and about 3 CPU-minutes per record.
 #
 #   tools/replicate_seeds345.sh                 # all: runs not yet recorded, then the report
 #   tools/replicate_seeds345.sh one 3 surprise  # one run and its record
@@ -38,7 +39,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEVICE="${DEVICE:-cpu}"
-JOBS="${JOBS:-$(nproc)}"
 DATA_ROOT="${DATA_ROOT:-../shared/data/ferplus}"
 OUTPUTS="${OUTPUTS:-outputs/sweep_fast32}"
 RECORDS="${RECORDS:-docs/results/issue12_seeds345}"
@@ -53,6 +53,10 @@ read -r -a CLASSES <<< "${SMOKE_CLASSES:-surprise fear disgust happiness sadness
 read -r -a SEEDS <<< "${SMOKE_SEEDS:-3 4 5}"
 EPOCHS="${SMOKE_EPOCHS:-6}"
 EXPECT=$((${#CLASSES[@]} * ${#SEEDS[@]}))
+# cpu: one run per core; a GPU: every run at once (small models leave most of a large GPU idle)
+if [ "$DEVICE" = "cpu" ]; then JOBS="${JOBS:-$(nproc)}"; else JOBS="${JOBS:-$EXPECT}"; fi
+THREADS=$(($(nproc) / JOBS))
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$((THREADS > 0 ? THREADS : 1))}"  # the cores shared out
 
 PO="{'top_fraction': 0.2, 'rounds': 3, 'first_params': {'k': 200}, 'head': 'mlp'}"
 DETECTORS="['msp','max_logit','energy','entropy','mahalanobis','knn','tknn','vim','react','ash','scale','gen','fdbd','nnguide','rmd','openmax','pood_knn','sal_filter','sal','pseudo_oe']"
@@ -69,7 +73,6 @@ one() {  # one SEED CLASS: the run, its tuning rows, its record (each skipped wh
         return 0
     fi
     local device=(--device "$DEVICE")
-    [ "$DEVICE" = "cpu" ] && export OMP_NUM_THREADS=1
     if [ ! -f "$run/03_detect/scores_honest_tuning.csv" ]; then  # the tuning rows come after the main stages
         say "$seed:$open stages 01-03"
         sweep --open "$open" --seeds "$seed" "${device[@]}" "${MAIN[@]}"
@@ -77,7 +80,7 @@ one() {  # one SEED CLASS: the run, its tuning rows, its record (each skipped wh
         sweep --open "$open" --seeds "$seed" "${device[@]}" "${TUNING[@]}"
     fi
     say "$seed:$open record"
-    OMP_NUM_THREADS=1 "$PY" tools/replication_records.py record "$run" --out "$RECORDS" --params "$PO"
+    "$PY" tools/replication_records.py record "$run" --out "$RECORDS" --params "$PO"
     say "$seed:$open done"
 }
 
@@ -88,14 +91,7 @@ fi
 
 PAIRS=()
 for s in "${SEEDS[@]}"; do for c in "${CLASSES[@]}"; do PAIRS+=("$s" "$c"); done; done
-if [ "$DEVICE" != "cpu" ]; then
-    say "runs: stages 01-03 and the tuning rows of $EXPECT runs side by side on $DEVICE"
-    GPU=(--open "${CLASSES[@]}" --seeds "${SEEDS[@]}" --device "$DEVICE" --launcher submitit --cluster local
-        --jobs-per-gpu "$EXPECT")
-    sweep "${GPU[@]}" "${MAIN[@]}"
-    sweep "${GPU[@]}" "${TUNING[@]}"
-fi
-say "runs and records, $JOBS at a time"
+say "runs not yet recorded, and their records: $JOBS at a time on $DEVICE"
 printf '%s %s\n' "${PAIRS[@]}" | xargs -P "$JOBS" -L 1 "$0" one || say "some runs failed (their logs above)"
 
 n=$(find "$RECORDS" -name pseudo_oe_settings.csv 2>/dev/null | wc -l)
