@@ -30,8 +30,10 @@ whichever is first; schedules that decay to zero over the run (``fast``) are lai
 measured, never tuned on.
 
 Output (``--out``, default ``outputs/bench/time_to_accuracy``): ``curves.csv`` (one row per
-config and epoch), ``summary.csv``, ``time_to_accuracy.png`` / ``.pdf`` (test accuracy
-against minutes), and the summary table on stdout. No figure is asserted anywhere.
+config and epoch, rewritten after every epoch so that a run stopped from outside keeps what it
+measured), ``summary.csv``, ``time_to_accuracy.png`` / ``.pdf`` (test accuracy against
+minutes), ``manifest.json`` (the arguments, library versions, device, the data's fingerprint
+and the summary) and the summary table on stdout. No figure is asserted anywhere.
 
     .venv/bin/python benchmarks/time_to_accuracy.py --budget-minutes 20 --epochs 10
     .venv/bin/python benchmarks/time_to_accuracy.py --max-train 3000 --epochs 2 --budget-minutes 1.5   # a quick look
@@ -48,6 +50,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a plain script from anywhere: import the kit
@@ -59,6 +62,7 @@ import torch  # noqa: E402
 
 from ferlib.data.prepare import LABEL_MODES, close_rows, load_splits, training_labels  # noqa: E402
 from ferlib.io import write_csv  # noqa: E402
+from ferlib.manifest import collect_environment, set_manifest  # noqa: E402
 from ferlib.models import TRUNKS, ModelConfig, build_model  # noqa: E402
 from ferlib.recipes import available_recipes, train_config  # noqa: E402
 from ferlib.train import EpochInfo, TensorData, fit, predict  # noqa: E402
@@ -75,6 +79,7 @@ class Data:
     train: TensorData
     val: TensorData
     test: TensorData
+    fingerprint: str = ""  # the decoded data's hash (ferlib.data.prepare's Splits.fingerprint)
 
 
 def parse_configs(text: str) -> list[tuple[str, str]]:
@@ -116,6 +121,7 @@ def load_ferplus(args: argparse.Namespace) -> Data:
         ),
         TensorData(s.valid.images[torch.as_tensor(labels.val_rows)], labels.val_targets),
         TensorData(s.test.images[torch.as_tensor(test_rows)], test_targets),
+        s.fingerprint,
     )
     print(
         f"FERPlus from {args.data_root}: {len(data.train)} train, {len(data.val)} validation "
@@ -140,11 +146,18 @@ def _probabilities(model: torch.nn.Module, data: TensorData, args: argparse.Name
 
 
 def run_config(
-    arch: str, recipe: str, data: Data, args: argparse.Namespace, seed: int | None = None, label: str | None = None
+    arch: str,
+    recipe: str,
+    data: Data,
+    args: argparse.Namespace,
+    seed: int | None = None,
+    label: str | None = None,
+    sink: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """Train one (arch, recipe) from ``seed`` (default ``args.seed``) and return one row per
     epoch. With ``args.members > 1`` each row also holds the epoch's validation and test
-    probabilities (``_val_prob``, ``_test_prob``) for :func:`ensemble_rows`."""
+    probabilities (``_val_prob``, ``_test_prob``) for :func:`ensemble_rows`. ``sink`` gets the
+    rows so far after every epoch (the caller saves them)."""
     seed = args.seed if seed is None else seed
     keep = getattr(args, "members", 1) > 1
     torch.manual_seed(seed)
@@ -167,11 +180,14 @@ def run_config(
     def record(info: EpochInfo) -> None:
         clock["seconds"] += info.row["seconds"]
         extra = {}
-        if keep:  # untimed, like the test accuracy
+        if keep:  # untimed, like the test accuracy (which then comes from the same pass)
             extra = {
                 "_val_prob": _probabilities(info.model, data.val, args, cfg.flip_tta),
                 "_test_prob": _probabilities(info.model, data.test, args, cfg.flip_tta),
             }
+            test_acc = float((extra["_test_prob"].argmax(1) == data.test.targets).float().mean())
+        else:
+            test_acc = _accuracy(info.model, data.test, args, cfg.flip_tta)
         rows.append(
             {
                 "config": label or f"{arch}:{recipe}",
@@ -185,11 +201,13 @@ def run_config(
                 "train_loss": info.row["train_loss"],
                 "val_acc": info.row["val_acc"],
                 "seed": seed,
-                "test_acc": _accuracy(info.model, data.test, args, cfg.flip_tta),  # untimed
+                "test_acc": test_acc,  # untimed
                 **extra,
             }
         )
         r = rows[-1]
+        if sink is not None:
+            sink(rows)
         print(
             f"  {r['config']} epoch {r['epoch']}: {r['train_seconds'] / 60:.2f} min, "
             f"val {r['val_acc']:.4f}, test {r['test_acc']:.4f}",
@@ -234,20 +252,32 @@ def ensemble_rows(members: list[list[dict]], data: Data, label: str) -> list[dic
     return out
 
 
-def run_members(arch: str, recipe: str, data: Data, args: argparse.Namespace) -> list[dict]:
-    """One config's rows: a single model, or ``args.members`` members plus their ensemble."""
+def run_members(
+    arch: str, recipe: str, data: Data, args: argparse.Namespace, sink: Callable[[list[dict]], None] | None = None
+) -> list[dict]:
+    """One config's rows: a single model, or ``args.members`` members plus their ensemble.
+    ``sink`` gets this config's rows so far (without the probabilities) after every epoch."""
     if args.members <= 1:
-        return run_config(arch, recipe, data, args)
-    members = [
-        run_config(arch, recipe, data, args, seed=args.seed + m, label=f"{arch}:{recipe} seed {args.seed + m}")
-        for m in range(args.members)
-    ]
+        return run_config(arch, recipe, data, args, sink=sink)
+    members: list[list[dict]] = []
+
+    def member_sink(rows: list[dict]) -> None:
+        if sink is not None:
+            sink([_plain(r) for rows_ in members for r in rows_] + [_plain(r) for r in rows])
+
+    for m in range(args.members):
+        label = f"{arch}:{recipe} seed {args.seed + m}"
+        members.append(run_config(arch, recipe, data, args, seed=args.seed + m, label=label, sink=member_sink))
     rows = ensemble_rows(members, data, f"{arch}:{recipe} x{args.members}")
     for r in rows:
         print(f"  {r['config']} epoch {r['epoch']}: {r['train_seconds'] / 60:.2f} min, val {r['val_acc']:.4f}, "
               f"test {r['test_acc']:.4f}", flush=True)  # fmt: skip
-    plain = [{k: v for k, v in r.items() if not k.startswith("_")} for rows_ in members for r in rows_]
-    return plain + rows
+    return [_plain(r) for rows_ in members for r in rows_] + rows
+
+
+def _plain(row: dict) -> dict:
+    """A curve row without the members' probability tensors."""
+    return {k: v for k, v in row.items() if not k.startswith("_")}
 
 
 def summarise(curves: pd.DataFrame) -> pd.DataFrame:
@@ -304,7 +334,7 @@ def _device_name(device: str) -> str:
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data-root", default=str(Path("..") / "shared" / "data" / "ferplus"), help="FERPlus folder")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1")
@@ -338,7 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--progress", action="store_true", help="per-epoch progress bars")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.epochs < 1 or args.budget_minutes <= 0 or args.members < 1:
         raise SystemExit("--epochs and --members must be >= 1 and --budget-minutes > 0")
     if args.threads:
@@ -348,16 +382,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {device}; torch {torch.__version__}; load average {os.getloadavg()[0]:.2f}")
     data = load_ferplus(args)
 
-    curves = []
+    out = Path(args.out)
+    set_manifest(
+        out,
+        params=vars(args),
+        environment=collect_environment(),
+        device=device,
+        data={"dataset": "ferplus", "fingerprint": data.fingerprint, "n_train": len(data.train),
+              "n_validation": len(data.val), "n_test": len(data.test)},
+    )  # fmt: skip
+    curves: list[dict] = []
     t0 = time.perf_counter()
+
+    def save(rows: list[dict]) -> None:  # the finished configs' rows and the running one's
+        write_csv(out / "curves.csv", pd.DataFrame(curves + rows))
+
     for arch, recipe in configs:
-        curves += run_members(arch, recipe, data, args)
+        curves += run_members(arch, recipe, data, args, sink=save)
     curves_df = pd.DataFrame(curves)
     summary = summarise(curves_df)
     summary.insert(1, "device", device)
-    out = Path(args.out)
     write_csv(out / "curves.csv", curves_df)
     write_csv(out / "summary.csv", summary)
+    set_manifest(out, summary=summary.to_dict("records"), wall_seconds=round(time.perf_counter() - t0, 1))
     sub = f", {len(data.train)} train images" if args.max_train else ""
     paths = plot(curves_df, out, f"FERPlus, {device}{sub}, budget {args.budget_minutes:g} min/config")
     print()

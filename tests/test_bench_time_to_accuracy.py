@@ -80,3 +80,33 @@ def test_ensemble_row_scores_the_members_mean_softmax_and_sums_their_time():
     assert row["val_acc"] == 1.0 and row["test_acc"] == 1.0  # each member alone: .5
     assert row["train_seconds"] == 22.5
     assert not any(key.startswith("_") for key in row)
+
+
+def test_members_curves_are_saved_after_every_epoch_and_the_run_has_a_manifest(ferplus_root, tmp_path):
+    """A run stopped from outside keeps what it measured: the sink sees every epoch of every
+    member as it finishes, without the probability tensors; the finished run writes the
+    ensemble's rows and a manifest with the data's fingerprint and the summary."""
+    import json
+
+    bench = _bench()
+    out = tmp_path / "bench"
+    argv = [
+        "--data-root", str(ferplus_root), "--configs", "smallface:fast", "--epochs", "2", "--members", "2",
+        "--input-size", "32", "--max-train", "200", "--max-eval", "100", "--cache-dir", str(tmp_path / "cache"),
+        "--out", str(out),
+    ]  # fmt: skip
+    seen: list[list[dict]] = []
+    args = bench.build_parser().parse_args(argv)
+    data = bench.load_ferplus(args)
+    bench.run_members("smallface", "fast", data, args, sink=lambda rows: seen.append(list(rows)))
+    assert [len(rows) for rows in seen] == [1, 2, 3, 4]  # two members x two epochs, in order
+    assert [r["seed"] for r in seen[-1]] == [0, 0, 1, 1]
+    assert not any(key.startswith("_") for rows in seen for r in rows for key in r)
+
+    assert bench.main(argv) == 0
+    curves = pd.read_csv(out / "curves.csv")
+    assert set(curves["config"]) == {"smallface:fast seed 0", "smallface:fast seed 1", "smallface:fast x2"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data"]["fingerprint"] == data.fingerprint and data.fingerprint
+    assert manifest["params"]["members"] == 2
+    assert [r["config"] for r in manifest["summary"]] == list(pd.read_csv(out / "summary.csv")["config"])
