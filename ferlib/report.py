@@ -322,13 +322,16 @@ def collect_results(
     :func:`ferlib.tables.collect_runs` and writes one summary table per data set, protocol and
     metric (rows: open classes + mean; columns: detectors as mean ± std over seeds, and the
     paper's numbers) as ``<dataset>_<metric>_<protocol>.{csv,md,tex}`` into ``out_dir``, and
-    the same table as a bar chart (:func:`ferlib.plots.per_class_summary`, ``.png`` / ``.pdf``). Runs
+    the same table as a bar chart (:func:`ferlib.plots.per_class_summary`, ``.png`` / ``.pdf``),
+    and per data set one row per detector (``<dataset>_overview.md``,
+    :func:`ferlib.tables.overview_markdown`: honest AUROC per class, FPR@95, reference AUROC). Runs
     of the ``eval_subset="test"`` ablation get their own tables (stem suffix ``_test``).
     Returns the summary frames by file stem.
     """
+    from ferlib.io import write_text
     from ferlib.plots import per_class_summary, save_figure
     from ferlib.published import canonical_dataset
-    from ferlib.tables import collect_runs, summary_table, write_tables
+    from ferlib.tables import collect_runs, overview_markdown, summary_table, write_tables
 
     if isinstance(metrics, str):
         metrics = [metrics]
@@ -349,6 +352,15 @@ def collect_results(
                 write_tables(summary, out_dir, stem)
                 save_figure(per_class_summary(summary), Path(out_dir) / stem)
                 tables[stem] = summary
+        suffix = "" if subset == "all" else f"_{subset}"
+        honest = tables.get(f"{dataset}_auroc_honest{suffix}")
+        if honest is not None:  # the by-detector overview (ferlib.tables.overview_markdown)
+            text = overview_markdown(
+                honest,
+                tables.get(f"{dataset}_fpr95_honest{suffix}"),
+                tables.get(f"{dataset}_auroc_reference{suffix}"),
+            )
+            write_text(Path(out_dir) / f"{dataset}_overview{suffix}.md", text)
     n_classes = frame["open_class"].nunique()
     print(f"{len(runs)} runs ({n_classes} open classes) -> {len(tables)} tables in {out_dir}")
     return tables

@@ -27,7 +27,15 @@ from ferlib.published import (
     published_frame,
 )
 
-__all__ = ["collect_runs", "open_short", "summary_table", "write_tables", "to_markdown", "to_latex"]
+__all__ = [
+    "collect_runs",
+    "open_short",
+    "summary_table",
+    "write_tables",
+    "to_markdown",
+    "to_latex",
+    "overview_markdown",
+]
 
 _RUN_KEYS = ("dataset", "open_class", "seed")
 
@@ -406,3 +414,42 @@ def write_tables(
     md = write_text(out / f"{stem}.md", to_markdown(summary, bold=bold, higher_is_better=higher_is_better))
     tex = write_text(out / f"{stem}.tex", to_latex(summary, bold=bold, higher_is_better=higher_is_better))
     return [csv, md, tex]
+
+
+def overview_markdown(
+    auroc: pd.DataFrame, fpr95: pd.DataFrame | None = None, reference: pd.DataFrame | None = None
+) -> str:
+    """The paper's layout turned round, one row per detector: the per-class mean AUROC (best
+    of each class in bold), the mean over classes ± its std over seeds, and beside it the mean
+    FPR@95 and the other protocol's mean AUROC (each ± std), best AUROC first; then one row per
+    published method. Why: with twenty detectors the per-class table is too wide to read, and a
+    reader first asks which detector is best, by how much, and at what false-positive rate.
+
+    ``auroc``, ``fpr95`` and ``reference`` are :func:`summary_table` frames of the same runs
+    (typically AUROC and FPR@95 under the honest protocol and AUROC under the reference one)."""
+    detectors, paper = _parts(auroc)
+    digits = int(auroc.attrs.get("digits", 3))
+    classes = [r for r in auroc.index if r != "mean"]
+
+    def num(v: float) -> str:
+        return f"{v:.{digits}f}".replace("0.", ".", 1) if np.isfinite(v) else "–"
+
+    def pm(summary: pd.DataFrame | None, det: str) -> str:
+        if summary is None or f"{det}:mean" not in summary.columns:
+            return "–"
+        m, sd = float(summary.at["mean", f"{det}:mean"]), float(summary.at["mean", f"{det}:std"])
+        return f"{num(m)} ± {num(sd)}" if np.isfinite(sd) else num(m)
+
+    best = _best_mask(auroc, detectors, paper, True, "ours", digits)
+    order = sorted(detectors, key=lambda d: -float(np.nan_to_num(auroc.at["mean", f"{d}:mean"], nan=-1.0)))
+    protocol = (reference.attrs.get("protocol") if reference is not None else None) or "other protocol"
+    header = ["detector", *classes, "mean ± std", "FPR@95 mean ± std", f"{protocol} AUROC mean ± std"]
+    lines = ["| " + " | ".join(header) + " |", "|:--|" + "--:|" * (len(header) - 1)]
+    for det in order:
+        cells = [num(float(auroc.at[c, f"{det}:mean"])) for c in classes]
+        cells = [f"**{t}**" if best.at[c, det] else t for c, t in zip(classes, cells)]
+        lines.append("| " + " | ".join([det, *cells, pm(auroc, det), pm(fpr95, det), pm(reference, det)]) + " |")
+    for p in paper:
+        cells = [num(float(auroc.at[c, p])) for c in [*classes, "mean"]]
+        lines.append("| " + " | ".join([p.replace("paper:", "paper: "), *cells, "", ""]) + " |")
+    return "\n".join(lines) + "\n"

@@ -276,3 +276,33 @@ def test_tuning_rows_beside_the_reported_ones_are_not_taken_for_a_second_seed(ru
         warnings.simplefilter("error")
         runs = tables.collect_runs(runs_dir)
     assert set(runs["eval_subset"]) == {"all", "tuning"}
+
+
+def test_overview_has_one_row_per_detector_best_first_with_the_summaries_numbers(runs_dir):
+    runs = tables.collect_runs(runs_dir)
+    auroc = tables.summary_table(runs, "auroc", "honest")
+    fpr = tables.summary_table(runs, "fpr95", "honest")
+    ref = tables.summary_table(runs, "auroc", "reference")
+    lines = tables.overview_markdown(auroc, fpr, ref).strip().split("\n")
+    assert lines[0].split(" | ")[1:4] == ["Sur", "Fea", "mean ± std"]
+    rows = [line.strip("| ").split(" | ") for line in lines[2:]]
+    assert [r[0] for r in rows[:2]] == ["cycle_loss", "msp"]  # the separable detector first
+    paper_rows = [r[0] for r in rows[2:]]
+    assert paper_rows == [f"paper: {m}" for m in published.METHODS]
+
+    def num(v):
+        return f"{v:.3f}".replace("0.", ".", 1)
+
+    best, other = rows[0], rows[1]
+    assert best[1] == f"**{num(auroc.loc['Sur', 'cycle_loss:mean'])}**" and not other[1].startswith("**")
+    assert best[3] == f"{num(auroc.loc['mean', 'cycle_loss:mean'])} ± {num(auroc.loc['mean', 'cycle_loss:std'])}"
+    assert best[4].startswith(num(fpr.loc["mean", "cycle_loss:mean"]))
+    assert best[5].startswith(num(ref.loc["mean", "cycle_loss:mean"]))
+
+
+def test_collect_results_writes_the_overview(runs_dir, tmp_path):
+    from ferlib.report import collect_results
+
+    collect_results(str(runs_dir / "*"), out_dir=str(tmp_path / "tables"))
+    text = (tmp_path / "tables" / "rafdb_overview.md").read_text()
+    assert text.count("\n| cycle_loss |") == 1 and "reference AUROC mean ± std" in text
