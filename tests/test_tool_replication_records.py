@@ -23,7 +23,9 @@ def _tool():
     return load_script("tools/replication_records.py")
 
 
-def _write_record(root: Path, open_class: str, seed: int, tuning: dict, reported: dict) -> Path:
+def _write_record(
+    root: Path, open_class: str, seed: int, tuning: dict, reported: dict, matched: dict | None = None
+) -> Path:
     """One record: ``tuning[(share, features)]`` honest tuning AUROC, ``reported[(share, features)]``
     honest reported AUROC (reference: 1 - that, so the two protocols differ)."""
     folder = root / f"ferplus_open-{open_class}_seed{seed}"
@@ -40,6 +42,10 @@ def _write_record(root: Path, open_class: str, seed: int, tuning: dict, reported
     rows = []
     for (share, features), auroc in tuning.items():
         rows.append(["pseudo_oe", features, "honest", "tuning", 100, auroc, 0.5, 0.9, 0.4, 90, 10, share])
+    for (share, features), auroc in (matched or {}).items():  # two draws around the value
+        for delta in (-0.01, 0.01):
+            rows.append(["pseudo_oe", features, "honest", "tuning_matched", 60, auroc + delta, 0.5, 0.9, 0.4, 40, 20,
+                         share])  # fmt: skip
     for (share, features), auroc in reported.items():
         for protocol, value in (("honest", auroc), ("reference", 1 - auroc)):
             rows.append(["pseudo_oe", features, protocol, "all", 150, value, 0.5, 0.9, 0.4, 100, 50, share])
@@ -126,3 +132,42 @@ def test_incomplete_or_mixed_records_are_refused(tmp_path):
     frame[~((frame["features"] == "pyramid") & (frame["eval_subset"] == "tuning"))].to_csv(settings, index=False)
     with pytest.raises(ValueError, match="every combination's tuning row"):
         tool.report(root, tmp_path / "tables", expect=2, say=lambda *_: None)
+
+
+def test_choose_on_the_matched_tuning_rows_reads_those_alone(tmp_path):
+    """The same records, with matched tuning rows that favour the other candidates: the choice
+    follows the rows it is told to read, averaged over the draws."""
+    tool = _tool()
+    root = tmp_path / "records"
+    matched = [[0.70, 0.70, 0.75, 0.70], [0.60, 0.605, 0.65, 0.60]]  # share within margin; pyramid +.05 at 0.0
+    for i, (open_class, seed) in enumerate((("surprise", 3), ("fear", 3))):
+        _write_record(
+            root, open_class, seed, dict(zip(COMBOS, TUNING[i])), dict(zip(COMBOS, REPORTED[i])),
+            dict(zip(COMBOS, matched[i])),
+        )  # fmt: skip
+    quiet = {"expect": 2, "say": lambda *_: None}
+    assert tool.report(root, tmp_path / "t1", **quiet) == (1.0, "penultimate")  # the plain tuning rows
+    assert tool.report(root, tmp_path / "t2", choose_on="tuning_matched", **quiet) == (0.0, "pyramid")
+    steps = pd.read_csv(tmp_path / "t2" / "choices.csv")
+    assert steps.loc[0, "tuning_auroc_mean"] == pytest.approx((0.70 + 0.60) / 2)  # draws and runs averaged
+    with pytest.raises(ValueError, match="no honest 'tuning_matched' rows"):
+        plain = _records(tmp_path / "plain", TUNING, REPORTED)
+        tool.report(plain, tmp_path / "t3", choose_on="tuning_matched", **quiet)
+
+
+def test_reported_open_share_comes_from_the_runs_counts(tmp_path):
+    folder = _write_record(tmp_path, "surprise", 3, dict(zip(COMBOS, TUNING[0])), dict(zip(COMBOS, REPORTED[0])))
+    assert _tool().reported_open_share(folder) == pytest.approx(50 / 150)  # 100 close, 50 open on the reported rows
+
+
+def test_the_features_incumbent_is_the_one_kept_within_the_margin(tmp_path):
+    """TUNING's pyramid and penultimate are within .01 of each other at share 1.0: whichever is
+    the incumbent stays; step 1 compares the shares at the incumbent's features."""
+    tool = _tool()
+    root = _records(tmp_path / "records", TUNING, REPORTED)
+    quiet = {"expect": 2, "say": lambda *_: None}
+    assert tool.report(root, tmp_path / "t1", **quiet) == (1.0, "penultimate")
+    assert tool.report(root, tmp_path / "t2", features_incumbent="pyramid", **quiet) == (1.0, "pyramid")
+    steps = pd.read_csv(tmp_path / "t2" / "choices.csv")
+    assert steps.loc[steps["step"] == 1, "features"].eq("pyramid").all()
+    assert steps.loc[steps["step"] == 2, "candidate"].tolist() == ["'pyramid'", "'penultimate'"]

@@ -33,6 +33,21 @@ def test_sweep_rescores_each_value_and_writes_nothing_of_the_run(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
 
 
+def test_sweep_at_a_matched_open_share_scores_seeded_subsamples(tmp_path):
+    run = make_run(tmp_path / "run")
+    tool = _tool()
+    full = stages.load_openset_data(str(run), "honest", seed=0)
+    share = 0.5 * (1 + float(full.is_open.mean()))  # above the set's own: close rows are drawn
+    table = tool.sweep(str(run), "tknn", "k", [5, 20], params=None, open_share=share, draws=2)
+    assert list(table["draw"]) == [0, 0, 1, 1] and set(table["eval_subset"]) == {"all_matched"}
+    assert (table["n_open"] == int(full.is_open.sum())).all()  # every open row kept
+    assert (table["n_open"] / table["n"] - share).abs().max() < 1 / table["n"].min()
+    again = tool.sweep(str(run), "tknn", "k", [5, 20], params=None, open_share=share, draws=2)
+    pd.testing.assert_frame_equal(table, again)  # seeded
+    plain = tool.sweep(str(run), "tknn", "k", [5, 20])
+    assert (plain["n"] == len(full)).all() and (plain["draw"] == 0).all()
+
+
 def test_cli_writes_the_table_beside_the_run(tmp_path, capsys):
     run = make_run(tmp_path / "run")
     assert _tool().main(["--run-dir", str(run), "--detector", "knn", "--param", "k", "--values", "3", "7"]) == 0

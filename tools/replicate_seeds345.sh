@@ -28,6 +28,10 @@
 #   RECORDS     the runs' records (default docs/results/issue12_seeds345)
 #   TABLES      where the tables go (default outputs/tables_fast32_seeds345)
 #   PY          the kit's python (default .venv/bin/python)
+#   SEEDS       the seeds (default "3 4 5"; "6 7 8" for the second declared rule, with the next two)
+#   MATCHED_DRAWS  records also hold the tuning rows at the reported open share, N draws (default 0)
+#   CHOOSE_ON   the rows the report's rule reads: tuning (default) or tuning_matched
+#   FEATURES_INCUMBENT  the features the rule keeps within its margin: penultimate (default) or pyramid
 #   SMOKE_CLASSES, SMOKE_SEEDS, SMOKE_EPOCHS: a smaller run to check the script itself (its
 #               output is no result of the rule; set OUTPUTS, RECORDS and TABLES elsewhere).
 # Cost: on 2 CPU cores about 24 minutes per run and record, two at a time (about 4.5 hours for
@@ -50,7 +54,10 @@ if [ -n "${SMOKE_CLASSES:-}${SMOKE_SEEDS:-}${SMOKE_EPOCHS:-}" ] && { [ "$OUTPUTS
     exit 2
 fi
 read -r -a CLASSES <<< "${SMOKE_CLASSES:-surprise fear disgust happiness sadness anger neutral}"
-read -r -a SEEDS <<< "${SMOKE_SEEDS:-3 4 5}"
+read -r -a SEEDS <<< "${SMOKE_SEEDS:-${SEEDS:-3 4 5}}"
+MATCHED_DRAWS="${MATCHED_DRAWS:-0}"
+CHOOSE_ON="${CHOOSE_ON:-tuning}"
+FEATURES_INCUMBENT="${FEATURES_INCUMBENT:-penultimate}"
 EPOCHS="${SMOKE_EPOCHS:-6}"
 EXPECT=$((${#CLASSES[@]} * ${#SEEDS[@]}))
 # cpu: one run per core; a GPU: every run at once (small models leave most of a large GPU idle)
@@ -80,7 +87,7 @@ one() {  # one SEED CLASS: the run, its tuning rows, its record (each skipped wh
         sweep --open "$open" --seeds "$seed" "${device[@]}" "${TUNING[@]}"
     fi
     say "$seed:$open record"
-    "$PY" tools/replication_records.py record "$run" --out "$RECORDS" --params "$PO"
+    "$PY" tools/replication_records.py record "$run" --out "$RECORDS" --params "$PO" --matched-draws "$MATCHED_DRAWS"
     say "$seed:$open done"
 }
 
@@ -100,4 +107,5 @@ if [ "$n" -lt "$EXPECT" ]; then
     exit 1
 fi
 say "report: the rule applied to the $n records"
-"$PY" tools/replication_records.py report "$RECORDS" --out "$TABLES" --expect "$EXPECT"
+"$PY" tools/replication_records.py report "$RECORDS" --out "$TABLES" --expect "$EXPECT" --choose-on "$CHOOSE_ON" \
+    --features-incumbent "$FEATURES_INCUMBENT"

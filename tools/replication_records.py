@@ -61,8 +61,24 @@ SETTINGS_FILE = "pseudo_oe_settings.csv"
 COPIED = ("metrics.csv", "manifest.json")
 
 
-def record(run_dir: str | Path, out_root: str | Path, params: dict | None = None) -> Path:
-    """Score the four combinations on one finished run and write its record; returns its folder."""
+def reported_open_share(run_dir: str | Path) -> float:
+    """The open share of the run's reported evaluation set (honest protocol), from the counts in
+    its ``metrics.csv``: a property of the split's design (which images are open), the same for
+    every detector and seed."""
+    metrics = pd.read_csv(Path(run_dir) / "metrics.csv")
+    rows = metrics[(metrics["protocol"] == "honest") & (metrics["eval_subset"].fillna("all") == "all")]
+    if rows.empty:
+        raise ValueError(f"{run_dir}/metrics.csv: no honest rows on the reported set")
+    n_close, n_open = int(rows["n_close"].iloc[0]), int(rows["n_open"].iloc[0])
+    return n_open / (n_close + n_open)
+
+
+def record(run_dir: str | Path, out_root: str | Path, params: dict | None = None, matched_draws: int = 0) -> Path:
+    """Score the four combinations on one finished run and write its record; returns its folder.
+
+    With ``matched_draws`` N > 0 the record also holds the tuning rows subsampled to the reported
+    set's open share (:func:`reported_open_share`), N seeded draws (``eval_subset``
+    ``tuning_matched``, a ``draw`` column), for a rule that chooses on those."""
     run = Path(run_dir)
     for name in COPIED:
         if not (run / name).is_file():
@@ -75,6 +91,12 @@ def record(run_dir: str | Path, out_root: str | Path, params: dict | None = None
         fixed = {**base, "share_multiplier": share}
         for subset, protocols in (("tuning", ["honest"]), ("all", ["honest", "reference"])):
             table = sweep(str(run), "pseudo_oe", "features", list(FEATURES), protocols, fixed, eval_subset=subset)
+            parts.append(table.rename(columns={"value": "features"}).assign(share_multiplier=share))
+        if matched_draws:
+            table = sweep(
+                str(run), "pseudo_oe", "features", list(FEATURES), ["honest"], fixed, eval_subset="tuning",
+                open_share=reported_open_share(run), draws=matched_draws,
+            )  # fmt: skip
             parts.append(table.rename(columns={"value": "features"}).assign(share_multiplier=share))
     settings = pd.concat(parts, ignore_index=True).drop(columns=["param"])
     settings["params"] = repr(base)
@@ -99,35 +121,51 @@ def load_records(root: str | Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame
     return out
 
 
-def choose(settings: pd.DataFrame, min_gain: float = 0.01) -> tuple[float, str, pd.DataFrame]:
-    """The rule's two choices from the records' tuning rows alone: ``(share, features, steps)``."""
-    tuning = settings[(settings["eval_subset"] == "tuning") & (settings["protocol"] == "honest")]
+def choose(
+    settings: pd.DataFrame, min_gain: float = 0.01, choose_on: str = "tuning", features_incumbent: str = FEATURES[0]
+) -> tuple[float, str, pd.DataFrame]:
+    """The rule's two choices from the records' tuning rows alone (``choose_on``: ``tuning``, or
+    ``tuning_matched``, the mean over draws and runs): ``(share, features, steps)``. Step 1
+    compares the shares at ``features_incumbent``, step 2 the features (that one first, so it
+    is the one kept within the margin) at step 1's share."""
+    if features_incumbent not in FEATURES:
+        raise ValueError(f"features_incumbent must be one of {FEATURES}, got {features_incumbent!r}")
+    order = [features_incumbent] + [f for f in FEATURES if f != features_incumbent]
+    tuning = settings[(settings["eval_subset"] == choose_on) & (settings["protocol"] == "honest")]
+    if tuning.empty:
+        raise ValueError(f"the records hold no honest {choose_on!r} rows to choose on")
     runs = tuning["run"].nunique()
     per_combo = tuning.groupby(["share_multiplier", "features"])["run"].nunique()
     if (per_combo != runs).any() or len(per_combo) != len(SHARES) * len(FEATURES):
         raise ValueError(f"every record must hold every combination's tuning row; counts per combination:\n{per_combo}")
     mean = tuning.groupby(["share_multiplier", "features"])["auroc"].mean()
-    step1 = pd.Series([mean[(s, FEATURES[0])] for s in SHARES], index=list(SHARES))
+    step1 = pd.Series([mean[(s, order[0])] for s in SHARES], index=list(SHARES))
     share = pick(step1, min_gain)
-    step2 = pd.Series([mean[(share, f)] for f in FEATURES], index=list(FEATURES))
+    step2 = pd.Series([mean[(share, f)] for f in order], index=order)
     features = pick(step2, min_gain)
     steps = pd.DataFrame(
         [
-            {"step": 1, "param": "share_multiplier", "candidate": repr(s), "features": FEATURES[0],
+            {"step": 1, "param": "share_multiplier", "candidate": repr(s), "features": order[0],
              "share_multiplier": s, "tuning_auroc_mean": step1[s], "runs": runs, "chosen": s == share}
             for s in SHARES
         ]
         + [
             {"step": 2, "param": "features", "candidate": repr(f), "features": f,
              "share_multiplier": share, "tuning_auroc_mean": step2[f], "runs": runs, "chosen": f == features}
-            for f in FEATURES
+            for f in order
         ]
     )  # fmt: skip
     return float(share), str(features), steps
 
 
 def report(
-    root: str | Path, out_dir: str | Path, expect: int = 21, min_gain: float = 0.01, say=print
+    root: str | Path,
+    out_dir: str | Path,
+    expect: int = 21,
+    min_gain: float = 0.01,
+    say=print,
+    choose_on: str = "tuning",
+    features_incumbent: str = FEATURES[0],
 ) -> tuple[float, str]:
     """Apply the rule to the records under ``root``: choices, per-run metrics, tables."""
     from ferlib.report import collect_results
@@ -139,7 +177,7 @@ def report(
     if len(params) != 1:
         raise ValueError(f"the records were scored with different fixed settings: {sorted(params)}")
     settings = pd.concat([s.assign(run=name) for name, (_, s, _) in records.items()], ignore_index=True)
-    share, features, steps = choose(settings, min_gain)
+    share, features, steps = choose(settings, min_gain, choose_on, features_incumbent)
     out = Path(out_dir)
     write_csv(out / "choices.csv", steps)
     chosen = {**ast.literal_eval(next(iter(params))), "share_multiplier": share, "features": features}
@@ -187,11 +225,23 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--out", required=True, help="folder of records (committed)")
     rec.add_argument("--params", default=repr(FERPLUS_SETTINGS), help="pseudo_oe's fixed settings (dict literal)")
     rec.add_argument("--force", action="store_true", help="score again a run that has a record")
+    rec.add_argument(
+        "--matched-draws",
+        type=int,
+        default=0,
+        help="also score the tuning rows subsampled to the reported set's open share, N draws (default 0: off)",
+    )
     rep = sub.add_parser("report", help="apply the rule to the records and write the tables")
     rep.add_argument("records")
     rep.add_argument("--out", required=True)
     rep.add_argument("--expect", type=int, default=21, help="records the rule needs (default 21)")
     rep.add_argument("--min-gain", type=float, default=0.01)
+    rep.add_argument(
+        "--choose-on", default="tuning", choices=("tuning", "tuning_matched"), help="the rows the rule reads"
+    )
+    rep.add_argument(
+        "--features-incumbent", default=FEATURES[0], choices=FEATURES, help="the features kept within the margin"
+    )
     args = ap.parse_args(argv)
     try:
         if args.command == "record":
@@ -201,9 +251,12 @@ def main(argv: list[str] | None = None) -> int:
                 if done.is_file() and not args.force:
                     print(f"{run}: record exists ({done})")
                     continue
-                print(f"{run}: recorded in {record(run, args.out, params)}", flush=True)
+                print(f"{run}: recorded in {record(run, args.out, params, args.matched_draws)}", flush=True)
         else:
-            report(args.records, args.out, args.expect, args.min_gain)
+            report(
+                args.records, args.out, args.expect, args.min_gain,
+                choose_on=args.choose_on, features_incumbent=args.features_incumbent,
+            )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -31,11 +31,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ferlib import stages  # noqa: E402
 from ferlib.io import write_csv, write_text  # noqa: E402
 from ferlib.metrics import openset_metrics  # noqa: E402
+from ferlib.openset.fraction import match_open_share  # noqa: E402
 from ferlib.openset.registry import detector_class, detector_parameters  # noqa: E402
 from ferlib.openset.scoring import run_detectors  # noqa: E402
 from ferlib.report import run_seed  # noqa: E402
@@ -49,9 +51,17 @@ def sweep(
     protocols=("honest",),
     params: dict | None = None,
     eval_subset: str = "all",
+    open_share: float | None = None,
+    draws: int = 1,
 ) -> pd.DataFrame:
     """One row per (protocol, value): the detector's AUROC and FPR@95 with ``param = value``
-    on ``eval_subset`` (``all``, ``test`` or ``tuning``) of the run."""
+    on ``eval_subset`` (``all``, ``test`` or ``tuning``) of the run.
+
+    With ``open_share``, the rows are first subsampled to that open share
+    (:func:`ferlib.openset.fraction.match_open_share`), ``draws`` seeded draws (generator
+    ``[run seed, draw]``), one row per (protocol, draw, value), and the subset is named
+    ``<eval_subset>_matched``. Why: a transductive detector's settings should be chosen at the
+    open share of the set they will be reported on."""
     cls = detector_class(detector)
     if cls.needs_images or cls.needs_train_images or cls.trains_networks:
         raise ValueError(
@@ -61,27 +71,44 @@ def sweep(
         raise ValueError(f"{detector} has no parameter {param!r}; it accepts {sorted(detector_parameters(detector))}")
     seed = run_seed(Path(run_dir), 0)
     rows = []
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+    label = eval_subset if open_share is None else f"{eval_subset}_matched"
     for protocol in protocols:
-        data = stages.load_openset_data(run_dir, protocol, eval_subset=eval_subset, seed=seed)
-        is_open = data.is_open
-        for value in values:
-            setting = {detector: {**(params or {}), param: value}}
-            score = run_detectors(data, [detector], setting, shared={"seed": seed}, log=False)[detector].scores
-            m = openset_metrics(score, is_open)
-            rows.append(
-                {
-                    "detector": detector,
-                    "param": param,
-                    "value": value,
-                    "protocol": protocol,
-                    "eval_subset": eval_subset,
-                    "n": len(data),
-                    "auroc": m["auroc"],
-                    "fpr95": m["fpr95"],
-                    **{k: m[k] for k in ("aupr_in", "aupr_out", "n_close", "n_open")},
-                }
-            )
+        full = stages.load_openset_data(run_dir, protocol, eval_subset=eval_subset, seed=seed)
+        parts = [(0, full)]
+        if open_share is not None:
+            parts = [
+                (d, full.subset(match_open_share(full.is_open, open_share, np.random.default_rng([seed, d]))))
+                for d in range(draws)
+            ]
+        for draw, data in parts:
+            rows += _score_values(data, detector, param, values, params, seed, protocol, label, draw)
     return pd.DataFrame(rows)
+
+
+def _score_values(data, detector, param, values, params, seed, protocol, label, draw) -> list[dict]:
+    is_open = data.is_open
+    rows = []
+    for value in values:
+        setting = {detector: {**(params or {}), param: value}}
+        score = run_detectors(data, [detector], setting, shared={"seed": seed}, log=False)[detector].scores
+        m = openset_metrics(score, is_open)
+        rows.append(
+            {
+                "detector": detector,
+                "param": param,
+                "value": value,
+                "protocol": protocol,
+                "eval_subset": label,
+                "draw": draw,
+                "n": len(data),
+                "auroc": m["auroc"],
+                "fpr95": m["fpr95"],
+                **{k: m[k] for k in ("aupr_in", "aupr_out", "n_close", "n_open")},
+            }
+        )
+    return rows
 
 
 def _run_table(

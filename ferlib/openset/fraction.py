@@ -31,7 +31,7 @@ from ferlib.openset.data import OpenSetData
 from ferlib.openset.registry import detector_class, validate_detectors
 from ferlib.openset.scoring import run_detectors
 
-__all__ = ["open_fraction_study", "subsample_open", "summarise_fraction_study"]
+__all__ = ["match_open_share", "open_fraction_study", "subsample_close", "subsample_open", "summarise_fraction_study"]
 
 
 def subsample_open(is_open: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -59,6 +59,48 @@ def subsample_open(is_open: np.ndarray, fraction: float, rng: np.random.Generato
         )
     drawn = rng.choice(open_rows, size=n_open, replace=False)
     return np.sort(np.concatenate([close, drawn]))
+
+
+def subsample_close(is_open: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Row indices (sorted) holding every open row and close rows drawn (without replacement)
+    so that open rows make up ``fraction``: ``n_close = round(n_open * (1 - fraction) /
+    fraction)``, at least one. The mirror of :func:`subsample_open`, for raising a set's open
+    share; a fraction below the set's own share is refused."""
+    is_open = np.asarray(is_open, dtype=bool)
+    if not 0.0 < float(fraction) < 1.0:
+        raise ValueError(f"open fraction must be in (0, 1), got {fraction!r}")
+    close = np.flatnonzero(~is_open)
+    open_rows = np.flatnonzero(is_open)
+    if len(close) == 0 or len(open_rows) == 0:
+        raise ValueError(
+            f"the evaluation set needs close and open rows (has {len(close)} close, {len(open_rows)} open)"
+        )
+    n_close = max(1, int(round(len(open_rows) * (1.0 - fraction) / fraction)))
+    if n_close > len(close):
+        own = len(open_rows) / len(is_open)
+        raise ValueError(
+            f"open fraction {fraction:.3f} needs {n_close} close rows but the evaluation set has "
+            f"{len(close)} (its own open share is {own:.3f}); ask for at least that"
+        )
+    drawn = rng.choice(close, size=n_close, replace=False)
+    return np.sort(np.concatenate([open_rows, drawn]))
+
+
+def match_open_share(is_open: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Row indices (sorted) of a subsample whose open share is ``fraction``: close rows drawn
+    when the set's own share is lower (every open row kept), open rows drawn when it is higher
+    (every close row kept), every row when it is equal. Why: a tuning set should present a
+    transductive detector with the open share of the set it will be reported on; FERPlus's
+    validation split holds 1-38% open rows where the reported sets hold 6-84%."""
+    is_open = np.asarray(is_open, dtype=bool)
+    n_open, n = int(is_open.sum()), len(is_open)
+    n_close = n - n_open
+    # the subsample each side would give; equal when the counts already match
+    if n_open and n_close and round(n_open * (1.0 - fraction) / fraction) == n_close:
+        return np.arange(n)
+    if n_open / max(n, 1) < fraction:
+        return subsample_close(is_open, fraction, rng)
+    return subsample_open(is_open, fraction, rng)
 
 
 def _check_cheap(detectors: Sequence[str]) -> None:

@@ -12,7 +12,13 @@ import pytest
 
 from ferlib.metrics import openset_metrics
 from ferlib.openset import make_detector
-from ferlib.openset.fraction import open_fraction_study, subsample_open, summarise_fraction_study
+from ferlib.openset.fraction import (
+    match_open_share,
+    open_fraction_study,
+    subsample_close,
+    subsample_open,
+    summarise_fraction_study,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,3 +92,24 @@ def test_cli_writes_tables_and_figure(tmp_path):
     assert (out / "open_fraction_auroc.png").stat().st_size > 0 and (out / "open_fraction_auroc.pdf").is_file()
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
     assert tool.main(["--runs", str(run), "--fractions", "0.99", "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.57, 0.84])
+def test_subsample_close_keeps_every_open_row_and_hits_the_share(fraction):
+    is_open = np.r_[np.zeros(900, bool), np.ones(100, bool)]
+    rows = subsample_close(is_open, fraction, np.random.default_rng(0))
+    assert len(np.unique(rows)) == len(rows) and np.all(np.diff(rows) > 0)
+    assert set(np.flatnonzero(is_open)) <= set(rows)  # every open row kept
+    assert int((~is_open[rows]).sum()) == max(1, round(100 * (1 - fraction) / fraction))
+    assert abs(is_open[rows].mean() - fraction) < 1 / len(rows)
+    with pytest.raises(ValueError, match="its own open share is 0.100"):
+        subsample_close(is_open, 0.05, np.random.default_rng(0))
+
+
+def test_match_open_share_draws_the_side_that_is_too_large():
+    is_open = np.r_[np.zeros(600, bool), np.ones(200, bool)]  # own share .25
+    up = match_open_share(is_open, 0.5, np.random.default_rng(0))
+    assert int(is_open[up].sum()) == 200 and int((~is_open[up]).sum()) == 200  # close rows drawn
+    down = match_open_share(is_open, 0.1, np.random.default_rng(0))
+    assert int((~is_open[down]).sum()) == 600 and is_open[down].mean() == pytest.approx(0.1, abs=1 / len(down))
+    assert np.array_equal(match_open_share(is_open, 0.25, np.random.default_rng(0)), np.arange(800))
