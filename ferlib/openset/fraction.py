@@ -41,24 +41,7 @@ def subsample_open(is_open: np.ndarray, fraction: float, rng: np.random.Generato
     drawn without replacement (at least one). Raises ``ValueError`` when ``fraction`` is not
     in (0, 1) or asks for more open rows than the set has.
     """
-    is_open = np.asarray(is_open, dtype=bool)
-    if not 0.0 < float(fraction) < 1.0:
-        raise ValueError(f"open fraction must be in (0, 1), got {fraction!r}")
-    close = np.flatnonzero(~is_open)
-    open_rows = np.flatnonzero(is_open)
-    if len(close) == 0 or len(open_rows) == 0:
-        raise ValueError(
-            f"the evaluation set needs close and open rows (has {len(close)} close, {len(open_rows)} open)"
-        )
-    n_open = max(1, int(round(fraction * len(close) / (1.0 - fraction))))
-    if n_open > len(open_rows):
-        own = len(open_rows) / len(is_open)
-        raise ValueError(
-            f"open fraction {fraction:.3f} needs {n_open} open rows but the evaluation set has "
-            f"{len(open_rows)} (its own open share is {own:.3f}); ask for at most that"
-        )
-    drawn = rng.choice(open_rows, size=n_open, replace=False)
-    return np.sort(np.concatenate([close, drawn]))
+    return _subsample(is_open, fraction, rng, draw_open=True)
 
 
 def subsample_close(is_open: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -66,6 +49,10 @@ def subsample_close(is_open: np.ndarray, fraction: float, rng: np.random.Generat
     so that open rows make up ``fraction``: ``n_close = round(n_open * (1 - fraction) /
     fraction)``, at least one. The mirror of :func:`subsample_open`, for raising a set's open
     share; a fraction below the set's own share is refused."""
+    return _subsample(is_open, fraction, rng, draw_open=False)
+
+
+def _subsample(is_open: np.ndarray, fraction: float, rng: np.random.Generator, draw_open: bool) -> np.ndarray:
     is_open = np.asarray(is_open, dtype=bool)
     if not 0.0 < float(fraction) < 1.0:
         raise ValueError(f"open fraction must be in (0, 1), got {fraction!r}")
@@ -75,15 +62,20 @@ def subsample_close(is_open: np.ndarray, fraction: float, rng: np.random.Generat
         raise ValueError(
             f"the evaluation set needs close and open rows (has {len(close)} close, {len(open_rows)} open)"
         )
-    n_close = max(1, int(round(len(open_rows) * (1.0 - fraction) / fraction)))
-    if n_close > len(close):
+    if draw_open:
+        kept, pool, what, bound = close, open_rows, "open", "most"
+        n = max(1, int(round(fraction * len(close) / (1.0 - fraction))))
+    else:
+        kept, pool, what, bound = open_rows, close, "close", "least"
+        n = max(1, int(round(len(open_rows) * (1.0 - fraction) / fraction)))
+    if n > len(pool):
         own = len(open_rows) / len(is_open)
         raise ValueError(
-            f"open fraction {fraction:.3f} needs {n_close} close rows but the evaluation set has "
-            f"{len(close)} (its own open share is {own:.3f}); ask for at least that"
+            f"open fraction {fraction:.3f} needs {n} {what} rows but the evaluation set has "
+            f"{len(pool)} (its own open share is {own:.3f}); ask for at {bound} that"
         )
-    drawn = rng.choice(close, size=n_close, replace=False)
-    return np.sort(np.concatenate([open_rows, drawn]))
+    drawn = rng.choice(pool, size=n, replace=False)
+    return np.sort(np.concatenate([kept, drawn]))
 
 
 def match_open_share(is_open: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
