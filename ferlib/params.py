@@ -396,9 +396,11 @@ CHECKS: dict[str, Callable[[str, Any], None]] = {
 
 
 def _check_detectors(arguments: Mapping[str, Any]) -> None:
+    from ferlib.openset.presets import preset_params
     from ferlib.openset.registry import validate_detectors
 
-    validate_detectors(arguments["detectors"], arguments.get("detector_params"))
+    params = preset_params(arguments.get("detector_preset"), arguments.get("detector_params"))
+    validate_detectors(arguments["detectors"], params)
 
 
 def _check_data(arguments: Mapping[str, Any]) -> None:

@@ -41,6 +41,7 @@ from ferlib.metrics import accuracy, confusion, metrics_table, pseudo_label_spre
 from ferlib.models import ModelConfig, build_model, validate_head
 from ferlib.openset.data import PROTOCOLS, TABLE_COLUMNS, CloseSet, OpenSetData, apply_protocol
 from ferlib.openset.keys import FingerprintCache
+from ferlib.openset.presets import preset_params
 from ferlib.openset.registry import detector_class, validate_detectors
 from ferlib.openset.scoring import DetectorResult, run_detectors
 from ferlib.params import checked, inherit_parameter_docs
@@ -927,6 +928,7 @@ def detect_open_set(
     detectors: Sequence[str] = DEFAULT_DETECTORS,
     eval_subset: str = "all",
     detector_params: dict[str, dict] | None = None,
+    detector_preset: str | None = None,
     stem: str = "auto",
     amp: bool = False,
     progress: bool = True,
@@ -990,6 +992,10 @@ def detect_open_set(
     detector_params : dict[str, dict] | None
         Parameters per detector, e.g. {'tknn': {'k': 10}, 'cycle': {'lam': 0, 'cycles': 2}};
         unknown detectors or keys fail before any work.
+    detector_preset : str | None
+        A data set's chosen detector settings (:data:`ferlib.openset.presets.DETECTOR_PRESETS`,
+        e.g. "ferplus"), with ``detector_params`` laid over them key by key; None = each
+        detector's defaults (the synthetic set's choices). The manifest records the merged settings.
     stem : str
         Network stem of the detectors' networks ("auto", "small", "imagenet"), and of stage
         01's network (as in stage 01) when the tuning rows are predicted.
@@ -1000,6 +1006,7 @@ def detect_open_set(
     """
     check_eval_subset(eval_subset)
     protocols = _as_protocols(protocols)
+    detector_params = preset_params(detector_preset, detector_params)
     validate_detectors(detectors, detector_params)  # names and keys, before any work
     out = Path(run_dir) / "03_detect"
     splits = None
@@ -1055,6 +1062,7 @@ def detect_open_set(
         "protocols": protocols,
         "detectors": list(detectors),
         "detector_params": detector_params or {},
+        "detector_preset": detector_preset,
         "folders": folders,
     }
 

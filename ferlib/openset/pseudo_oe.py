@@ -72,8 +72,9 @@ class PseudoOutlierConfig:
     not others, see docs/RESULTS.md. On FERPlus's tuning set the choices were top_fraction .2,
     rounds 3, tknn k 200 and the ``mlp`` head (seed-0 runs), then ``features='pyramid'`` with
     ``share_multiplier`` 0 (a rule declared before seeds 3-5 existed, applied to their 21 tuning
-    sets; docs/RESULTS.md, "the declared replication's result"); pass them as
-    ``detector_params``, the defaults stay the synthetic choice."""
+    sets; docs/RESULTS.md, "the declared replication's result"); they are the ``ferplus``
+    detector preset (:mod:`ferlib.openset.presets`, ``detector_preset="ferplus"``), the
+    defaults stay the synthetic choice."""
 
     first: str = "tknn"
     first_params: dict[str, Any] = field(default_factory=dict)

@@ -1,6 +1,7 @@
 """Stage 03 on a run whose stage 02 files are written by hand (post-hoc detectors only, so
 no data set and no network): a test-split run writes beside the full run, never over it."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 
 from ferlib import stages
 from ferlib.io import write_npy, write_npz
+from ferlib.openset import presets
+from ferlib.params import ParameterError
 
 CHEAP = ["msp", "energy", "knn", "tknn"]
 
@@ -248,3 +251,30 @@ def test_manifest_records_what_each_subset_applied(finished_stage02):
     detection = read_manifest(run)["detection"]
     assert detection["all"]["detector_params"] == {"tknn": {"k": 7}}  # not merged with the earlier run's
     assert detection["test"]["detectors"] == ["msp"] and detection["test"]["protocols"] == ["honest", "reference"]
+
+
+def test_stage03_runs_the_preset_and_the_user_wins(finished_stage02, monkeypatch):
+    monkeypatch.setitem(presets.DETECTOR_PRESETS, "tiny", {"tknn": {"k": 3}})
+    run = str(finished_stage02)
+
+    def tknn_scores(**kwargs):
+        stages.detect_open_set(run_dir=run, detectors=["tknn"], protocols=["honest"], progress=False, **kwargs)
+        return stages.load_scores(run, "honest")["tknn"].to_numpy()
+
+    default = tknn_scores()
+    by_hand = tknn_scores(detector_params={"tknn": {"k": 3}})
+    by_preset = tknn_scores(detector_preset="tiny")
+    assert not np.allclose(default, by_hand)  # k matters on this set, so the check below can fail
+    np.testing.assert_array_equal(by_preset, by_hand)
+    manifest = json.loads((finished_stage02 / "manifest.json").read_text())
+    assert manifest["detection"]["all"]["detector_params"] == {"tknn": {"k": 3}}
+    assert manifest["detection"]["all"]["detector_preset"] == "tiny"
+
+    overridden = tknn_scores(detector_preset="tiny", detector_params={"tknn": {"k": 5}})
+    np.testing.assert_array_equal(overridden, tknn_scores(detector_params={"tknn": {"k": 5}}))
+
+
+def test_stage03_rejects_a_bad_preset_before_any_work(finished_stage02):
+    with pytest.raises((ParameterError, ValueError), match="detector_preset"):
+        stages.detect_open_set(run_dir=str(finished_stage02), detectors=["msp"], detector_preset="nope")
+    assert not (finished_stage02 / "03_detect").exists()
