@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from scripts import load_script
@@ -171,3 +172,24 @@ def test_the_features_incumbent_is_the_one_kept_within_the_margin(tmp_path):
     steps = pd.read_csv(tmp_path / "t2" / "choices.csv")
     assert steps.loc[steps["step"] == 1, "features"].eq("pyramid").all()
     assert steps.loc[steps["step"] == 2, "candidate"].tolist() == ["'pyramid'", "'penultimate'"]
+
+
+def test_explore_scores_only_matched_tuning_rows(tmp_path):
+    """``explore`` (the candidates of a next rule) scores the tuning rows at the reported open
+    share and never the reported rows: its table equals sensitivity's sweep on those rows."""
+    from test_tool_sensitivity import _tool as sensitivity
+    from test_tool_sensitivity import _with_tuning_rows
+    from test_visualise import make_run
+
+    run = _with_tuning_rows(make_run(tmp_path / "run"))
+    pd.DataFrame([["msp", "honest", 0.6, 0.9, 0.8, 0.3, 60, 40, 0.8, "all"]], columns=METRIC_COLUMNS).to_csv(
+        run / "metrics.csv", index=False
+    )
+    fixed = {"top_fraction": 0.1, "rounds": 1}
+    table = _tool().explore([str(run)], "top_fraction", [0.1, 0.3], params=fixed, draws=2, say=lambda *a, **k: None)
+    assert set(table["eval_subset"]) == {"tuning_matched"} and list(table["draw"]) == [0, 0, 1, 1]
+    assert (table["n_open"] / table["n"] - 0.4).abs().max() < 1 / table["n"].min()  # the reported share, 40%
+    direct = sensitivity().sweep(str(run), "pseudo_oe", "top_fraction", [0.1, 0.3], ["honest"], fixed,
+                                 eval_subset="tuning", open_share=0.4, draws=2)  # fmt: skip
+    np.testing.assert_array_equal(table["auroc"].to_numpy(), direct["auroc"].to_numpy())
+    assert (table["params"] == repr(fixed)).all() and (table["run"] == "run").all()

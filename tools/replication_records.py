@@ -217,6 +217,34 @@ def report(
     return share, features
 
 
+def explore(
+    run_dirs: list[str], param: str, values: list, params: dict | None = None, draws: int = 3, say=print
+) -> pd.DataFrame:
+    """``pseudo_oe``'s ``param`` over ``values`` on each run's *matched tuning rows only* (the
+    tuning rows at the reported set's open share, ``draws`` seeded draws), one row per (run,
+    draw, value). Why: to see which candidates a next declared rule should compare, on rows
+    that are never reported; the reported rows are not scored here, so no reported number can
+    leak into that choice. ``params``: the other settings, held fixed (default: the ``ferplus``
+    detector preset)."""
+    from ferlib.openset.presets import DETECTOR_PRESETS
+
+    base = dict(DETECTOR_PRESETS["ferplus"]["pseudo_oe"] if params is None else params)
+    parts = []
+    for run in run_dirs:
+        table = sweep(
+            str(run), "pseudo_oe", param, list(values), ["honest"], base, eval_subset="tuning",
+            open_share=reported_open_share(run), draws=draws,
+        )  # fmt: skip
+        table = table.assign(run=Path(run).name, setting=table["value"].map(repr))
+        parts.append(table)
+        say(f"{Path(run).name}: " + ", ".join(
+            f"{v} {a:.3f}" for v, a in table.groupby("setting", sort=False)["auroc"].mean().items()
+        ), flush=True)  # fmt: skip
+    out = pd.concat(parts, ignore_index=True)
+    out["params"] = repr(base)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -242,9 +270,28 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument(
         "--features-incumbent", default=FEATURES[0], choices=FEATURES, help="the features kept within the margin"
     )
+    exp = sub.add_parser(
+        "explore", help="pseudo_oe's parameter over values on finished runs' matched tuning rows only (no reported row)"
+    )
+    exp.add_argument("runs", nargs="+")
+    exp.add_argument("--param", required=True)
+    exp.add_argument("--values", nargs="+", required=True, help="values (Python literals), the incumbent first")
+    exp.add_argument("--params", help="the other settings (dict literal; default: the ferplus detector preset)")
+    exp.add_argument("--draws", type=int, default=3)
+    exp.add_argument("--out", required=True, help="the table (CSV)")
     args = ap.parse_args(argv)
     try:
-        if args.command == "record":
+        if args.command == "explore":
+            values = [ast.literal_eval(v) for v in args.values]
+            table = explore(args.runs, args.param, values, ast.literal_eval(args.params) if args.params else None,
+                            args.draws)  # fmt: skip
+            write_csv(Path(args.out), table)
+            per_run = table.groupby(["setting", "run"], sort=False)["auroc"].mean()
+            print(
+                f"mean honest AUROC over {table['run'].nunique()} runs x {args.draws} draws of the matched tuning rows:"
+            )
+            print(per_run.groupby("setting", sort=False).mean().to_string(float_format=lambda x: f"{x:.4f}"))
+        elif args.command == "record":
             params = ast.literal_eval(args.params)
             for run in args.runs:
                 done = Path(args.out) / Path(run).name / SETTINGS_FILE
