@@ -86,12 +86,30 @@ def test_the_mlp_head_is_seeded_and_pseudo_oe_takes_it(make_features_data):
         MLPBinaryHead().fit(x, np.zeros(200))
 
 
+def test_mlp_members_average_heads_started_apart():
+    """``members`` k: the mean of k one-net heads, each from its own seed (member 0 from the
+    head's seed, so ``members=1`` is the one-net head to the last digit)."""
+    from ferlib.openset.mlp_head import _MEMBER_SEED_STRIDE, MLPBinaryHead
+
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(300, 6)), (rng.random(300) < 0.3).astype(float)
+    one = MLPBinaryHead(seed=5, epochs=2).fit(x, y).predict_proba(x)
+    assert np.array_equal(MLPBinaryHead(seed=5, epochs=2, members=1).fit(x, y).predict_proba(x), one)
+    singles = [
+        MLPBinaryHead(seed=5 + _MEMBER_SEED_STRIDE * m, epochs=2).fit(x, y).predict_proba(x)[:, 1] for m in range(3)
+    ]
+    three = MLPBinaryHead(seed=5, epochs=2, members=3).fit(x, y).predict_proba(x)
+    assert np.allclose(three[:, 1], np.mean(singles, axis=0)) and np.allclose(three.sum(1), 1.0)
+    assert not np.allclose(singles[0], singles[1])  # the members do differ
+
+
 @pytest.mark.parametrize(
     "params,words",
     [
         ({"head": "forest"}, "unknown binary head 'forest'.*logistic.*mlp"),
         ({"head": "mlp", "head_params": {"depth": 3}}, "bad head_params"),
         ({"head": "mlp", "head_params": {"epochs": 0}}, "epochs must be at least 1"),
+        ({"head": "mlp", "head_params": {"members": 0}}, "members must be at least 1"),
     ],
 )
 def test_bad_binary_heads_are_refused(params, words):
