@@ -193,3 +193,92 @@ def test_explore_scores_only_matched_tuning_rows(tmp_path):
                                  eval_subset="tuning", open_share=0.4, draws=2)  # fmt: skip
     np.testing.assert_array_equal(table["auroc"].to_numpy(), direct["auroc"].to_numpy())
     assert (table["params"] == repr(fixed)).all() and (table["run"] == "run").all()
+
+
+def _write_variant_record(root: Path, open_class: str, seed: int, reported: dict[str, float]) -> Path:
+    """A record of a rule that chooses nothing: ``reported[variant]`` honest reported AUROC
+    (reference: 1 - that); matched tuning rows .1 below it, two draws."""
+    folder = root / f"ferplus_open-{open_class}_seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(
+        json.dumps({"params": {"dataset": "ferplus", "open_class": open_class, "seed": seed}})
+    )
+    metrics = [["msp", p, 0.61, 0.9, 0.8, 0.3, 100, 50, 0.8, "all"] for p in ("honest", "reference")]
+    metrics += [["pseudo_oe", "honest", reported["new"], 0.5, 0.9, 0.4, 100, 50, 0.8, "all"],
+                ["pseudo_oe", "reference", 1 - reported["new"], 0.5, 0.9, 0.4, 100, 50, 0.8, "all"]]  # fmt: skip
+    pd.DataFrame(metrics, columns=METRIC_COLUMNS).to_csv(folder / "metrics.csv", index=False)
+    rows = []
+    for variant, auroc in reported.items():
+        for protocol, value in (("honest", auroc), ("reference", 1 - auroc)):
+            rows.append([variant, protocol, "all", 0, value, 100, 50])
+        for draw in (0, 1):
+            rows.append([variant, "honest", "tuning_matched", draw, auroc - 0.1 + (0.01 if draw else -0.01), 40, 20])
+    settings = pd.DataFrame(rows, columns=["variant", "protocol", "eval_subset", "draw", "auroc", "n_close", "n_open"])
+    settings = settings.assign(detector="pseudo_oe", n=150, fpr95=0.5, aupr_in=0.9, aupr_out=0.4)
+    settings["params"] = settings["variant"].map(lambda v: repr({"head_params": {"members": 3 if v == "new" else 1}}))
+    settings.to_csv(folder / "pseudo_oe_settings.csv", index=False)
+    return folder
+
+
+def test_a_declared_variant_is_reported_and_every_variant_measured(tmp_path):
+    """A rule that chooses nothing: the tables take the declared variant's reported rows (the
+    same as stage 03's here), and variants.csv holds each variant's means per class and over
+    the seeds (mean over classes per seed, then mean and std over seeds)."""
+    tool = _tool()
+    root = tmp_path / "records"
+    values = {("surprise", 9): (0.9, 0.8), ("fear", 9): (0.7, 0.72), ("surprise", 10): (0.86, 0.8),
+              ("fear", 10): (0.74, 0.7)}  # fmt: skip
+    for (open_class, seed), (new, old) in values.items():
+        _write_variant_record(root, open_class, seed, {"new": new, "old": old})
+    table = tool.report_declared(root, tmp_path / "tables", "new", expect=4, say=lambda *_: None)
+    after = pd.read_csv(tmp_path / "tables" / "runs" / "ferplus_open-fear_seed10" / "metrics.csv")
+    assert after.set_index(["detector", "protocol"]).loc[("pseudo_oe", "honest"), "auroc"] == pytest.approx(0.74)
+    means = table[(table["open_class"] == "mean") & (table["eval_subset"] == "all") & (table["protocol"] == "honest")]
+    means = means.set_index("variant")
+    per_seed_new = [(0.9 + 0.7) / 2, (0.86 + 0.74) / 2]
+    assert means.loc["new", "auroc_mean"] == pytest.approx(np.mean(per_seed_new))
+    assert means.loc["new", "auroc_std_over_seeds"] == pytest.approx(np.std(per_seed_new, ddof=1))
+    assert means.loc["old", "auroc_mean"] == pytest.approx((0.8 + 0.72 + 0.8 + 0.7) / 4)
+    sur = table[(table["open_class"] == "Sur") & (table["eval_subset"] == "tuning_matched")].set_index("variant")
+    assert sur.loc["old", "auroc_mean"] == pytest.approx(0.8 - 0.1)  # draws averaged
+    # the other variant declared: its rows are the reported ones, and stage 03 differs from it
+    tool.report_declared(root, tmp_path / "t2", "old", expect=4, say=lambda *_: None)
+    after = pd.read_csv(tmp_path / "t2" / "runs" / "ferplus_open-fear_seed10" / "metrics.csv")
+    assert after.set_index(["detector", "protocol"]).loc[("pseudo_oe", "honest"), "auroc"] == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="no variant 'newer'"):
+        tool.report_declared(root, tmp_path / "t3", "newer", expect=4, say=lambda *_: None)
+    with pytest.raises(ValueError, match="4 complete record"):
+        tool.report_declared(root, tmp_path / "t3", "new", expect=21, say=lambda *_: None)
+    settings = root / "ferplus_open-fear_seed9" / "pseudo_oe_settings.csv"
+    frame = pd.read_csv(settings)
+    frame[frame["variant"] == "new"].to_csv(settings, index=False)
+    with pytest.raises(ValueError, match="variant 'old' is missing"):
+        tool.report_declared(root, tmp_path / "t3", "new", expect=4, say=lambda *_: None)
+
+
+def test_record_variants_scores_each_variant_as_sensitivity_does(tmp_path):
+    from test_tool_sensitivity import _tool as sensitivity
+    from test_tool_sensitivity import _with_tuning_rows
+    from test_visualise import make_run
+
+    run = _with_tuning_rows(make_run(tmp_path / "run"))
+    pd.DataFrame([["msp", "honest", 0.6, 0.9, 0.8, 0.3, 60, 40, 0.8, "all"]], columns=METRIC_COLUMNS).to_csv(
+        run / "metrics.csv", index=False
+    )
+    (run / "manifest.json").write_text(json.dumps({"params": {"open_class": "surprise", "seed": 0}}))
+    (run / "03_detect").mkdir(exist_ok=True)
+    (run / "03_detect" / "scores_honest_tuning.csv").touch()  # what marks stage 03 run on the tuning rows
+    variants = {"one": {"top_fraction": 0.1, "rounds": 1}, "wide": {"top_fraction": 0.3, "rounds": 1}}
+    dest = _tool().record_variants(run, tmp_path / "records", variants, matched_draws=2)
+    rows = pd.read_csv(dest / "pseudo_oe_settings.csv")
+    assert set(rows["eval_subset"]) == {"tuning", "all", "tuning_matched"}
+    assert (dest / "metrics.csv").is_file() and (dest / "manifest.json").is_file()
+    for name, params in variants.items():
+        mine = rows[(rows["variant"] == name) & (rows["eval_subset"] == "all")].set_index("protocol")
+        direct = sensitivity().sweep(str(run), "pseudo_oe", "top_fraction", [params["top_fraction"]],
+                                     ["honest", "reference"], params).set_index("protocol")  # fmt: skip
+        np.testing.assert_allclose(mine.loc[direct.index, "auroc"], direct["auroc"])
+        assert (rows.loc[rows["variant"] == name, "params"] == repr(params)).all()
+    assert _tool().resolve_variants({"kit": "ferplus"})["kit"]["share_multiplier"] == 1.0
+    with pytest.raises(ValueError, match="no detector preset 'rafdb'"):
+        _tool().resolve_variants({"kit": "rafdb"})

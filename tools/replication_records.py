@@ -23,6 +23,14 @@ once all 21 exist, whichever sessions and machines made them:
     (``TABLES/runs/<run>/``) and the reproduction tables from those (``ferlib.run tables``).
     It prints the choices and where the tables are, no AUROC of the reported rows.
 
+``record RUN... --out DIR --variants "{NAME: SETTINGS, ...}"`` and ``report DIR --declared NAME``
+    A rule that *chooses nothing* on the runs: its settings were fixed (on other runs' tuning
+    rows) before these runs were scored. Each record holds ``pseudo_oe`` under every named
+    variant (a dict of settings, or a detector preset's name such as ``'ferplus'``) on the
+    tuning, matched tuning and reported rows; ``report`` takes the declared variant's reported
+    rows for the tables and writes every variant's means beside them (``TABLES/variants.csv``),
+    so the effect of the change is measured on runs that did not choose it.
+
 The reported rows of every combination are computed at record time, before the choice, and
 stored; the choice reads only the tuning rows (``report`` filters them by code). As a check
 that the two scoring paths agree, ``report`` prints the largest difference between stage 03's
@@ -80,11 +88,7 @@ def record(run_dir: str | Path, out_root: str | Path, params: dict | None = None
     set's open share (:func:`reported_open_share`), N seeded draws (``eval_subset``
     ``tuning_matched``, a ``draw`` column), for a rule that chooses on those."""
     run = Path(run_dir)
-    for name in COPIED:
-        if not (run / name).is_file():
-            raise FileNotFoundError(f"{run}: no {name} (is the run finished?)")
-    if not (run / "03_detect" / "scores_honest_tuning.csv").is_file():
-        raise FileNotFoundError(f"{run}: no tuning rows (run stage 03 with eval_subset='tuning' first)")
+    _check_finished(run)
     base = dict(FERPLUS_SETTINGS if params is None else params)
     parts = []
     for share in SHARES:
@@ -100,6 +104,18 @@ def record(run_dir: str | Path, out_root: str | Path, params: dict | None = None
             parts.append(table.rename(columns={"value": "features"}).assign(share_multiplier=share))
     settings = pd.concat(parts, ignore_index=True).drop(columns=["param"])
     settings["params"] = repr(base)
+    return _write_record(run, out_root, settings)
+
+
+def _check_finished(run: Path) -> None:
+    for name in COPIED:
+        if not (run / name).is_file():
+            raise FileNotFoundError(f"{run}: no {name} (is the run finished?)")
+    if not (run / "03_detect" / "scores_honest_tuning.csv").is_file():
+        raise FileNotFoundError(f"{run}: no tuning rows (run stage 03 with eval_subset='tuning' first)")
+
+
+def _write_record(run: Path, out_root: str | Path, settings: pd.DataFrame) -> Path:
     dest = Path(out_root) / run.name
     dest.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
@@ -107,6 +123,45 @@ def record(run_dir: str | Path, out_root: str | Path, params: dict | None = None
         (dest / f".{name}.tmp").replace(dest / name)
     write_csv(dest / SETTINGS_FILE, settings)  # last: its presence marks a complete record
     return dest
+
+
+def resolve_variants(variants: dict) -> dict[str, dict]:
+    """``{name: pseudo_oe settings}``; a value that is a string names a detector preset
+    (:data:`ferlib.openset.presets.DETECTOR_PRESETS`), whose ``pseudo_oe`` settings it stands for."""
+    from ferlib.openset.presets import DETECTOR_PRESETS
+
+    if not isinstance(variants, dict) or not variants:
+        raise ValueError(f"variants must be a non-empty dict {{name: settings or preset name}}, got {variants!r}")
+    out = {}
+    for name, value in variants.items():
+        if isinstance(value, str):
+            if value not in DETECTOR_PRESETS or "pseudo_oe" not in DETECTOR_PRESETS[value]:
+                raise ValueError(f"variant {name!r}: no detector preset {value!r} with pseudo_oe settings")
+            value = DETECTOR_PRESETS[value]["pseudo_oe"]
+        if not isinstance(value, dict):
+            raise ValueError(f"variant {name!r}: settings must be a dict or a preset name, got {value!r}")
+        out[str(name)] = dict(value)
+    return out
+
+
+def record_variants(run_dir: str | Path, out_root: str | Path, variants: dict, matched_draws: int = 0) -> Path:
+    """Score ``pseudo_oe`` under each variant on one finished run (tuning rows, reported rows of
+    both protocols and, with ``matched_draws``, the matched tuning rows) and write its record."""
+    run = Path(run_dir)
+    _check_finished(run)
+    parts = []
+    for name, params in resolve_variants(variants).items():
+
+        def one(subset: str, protocols: list[str], name=name, params=params, **kw) -> pd.DataFrame:
+            # every setting is in params; head_params is the one swept, at the variant's own value
+            table = sweep(str(run), "pseudo_oe", "head_params", [params.get("head_params", {})], protocols, params,
+                          eval_subset=subset, **kw)  # fmt: skip
+            return table.drop(columns=["param", "value"]).assign(variant=name, params=repr(params))
+
+        parts += [one("tuning", ["honest"]), one("all", ["honest", "reference"])]
+        if matched_draws:
+            parts.append(one("tuning", ["honest"], open_share=reported_open_share(run), draws=matched_draws))
+    return _write_record(run, out_root, pd.concat(parts, ignore_index=True))
 
 
 def load_records(root: str | Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, dict]]:
@@ -168,8 +223,6 @@ def report(
     features_incumbent: str = FEATURES[0],
 ) -> tuple[float, str]:
     """Apply the rule to the records under ``root``: choices, per-run metrics, tables."""
-    from ferlib.report import collect_results
-
     records = load_records(root)
     if len(records) != expect:
         raise ValueError(f"{root}: {len(records)} complete record(s), the rule needs {expect}: {sorted(records)}")
@@ -184,16 +237,31 @@ def report(
     say(f"chosen on the tuning rows of {len(records)} runs: {chosen}")
     say(steps[["step", "param", "candidate", "share_multiplier", "tuning_auroc_mean", "chosen"]].to_string(index=False))
 
+    incumbent = lambda frame: frame[(frame["share_multiplier"] == SHARES[0]) & (frame["features"] == FEATURES[0])]  # noqa: E731
+    chosen_rows = lambda frame: frame[(frame["share_multiplier"] == share) & (frame["features"] == features)]  # noqa: E731
+    _write_runs(records, out, incumbent, chosen_rows, "the record's incumbent combination (same settings)", say)
+    classes = sorted({open_short(m["params"]["open_class"]) for _, _, m in records.values()})
+    say(f"tables of {len(records)} runs ({len(classes)} open classes) in {out}")
+    return share, features
+
+
+def _write_runs(records: dict, out: Path, same_as_stage03, reported, what: str, say=print) -> None:
+    """Each run's metrics with ``pseudo_oe``'s reported rows taken from ``reported(record rows)``
+    (every other row kept), under ``out/runs``, and the tables from them. ``same_as_stage03``
+    picks the record rows scored with stage 03's own settings: the largest difference between
+    the two scoring paths is printed as a check (0 when they agree)."""
+    from ferlib.report import collect_results
+
     drift = []
     for name, (metrics, s, manifest) in records.items():
         stage03 = metrics[(metrics["detector"] == "pseudo_oe") & (metrics["eval_subset"].fillna("all") == "all")]
         if stage03.empty:
-            raise ValueError(f"{root}/{name}/metrics.csv: no pseudo_oe rows on the reported set")
+            raise ValueError(f"{name}/metrics.csv: no pseudo_oe rows on the reported set")
         rep = s[s["eval_subset"] == "all"]
-        incumbent = rep[(rep["share_multiplier"] == SHARES[0]) & (rep["features"] == FEATURES[0])]
+        same = same_as_stage03(rep).set_index("protocol")
         for protocol, row in stage03.set_index("protocol").iterrows():
-            drift.append(abs(float(row["auroc"]) - float(incumbent.set_index("protocol").loc[protocol, "auroc"])))
-        pick_rows = rep[(rep["share_multiplier"] == share) & (rep["features"] == features)]
+            drift.append(abs(float(row["auroc"]) - float(same.loc[protocol, "auroc"])))
+        pick_rows = reported(rep)
         new = pd.DataFrame(
             {
                 "detector": "pseudo_oe",
@@ -207,14 +275,56 @@ def report(
         folder = out / "runs" / name
         write_csv(folder / "metrics.csv", pd.concat([keep, new[metrics.columns]], ignore_index=True))
         write_json(folder / "manifest.json", manifest)
-    say(
-        f"stage 03's pseudo_oe against the record's incumbent combination (same settings): "
-        f"largest AUROC difference {max(drift):.2g} over {len(drift)} rows"
-    )
+    say(f"stage 03's pseudo_oe against {what}: largest AUROC difference {max(drift):.2g} over {len(drift)} rows")
     collect_results(str(out / "runs"), out_dir=str(out))
-    classes = sorted({open_short(m["params"]["open_class"]) for _, _, m in records.values()})
-    say(f"tables of {len(records)} runs ({len(classes)} open classes) in {out}")
-    return share, features
+
+
+def report_declared(root: str | Path, out_dir: str | Path, declared: str, expect: int = 21, say=print) -> pd.DataFrame:
+    """A rule that chooses nothing on these runs: the tables with ``pseudo_oe``'s rows from the
+    ``declared`` variant, and every variant's mean over the runs (``variants.csv``: per open
+    class, and over classes as mean and std over the seeds) on the reported rows of both
+    protocols and the matched tuning rows; returns that table."""
+    records = load_records(root)
+    if len(records) != expect:
+        raise ValueError(f"{root}: {len(records)} complete record(s), the rule needs {expect}: {sorted(records)}")
+    settings = pd.concat([s.assign(run=name) for name, (_, s, _) in records.items()], ignore_index=True)
+    if "variant" not in settings.columns:
+        raise ValueError(f"{root}: the records hold no variants (written by `record` without --variants)")
+    per_variant = settings.groupby("variant")
+    for name, group in per_variant:
+        if group["run"].nunique() != len(records):
+            raise ValueError(
+                f"variant {name!r} is missing from some records: {sorted(set(records) - set(group['run']))}"
+            )
+        if group["params"].nunique() != 1:
+            raise ValueError(f"variant {name!r} was scored with different settings: {sorted(group['params'].unique())}")
+    if declared not in per_variant.groups:
+        raise ValueError(f"no variant {declared!r} in the records; they hold {sorted(per_variant.groups)}")
+    out = Path(out_dir)
+    params = settings.loc[settings["variant"] == declared, "params"].iloc[0]
+    say(f"declared variant {declared!r}: {params}")
+    mine = lambda frame: frame[frame["variant"] == declared]  # noqa: E731
+    _write_runs(records, out, mine, mine, f"the record's declared variant {declared!r}", say)
+    seeds = {name: m["params"]["seed"] for name, (_, _, m) in records.items()}
+    classes = {name: open_short(m["params"]["open_class"]) for name, (_, _, m) in records.items()}
+    rows = settings.assign(seed=settings["run"].map(seeds), open_class=settings["run"].map(classes))
+    per_run = rows.groupby(["variant", "eval_subset", "protocol", "seed", "open_class", "run"], as_index=False)[
+        "auroc"
+    ].mean()  # the draws of the matched tuning rows averaged first
+    by_class = per_run.groupby(["variant", "eval_subset", "protocol", "open_class"], as_index=False)["auroc"].mean()
+    by_seed = per_run.groupby(["variant", "eval_subset", "protocol", "seed"])["auroc"].mean()
+    overall = by_seed.groupby(["variant", "eval_subset", "protocol"]).agg(["mean", "std"]).reset_index()
+    table = pd.concat(
+        [
+            by_class.rename(columns={"auroc": "auroc_mean"}),
+            overall.rename(columns={"mean": "auroc_mean", "std": "auroc_std_over_seeds"}).assign(open_class="mean"),
+        ],
+        ignore_index=True,
+    )
+    write_csv(out / "variants.csv", table)
+    say(overall.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    say(f"tables of {len(records)} runs in {out}; every variant's means in {out / 'variants.csv'}")
+    return table
 
 
 def explore(
@@ -254,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--params", default=repr(FERPLUS_SETTINGS), help="pseudo_oe's fixed settings (dict literal)")
     rec.add_argument("--force", action="store_true", help="score again a run that has a record")
     rec.add_argument(
+        "--variants",
+        help="a rule that chooses nothing: {name: settings dict or detector preset name} (replaces the combinations)",
+    )
+    rec.add_argument(
         "--matched-draws",
         type=int,
         default=0,
@@ -264,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--out", required=True)
     rep.add_argument("--expect", type=int, default=21, help="records the rule needs (default 21)")
     rep.add_argument("--min-gain", type=float, default=0.01)
+    rep.add_argument("--declared", help="records written with --variants: the variant the tables report")
     rep.add_argument(
         "--choose-on", default="tuning", choices=("tuning", "tuning_matched"), help="the rows the rule reads"
     )
@@ -298,7 +413,13 @@ def main(argv: list[str] | None = None) -> int:
                 if done.is_file() and not args.force:
                     print(f"{run}: record exists ({done})")
                     continue
-                print(f"{run}: recorded in {record(run, args.out, params, args.matched_draws)}", flush=True)
+                if args.variants:
+                    dest = record_variants(run, args.out, ast.literal_eval(args.variants), args.matched_draws)
+                else:
+                    dest = record(run, args.out, params, args.matched_draws)
+                print(f"{run}: recorded in {dest}", flush=True)
+        elif args.declared:
+            report_declared(args.records, args.out, args.declared, args.expect)
         else:
             report(
                 args.records, args.out, args.expect, args.min_gain,
