@@ -32,6 +32,12 @@
 #   MATCHED_DRAWS  records also hold the tuning rows at the reported open share, N draws (default 0)
 #   CHOOSE_ON   the rows the report's rule reads: tuning (default) or tuning_matched
 #   FEATURES_INCUMBENT  the features the rule keeps within its margin: penultimate (default) or pyramid
+#   PRESET      stage 03 runs pseudo_oe with this detector preset (ferlib/openset/presets.py)
+#               instead of the settings written below (PO); the third declared rule uses 'ferplus'
+#   VARIANTS    a rule that chooses nothing on its runs: records hold pseudo_oe under each named
+#               variant ("{'name': settings or preset name, ...}"), and the report takes DECLARED's
+#               rows for the tables (tools/replication_records.py record --variants, report --declared)
+#   DECLARED    the variant the report takes (needs VARIANTS)
 #   SMOKE_CLASSES, SMOKE_SEEDS, SMOKE_EPOCHS: a smaller run to check the script itself (its
 #               output is no result of the rule; set OUTPUTS, RECORDS and TABLES elsewhere).
 # Cost: on 2 CPU cores about 24 minutes per run and record, two at a time (about 4.5 hours for
@@ -67,8 +73,13 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$((THREADS > 0 ? THREADS : 1))}"  # t
 
 PO="{'top_fraction': 0.2, 'rounds': 3, 'first_params': {'k': 200}, 'head': 'mlp'}"
 DETECTORS="['msp','max_logit','energy','entropy','mahalanobis','knn','tknn','vim','react','ash','scale','gen','fdbd','nnguide','rmd','openmax','pood_knn','sal_filter','sal','pseudo_oe']"
+if [ -n "${PRESET:-}" ]; then DETECTOR_SETTINGS=(-p "detector_preset=$PRESET")
+else DETECTOR_SETTINGS=(-p "detector_params={'pseudo_oe': $PO}"); fi
+if [ -n "${VARIANTS:-}" ] && [ -z "${DECLARED:-}" ]; then echo "error: VARIANTS needs DECLARED" >&2; exit 2; fi
+if [ -n "${VARIANTS:-}" ]; then RECORD_HOW=(--variants "$VARIANTS"); REPORT_HOW=(--declared "$DECLARED")
+else RECORD_HOW=(--params "$PO"); REPORT_HOW=(--choose-on "$CHOOSE_ON" --features-incumbent "$FEATURES_INCUMBENT"); fi
 MAIN=(--stages 01 02 03 -p arch=smallface -p recipe=fast -p epochs="$EPOCHS" -p input_size=32
-    -p "detector_params={'pseudo_oe': $PO}" -p "detectors=$DETECTORS")
+    "${DETECTOR_SETTINGS[@]}" -p "detectors=$DETECTORS")
 TUNING=(--stages 03 -p input_size=32 -p "detectors=['msp']" -p "protocols=['honest']" -p eval_subset=tuning --force)
 sweep() { "$PY" -m ferlib.run sweep --dataset ferplus --data-root "$DATA_ROOT" --executor python --outputs "$OUTPUTS" "$@"; }
 say() { echo "== $(date -u +%H:%M:%S) $*"; }
@@ -87,7 +98,7 @@ one() {  # one SEED CLASS: the run, its tuning rows, its record (each skipped wh
         sweep --open "$open" --seeds "$seed" "${device[@]}" "${TUNING[@]}"
     fi
     say "$seed:$open record"
-    "$PY" tools/replication_records.py record "$run" --out "$RECORDS" --params "$PO" --matched-draws "$MATCHED_DRAWS"
+    "$PY" tools/replication_records.py record "$run" --out "$RECORDS" "${RECORD_HOW[@]}" --matched-draws "$MATCHED_DRAWS"
     say "$seed:$open done"
 }
 
@@ -107,5 +118,4 @@ if [ "$n" -lt "$EXPECT" ]; then
     exit 1
 fi
 say "report: the rule applied to the $n records"
-"$PY" tools/replication_records.py report "$RECORDS" --out "$TABLES" --expect "$EXPECT" --choose-on "$CHOOSE_ON" \
-    --features-incumbent "$FEATURES_INCUMBENT"
+"$PY" tools/replication_records.py report "$RECORDS" --out "$TABLES" --expect "$EXPECT" "${REPORT_HOW[@]}"
