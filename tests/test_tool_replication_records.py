@@ -230,7 +230,7 @@ def test_a_declared_variant_is_reported_and_every_variant_measured(tmp_path):
               ("fear", 10): (0.74, 0.7)}  # fmt: skip
     for (open_class, seed), (new, old) in values.items():
         _write_variant_record(root, open_class, seed, {"new": new, "old": old})
-    table = tool.report_declared(root, tmp_path / "tables", "new", expect=4, say=lambda *_: None)
+    table = tool.report_variants(root, tmp_path / "tables", "new", expect=4, say=lambda *_: None)
     after = pd.read_csv(tmp_path / "tables" / "runs" / "ferplus_open-fear_seed10" / "metrics.csv")
     assert after.set_index(["detector", "protocol"]).loc[("pseudo_oe", "honest"), "auroc"] == pytest.approx(0.74)
     means = table[(table["open_class"] == "mean") & (table["eval_subset"] == "all") & (table["protocol"] == "honest")]
@@ -242,18 +242,40 @@ def test_a_declared_variant_is_reported_and_every_variant_measured(tmp_path):
     sur = table[(table["open_class"] == "Sur") & (table["eval_subset"] == "tuning_matched")].set_index("variant")
     assert sur.loc["old", "auroc_mean"] == pytest.approx(0.8 - 0.1)  # draws averaged
     # the other variant declared: its rows are the reported ones, and stage 03 differs from it
-    tool.report_declared(root, tmp_path / "t2", "old", expect=4, say=lambda *_: None)
+    tool.report_variants(root, tmp_path / "t2", "old", expect=4, say=lambda *_: None)
     after = pd.read_csv(tmp_path / "t2" / "runs" / "ferplus_open-fear_seed10" / "metrics.csv")
     assert after.set_index(["detector", "protocol"]).loc[("pseudo_oe", "honest"), "auroc"] == pytest.approx(0.7)
     with pytest.raises(ValueError, match="no variant 'newer'"):
-        tool.report_declared(root, tmp_path / "t3", "newer", expect=4, say=lambda *_: None)
+        tool.report_variants(root, tmp_path / "t3", "newer", expect=4, say=lambda *_: None)
     with pytest.raises(ValueError, match="4 complete record"):
-        tool.report_declared(root, tmp_path / "t3", "new", expect=21, say=lambda *_: None)
+        tool.report_variants(root, tmp_path / "t3", "new", expect=21, say=lambda *_: None)
     settings = root / "ferplus_open-fear_seed9" / "pseudo_oe_settings.csv"
     frame = pd.read_csv(settings)
     frame[frame["variant"] == "new"].to_csv(settings, index=False)
     with pytest.raises(ValueError, match="variant 'old' is missing"):
-        tool.report_declared(root, tmp_path / "t3", "new", expect=4, say=lambda *_: None)
+        tool.report_variants(root, tmp_path / "t3", "new", expect=4, say=lambda *_: None)
+
+
+def test_a_variant_is_chosen_on_the_matched_tuning_rows_alone(tmp_path):
+    """``incumbent``: the variant stage 03 ran, kept unless another beats it on the matched
+    tuning rows by more than the margin; the reported rows then come from the chosen one."""
+    tool = _tool()
+    root = tmp_path / "records"
+    # matched tuning rows sit .1 under the reported ones: new .70, old .555 (gain .145)
+    for (open_class, seed), (new, old) in {("surprise", 9): (0.9, 0.8), ("fear", 10): (0.7, 0.51)}.items():
+        _write_variant_record(root, open_class, seed, {"new": new, "old": old})
+    quiet = {"expect": 2, "say": lambda *_: None}
+    tool.report_variants(root, tmp_path / "t1", incumbent="old", min_gain=0.01, **quiet)
+    steps = pd.read_csv(tmp_path / "t1" / "choices.csv").set_index("variant")
+    assert steps.loc["new", "chosen"] and steps.loc["old", "tuning_auroc_mean"] == pytest.approx((0.8 + 0.51) / 2 - 0.1)
+    after = pd.read_csv(tmp_path / "t1" / "runs" / "ferplus_open-fear_seed10" / "metrics.csv")
+    assert after.set_index(["detector", "protocol"]).loc[("pseudo_oe", "honest"), "auroc"] == pytest.approx(0.7)
+    tool.report_variants(root, tmp_path / "t2", incumbent="old", min_gain=0.15, **quiet)  # within the margin
+    assert pd.read_csv(tmp_path / "t2" / "choices.csv").set_index("variant").loc["old", "chosen"]
+    after = pd.read_csv(tmp_path / "t2" / "runs" / "ferplus_open-fear_seed10" / "metrics.csv")
+    assert after.set_index(["detector", "protocol"]).loc[("pseudo_oe", "honest"), "auroc"] == pytest.approx(0.51)
+    with pytest.raises(ValueError, match="either declared"):
+        tool.report_variants(root, tmp_path / "t3", declared="new", incumbent="old", **quiet)
 
 
 def test_record_variants_scores_each_variant_as_sensitivity_does(tmp_path):

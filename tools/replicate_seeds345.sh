@@ -37,7 +37,9 @@
 #   VARIANTS    a rule that chooses nothing on its runs: records hold pseudo_oe under each named
 #               variant ("{'name': settings or preset name, ...}"), and the report takes DECLARED's
 #               rows for the tables (tools/replication_records.py record --variants, report --declared)
-#   DECLARED    the variant the report takes (needs VARIANTS)
+#   DECLARED    the variant the report takes (needs VARIANTS), or
+#   INCUMBENT   the variant stage 03 runs, kept unless another beats it on CHOOSE_ON's rows by
+#               more than MIN_GAIN (default .01)
 #   SMOKE_CLASSES, SMOKE_SEEDS, SMOKE_EPOCHS: a smaller run to check the script itself (its
 #               output is no result of the rule; set OUTPUTS, RECORDS and TABLES elsewhere).
 # Cost: on 2 CPU cores about 24 minutes per run and record, two at a time (about 4.5 hours for
@@ -75,8 +77,12 @@ PO="{'top_fraction': 0.2, 'rounds': 3, 'first_params': {'k': 200}, 'head': 'mlp'
 DETECTORS="['msp','max_logit','energy','entropy','mahalanobis','knn','tknn','vim','react','ash','scale','gen','fdbd','nnguide','rmd','openmax','pood_knn','sal_filter','sal','pseudo_oe']"
 if [ -n "${PRESET:-}" ]; then DETECTOR_SETTINGS=(-p "detector_preset=$PRESET")
 else DETECTOR_SETTINGS=(-p "detector_params={'pseudo_oe': $PO}"); fi
-if [ -n "${VARIANTS:-}" ] && [ -z "${DECLARED:-}" ]; then echo "error: VARIANTS needs DECLARED" >&2; exit 2; fi
-if [ -n "${VARIANTS:-}" ]; then RECORD_HOW=(--variants "$VARIANTS"); REPORT_HOW=(--declared "$DECLARED")
+if [ -n "${VARIANTS:-}" ] && [ -z "${DECLARED:-}${INCUMBENT:-}" ]; then
+    echo "error: VARIANTS needs DECLARED or INCUMBENT" >&2; exit 2
+fi
+if [ -n "${VARIANTS:-}" ] && [ -n "${DECLARED:-}" ]; then RECORD_HOW=(--variants "$VARIANTS"); REPORT_HOW=(--declared "$DECLARED")
+elif [ -n "${VARIANTS:-}" ]; then RECORD_HOW=(--variants "$VARIANTS")
+    REPORT_HOW=(--incumbent "$INCUMBENT" --choose-on "$CHOOSE_ON" --min-gain "${MIN_GAIN:-0.01}")
 else RECORD_HOW=(--params "$PO"); REPORT_HOW=(--choose-on "$CHOOSE_ON" --features-incumbent "$FEATURES_INCUMBENT"); fi
 MAIN=(--stages 01 02 03 -p arch=smallface -p recipe=fast -p epochs="$EPOCHS" -p input_size=32
     "${DETECTOR_SETTINGS[@]}" -p "detectors=$DETECTORS")

@@ -24,12 +24,13 @@ once all 21 exist, whichever sessions and machines made them:
     It prints the choices and where the tables are, no AUROC of the reported rows.
 
 ``record RUN... --out DIR --variants "{NAME: SETTINGS, ...}"`` and ``report DIR --declared NAME``
-    A rule that *chooses nothing* on the runs: its settings were fixed (on other runs' tuning
-    rows) before these runs were scored. Each record holds ``pseudo_oe`` under every named
-    variant (a dict of settings, or a detector preset's name such as ``'ferplus'``) on the
-    tuning, matched tuning and reported rows; ``report`` takes the declared variant's reported
-    rows for the tables and writes every variant's means beside them (``TABLES/variants.csv``),
-    so the effect of the change is measured on runs that did not choose it.
+or ``report DIR --incumbent NAME --choose-on tuning_matched --min-gain G``
+    Named variants instead of the two candidates' grid: each record holds ``pseudo_oe`` under
+    every variant (a dict of settings, or a detector preset's name such as ``'ferplus'``) on
+    the tuning, matched tuning and reported rows. ``report`` takes one variant's reported rows
+    for the tables, either ``--declared`` (a rule that chooses nothing on these runs) or chosen
+    on the tuning rows alone (``--incumbent`` kept within the margin), and writes every
+    variant's means beside them (``TABLES/variants.csv``).
 
 The reported rows of every combination are computed at record time, before the choice, and
 stored; the choice reads only the tuning rows (``report`` filters them by code). As a check
@@ -279,11 +280,27 @@ def _write_runs(records: dict, out: Path, same_as_stage03, reported, what: str, 
     collect_results(str(out / "runs"), out_dir=str(out))
 
 
-def report_declared(root: str | Path, out_dir: str | Path, declared: str, expect: int = 21, say=print) -> pd.DataFrame:
-    """A rule that chooses nothing on these runs: the tables with ``pseudo_oe``'s rows from the
-    ``declared`` variant, and every variant's mean over the runs (``variants.csv``: per open
-    class, and over classes as mean and std over the seeds) on the reported rows of both
-    protocols and the matched tuning rows; returns that table."""
+def report_variants(
+    root: str | Path,
+    out_dir: str | Path,
+    declared: str | None = None,
+    incumbent: str | None = None,
+    choose_on: str = "tuning_matched",
+    min_gain: float = 0.01,
+    expect: int = 21,
+    say=print,
+) -> pd.DataFrame:
+    """Records written with variants: the tables with ``pseudo_oe``'s reported rows from one
+    variant, and every variant's mean over the runs (``variants.csv``: per open class, and over
+    classes as mean and std over the seeds) on the reported rows of both protocols and the
+    matched tuning rows; returns that table.
+
+    The variant is either ``declared`` (a rule that chooses nothing on these runs) or chosen by
+    code on the honest ``choose_on`` rows alone (mean over runs and draws): ``incumbent`` (the
+    settings stage 03 ran) kept unless another variant beats it by more than ``min_gain``
+    (:func:`tools.sensitivity.pick`), the choice written to ``choices.csv``."""
+    if (declared is None) == (incumbent is None):
+        raise ValueError("give either declared (no choice) or incumbent (a choice on the tuning rows), not both")
     records = load_records(root)
     if len(records) != expect:
         raise ValueError(f"{root}: {len(records)} complete record(s), the rule needs {expect}: {sorted(records)}")
@@ -293,18 +310,34 @@ def report_declared(root: str | Path, out_dir: str | Path, declared: str, expect
     per_variant = settings.groupby("variant")
     for name, group in per_variant:
         if group["run"].nunique() != len(records):
-            raise ValueError(
-                f"variant {name!r} is missing from some records: {sorted(set(records) - set(group['run']))}"
-            )
+            missing = sorted(set(records) - set(group["run"]))
+            raise ValueError(f"variant {name!r} is missing from some records: {missing}")
         if group["params"].nunique() != 1:
             raise ValueError(f"variant {name!r} was scored with different settings: {sorted(group['params'].unique())}")
-    if declared not in per_variant.groups:
-        raise ValueError(f"no variant {declared!r} in the records; they hold {sorted(per_variant.groups)}")
+    for role, name in (("declared", declared), ("incumbent", incumbent)):
+        if name is not None and name not in per_variant.groups:
+            raise ValueError(f"no variant {name!r} ({role}) in the records; they hold {sorted(per_variant.groups)}")
+    out = Path(out_dir)
+    stage03_variant = declared if declared is not None else incumbent
+    if declared is None:
+        tuning = settings[(settings["eval_subset"] == choose_on) & (settings["protocol"] == "honest")]
+        if tuning.empty:
+            raise ValueError(f"the records hold no honest {choose_on!r} rows to choose on")
+        means = tuning.groupby("variant")["auroc"].mean()
+        order = [incumbent] + sorted(v for v in means.index if v != incumbent)
+        means = means[order]
+        declared = str(pick(means, min_gain))
+        steps = pd.DataFrame({"variant": order, "tuning_auroc_mean": means.to_numpy(), "runs": len(records),
+                              "chosen": [v == declared for v in order]})  # fmt: skip
+        write_csv(out / "choices.csv", steps)
+        say(f"chosen on the {choose_on} rows of {len(records)} runs (incumbent {incumbent!r}, margin {min_gain}):")
+        say(steps.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     out = Path(out_dir)
     params = settings.loc[settings["variant"] == declared, "params"].iloc[0]
-    say(f"declared variant {declared!r}: {params}")
+    say(f"reported variant {declared!r}: {params}")
     mine = lambda frame: frame[frame["variant"] == declared]  # noqa: E731
-    _write_runs(records, out, mine, mine, f"the record's declared variant {declared!r}", say)
+    ran = lambda frame: frame[frame["variant"] == stage03_variant]  # noqa: E731
+    _write_runs(records, out, ran, mine, f"the record's variant {stage03_variant!r} (stage 03's settings)", say)
     seeds = {name: m["params"]["seed"] for name, (_, _, m) in records.items()}
     classes = {name: open_short(m["params"]["open_class"]) for name, (_, _, m) in records.items()}
     rows = settings.assign(seed=settings["run"].map(seeds), open_class=settings["run"].map(classes))
@@ -380,6 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--min-gain", type=float, default=0.01)
     rep.add_argument("--declared", help="records written with --variants: the variant the tables report")
     rep.add_argument(
+        "--incumbent",
+        help="records written with --variants: choose a variant on --choose-on, this one kept within the margin",
+    )
+    rep.add_argument(
         "--choose-on", default="tuning", choices=("tuning", "tuning_matched"), help="the rows the rule reads"
     )
     rep.add_argument(
@@ -418,8 +455,9 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     dest = record(run, args.out, params, args.matched_draws)
                 print(f"{run}: recorded in {dest}", flush=True)
-        elif args.declared:
-            report_declared(args.records, args.out, args.declared, args.expect)
+        elif args.declared or args.incumbent:
+            report_variants(args.records, args.out, args.declared, args.incumbent, args.choose_on, args.min_gain,
+                            args.expect)  # fmt: skip
         else:
             report(
                 args.records, args.out, args.expect, args.min_gain,
