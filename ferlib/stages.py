@@ -42,7 +42,7 @@ from ferlib.models import ModelConfig, build_model, validate_head
 from ferlib.openset.data import PROTOCOLS, TABLE_COLUMNS, CloseSet, OpenSetData, apply_protocol
 from ferlib.openset.keys import FingerprintCache
 from ferlib.openset.presets import preset_params
-from ferlib.openset.registry import detector_class, validate_detectors
+from ferlib.openset.registry import detector_class, make_detector, validate_detectors
 from ferlib.openset.scoring import DetectorResult, run_detectors
 from ferlib.params import checked, inherit_parameter_docs
 from ferlib.recipes import recipe_settings
@@ -949,7 +949,10 @@ def detect_open_set(
     split's close and open rows, none of the reported evaluation set), on which
     hyper-parameters are chosen; it first computes the close-set model's outputs on those rows
     (once per model, in ``02_pseudo_labels/tuning/``). Its rows in ``metrics.csv`` carry
-    ``eval_subset="tuning"`` and are never reported.
+    ``eval_subset="tuning"`` and are never reported. The same outputs are computed first
+    when a selected detector's settings need the held-out close rows they hold
+    (:meth:`~ferlib.openset.base.Detector.requires_reference`: ``pseudo_oe`` with
+    ``share_multiplier`` > 0, as in the ``ferplus`` preset), so one call of stage 03 runs it.
 
     Parameters
     ----------
@@ -1010,7 +1013,12 @@ def detect_open_set(
     validate_detectors(detectors, detector_params)  # names and keys, before any work
     out = Path(run_dir) / "03_detect"
     splits = None
-    if eval_subset == "tuning":  # the close-set model's outputs on the tuning rows (kept, keyed)
+    # the close-set model's outputs on the tuning rows (kept, keyed): the rows scored, or the
+    # held-out close rows that a detector's settings cannot do without (pseudo_oe's share estimate)
+    needs_reference = any(
+        make_detector(name, **(detector_params or {}).get(name, {})).requires_reference() for name in detectors
+    )
+    if eval_subset == "tuning" or needs_reference:
         splits = _tuning_splits(
             run_dir, dataset, data_root, open_class, seed, class_map, data_options, input_size, cache_dir,
             cache_memmap, stem, device, amp, progress,

@@ -124,6 +124,12 @@ class Detector(ABC):
         and the close-set outputs, which are all the protocol changes."""
         return cls.reads_pseudo_labels or cls.reads_model_outputs
 
+    def requires_reference(self) -> bool:
+        """Whether these settings cannot score without the held-out close reference rows
+        (stage 03 then computes them first: the close-set model's outputs on the validation
+        split); :attr:`reads_reference` says only that the detector may read them."""
+        return False
+
     def fit(self, data: OpenSetData) -> Detector:
         return self
 

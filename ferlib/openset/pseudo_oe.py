@@ -159,6 +159,10 @@ class PseudoOutlierExposure(Detector):
     reads_reference = True
     config_cls = PseudoOutlierConfig
 
+    def requires_reference(self) -> bool:
+        """The estimated open share reads the held-out close rows."""
+        return self.cfg.share_multiplier > 0
+
     def score(self, data: OpenSetData) -> np.ndarray:
         from ferlib.openset.registry import make_detector
 

@@ -236,3 +236,24 @@ def test_stage_02_saves_the_pyramid_features_of_every_row_set(trained_run):
     tuning = stages.load_openset_data(params["run_dir"], "honest", eval_subset="tuning")
     assert tuning.extras["pyramid"].shape == (140, 448)
     assert metrics["auroc"].item() > 0.6, metrics["auroc"].item()
+
+
+@pytest.mark.slow
+def test_stage_03_computes_the_held_out_close_rows_a_detector_needs(trained_run, tmp_path):
+    """pseudo_oe with ``share_multiplier`` > 0 (the ``ferplus`` preset's) reads the close-set
+    model's outputs on the validation split: stage 03 on the reported rows computes them first
+    when they are missing, and scores as it does once they exist; settings that do not need
+    them leave the run without them."""
+    params, _, _ = trained_run
+    run = tmp_path / "run"
+    shutil.copytree(params["run_dir"], run)
+    shutil.rmtree(run / "02_pseudo_labels" / stages.TUNING_DIR, ignore_errors=True)
+    mine = {**params, "run_dir": str(run), "protocols": ["honest"]}
+    plain = {"pseudo_oe": {"rounds": 2}}
+    stages.detect_open_set(**mine, detectors=["pseudo_oe"], detector_params=plain)
+    assert not (run / "02_pseudo_labels" / stages.TUNING_DIR).exists()
+    share = {"pseudo_oe": {"rounds": 2, "share_multiplier": 1.0}}
+    first = stages.detect_open_set(**mine, detectors=["pseudo_oe"], detector_params=share)
+    assert (run / "02_pseudo_labels" / stages.TUNING_DIR / "outputs.npz").is_file()
+    again = stages.detect_open_set(**mine, detectors=["pseudo_oe"], detector_params=share)
+    assert again["auroc"].item() == first["auroc"].item() > 0.5
