@@ -20,7 +20,8 @@
 #   EPOCHS=80 BUDGET=8 OUT=outputs/bench/cand80 benchmarks/gpu_candidates.sh
 # Environment: DATA_ROOT (FERPlus folder; unpacked from .ferpack/ when that exists and the folder
 # does not), DEVICE (cuda), EPOCHS (60), BUDGET (training minutes per candidate, 6), SEED (0),
-# OUT (outputs/bench/gpu_candidates), PY (.venv/bin/python), EXTRA (more benchmark arguments).
+# OUT (outputs/bench/gpu_candidates), PY (.venv/bin/python), EXTRA (more benchmark arguments),
+# AMP_ON (1: bf16 autocast; 0: fp32), CANDIDATES (a subset, e.g. "strong smooth"; default all four).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
@@ -31,8 +32,8 @@ if [ ! -d "$DATA_ROOT" ] && [ -f .ferpack/pack.json ]; then
     DATA_ROOT=/tmp/ferplus
     [ -d "$DATA_ROOT" ] || "$PY" -m ferlib.data.pack unpack .ferpack "$DATA_ROOT"
 fi
-AMP=()
-[ "$DEVICE" = cpu ] || AMP=(--amp)
+AMP=(--amp)  # bf16 autocast, on the GPU and (since 2026-11-27) on the CPU; AMP_ON=0 turns it off
+[ "${AMP_ON:-1}" = 1 ] || AMP=()
 # shellcheck disable=SC2206
 B=(benchmarks/time_to_accuracy.py --data-root "$DATA_ROOT" --device "$DEVICE" "${AMP[@]}"
     --epochs "${EPOCHS:-60}" --budget-minutes "${BUDGET:-6}" --seed "${SEED:-0}" ${EXTRA:-})
@@ -44,13 +45,17 @@ declare -A ARGS=(
     [smooth]="--configs smallface:fast_affine --recipe-params {\"label_smoothing\":0.2,\"weight_decay\":0.001}"
 )
 set -f  # the JSON holds [..]: no pathname expansion
-for name in "${!ARGS[@]}"; do
+CANDIDATES="${CANDIDATES:-wide px64 strong smooth}"
+for name in $CANDIDATES; do
+    [ -n "${ARGS[$name]:-}" ] || { echo "unknown candidate $name (known: ${!ARGS[*]})" >&2; exit 2; }
+done
+for name in $CANDIDATES; do
     # shellcheck disable=SC2086
     "$PY" "${B[@]}" ${ARGS[$name]} --out "$OUT/$name" > "$OUT/$name.log" 2>&1 &
 done
 status=0
 wait || status=$?
-"$PY" - "$OUT" <<'EOF'
+"$PY" - "$OUT" $CANDIDATES <<'EOF'
 import sys
 from pathlib import Path
 
@@ -58,7 +63,7 @@ import pandas as pd
 
 out = Path(sys.argv[1])
 rows = []
-for name in ("wide", "px64", "strong", "smooth"):
+for name in sys.argv[2:]:
     summary = out / name / "summary.csv"
     if not summary.exists():
         print(f"{name}: no summary (see {out / (name + '.log')})")

@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-eval", type=int, default=0, help="subsample validation and test images (0: all)")
     p.add_argument("--cache-dir", default=str(Path("outputs") / "cache"), help="the kit's uint8 image cache")
     p.add_argument("--out", default=str(Path("outputs") / "bench" / "time_to_accuracy"))
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA or CPU: TrainConfig.amp)")
     p.add_argument(
         "--compile",
         action="store_true",

@@ -90,7 +90,7 @@ from ferlib.data import (  # noqa: E402
     build_cache,
     load_dataset,
 )
-from ferlib.models import ModelConfig, build_model  # noqa: E402
+from ferlib.models import TRUNKS, ModelConfig, build_model  # noqa: E402
 
 # The kit's own per-batch helpers (what fit() and predict() call), so that the "kit" row
 # measures the kit's loop and follows it when it changes.
@@ -471,7 +471,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--prefetch-factor", type=int, default=2, help="DataLoader batches prefetched per worker (plain path)"
     )
-    p.add_argument("--arch", choices=("resnet18", "resnet50"), default="resnet18")
+    p.add_argument("--arch", choices=sorted(TRUNKS), default="resnet18", help="backbone (ferlib.models.TRUNKS)")
     p.add_argument(
         "--stem",
         choices=("auto", "small", "imagenet"),
@@ -487,7 +487,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="channels-last model and batches on every path (TrainConfig default)",
     )
     p.add_argument(
-        "--amp", action="store_true", help="bfloat16 autocast on CUDA on every path (ignored on CPU, as in the kit)"
+        "--amp", action="store_true", help="bfloat16 autocast on every path, CUDA or CPU (as TrainConfig.amp)"
     )
     p.add_argument(
         "--compile",
@@ -563,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"model:   {args.arch}, stem {args.stem}; batch {args.batch_size}; channels_last "
-        f"{args.channels_last}; amp {args.amp and args.device.startswith('cuda')}; "
+        f"{args.channels_last}; amp {args.amp}; "
         f"DataLoader workers {args.workers}"
     )
     timing = f"{args.batches} batches" if args.batches else f"{args.seconds:g} s"

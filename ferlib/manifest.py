@@ -173,7 +173,8 @@ def collect_environment() -> dict:
 
     Keys: ``python``, ``platform``, ``torch``, ``torchvision``, ``numpy``, ``sklearn``,
     ``pandas``, ``ferlib`` (versions; ``None`` when a library is missing), ``cuda_available``,
-    ``cuda_device`` (name of device 0 or ``None``), ``git_commit`` and ``git_dirty`` (both
+    ``cuda_device`` (name of device 0 or ``None``), ``cpu_native_bf16`` (whether ``amp`` pays on
+    this CPU), ``git_commit`` and ``git_dirty`` (both
     ``None`` when ferlib does not run from a git checkout), ``world_size`` under torchrun,
     and a few host facts.
     """
@@ -201,6 +202,9 @@ def collect_environment() -> dict:
             env["torch"] = torch.__version__  # with its build tag, e.g. 2.14.1+cu130
             env["cuda_version"] = torch.version.cuda
             env["cuda_available"] = bool(torch.cuda.is_available())
+            from ferlib.train import cpu_has_native_bf16
+
+            env["cpu_native_bf16"] = cpu_has_native_bf16()  # what ``amp`` gains on the CPU
             if env["cuda_available"]:
                 env["cuda_device"] = torch.cuda.get_device_name(0)
                 env["cuda_device_count"] = torch.cuda.device_count()

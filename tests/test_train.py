@@ -504,3 +504,42 @@ def test_compiled_step_trains_like_the_eager_one_and_resumes(tmp_path, capsys, m
     for k, v in eager.state_dict().items():
         torch.testing.assert_close(compiled.state_dict()[k], v, rtol=1e-3, atol=1e-4)
     assert not _same_weights(compiled, _model())  # it trained
+
+
+def test_amp_runs_bf16_on_the_cpu_and_trains(tmp_path):
+    """``amp`` is bf16 autocast on the CPU too (it was ignored there before): the step's
+    convolutions run in bf16, the loop still learns, predictions come back as float32 close to
+    the fp32 ones, and the key says bf16, so a checkpoint of the fp32 era does not resume."""
+    from ferlib.train import AMP_DTYPE, _autocast
+
+    conv = torch.nn.Conv2d(3, 4, 3)
+    x = torch.randn(2, 3, 8, 8)
+    with _autocast(TrainConfig(amp=True, device="cpu")):
+        assert conv(x).dtype == torch.bfloat16
+    with _autocast(TrainConfig(amp=False, device="cpu")):
+        assert conv(x).dtype == torch.float32
+
+    assert TrainConfig(amp=True).key_fields()["amp"] == AMP_DTYPE == "bfloat16"
+    assert TrainConfig(amp=False).key_fields()["amp"] is False
+    train, val = _toy(), _toy(32, seed=1)
+    cfg = TrainConfig(epochs=3, amp=True, **CFG)
+    fp32_key = training_key(_model(), train, val, TrainConfig(epochs=3, **CFG), CrossEntropy())[0]
+    assert training_key(_model(), train, val, cfg, CrossEntropy())[0] != fp32_key
+    model = _model()
+    fit(model, train, val, cfg, out_dir=tmp_path)
+    assert load_history(tmp_path)["val_acc"].max() >= 0.9
+    fp32 = predict(model, val.images, progress=False)
+    bf16 = predict(model, val.images, progress=False, amp=True)
+    assert bf16.logits.dtype == torch.float32 and bf16.features.dtype == torch.float32
+    assert not torch.equal(bf16.logits, fp32.logits)  # bf16 arithmetic did run
+    torch.testing.assert_close(bf16.logits, fp32.logits, atol=0.1, rtol=0.05)
+    assert (bf16.logits.argmax(1) == fp32.logits.argmax(1)).float().mean() >= 0.95
+
+
+def test_amp_on_a_cpu_without_native_bf16_says_it_is_slower(tmp_path, capsys, monkeypatch):
+    import ferlib.train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    cfg = TrainConfig(epochs=1, amp=True, **{**CFG, "progress": True})
+    fit(_model(), _toy(16), _toy(8, seed=1), cfg, out_dir=tmp_path)
+    assert "emulates it, slower than fp32" in capsys.readouterr().out
