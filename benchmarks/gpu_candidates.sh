@@ -14,6 +14,9 @@
 #   strong    a stronger warp (15 degrees, 15% shift, zoom .85-1.15): the warp was the lever
 #             that worked (.834 -> .850 validation)
 #   smooth    label smoothing .2 and weight decay 1e-3: more regularisation at the plateau
+#   deep      smallface_deep (a third conv in the two coarsest blocks, 1.9 M parameters): depth where
+#             width did not help (not in the default set: pass CANDIDATES, e.g. "deep deepstrong")
+#   deepstrong  smallface_deep with the stronger warp
 #
 # Usage (repository root; DEVICE=cpu with EXTRA="--max-train 300 --max-eval 200" checks it here):
 #   benchmarks/gpu_candidates.sh                    # 60 epochs each, 6 minutes of training at most
@@ -43,6 +46,8 @@ declare -A ARGS=(
     [px64]="--configs smallface:fast_affine --input-size 64"
     [strong]="--configs smallface:fast_affine --recipe-params {\"augment\":{\"rotate_deg\":15.0,\"translate\":0.15,\"scale\":[0.85,1.15]}}"
     [smooth]="--configs smallface:fast_affine --recipe-params {\"label_smoothing\":0.2,\"weight_decay\":0.001}"
+    [deep]="--configs smallface_deep:fast_affine"
+    [deepstrong]="--configs smallface_deep:fast_affine --recipe-params {\"augment\":{\"rotate_deg\":15.0,\"translate\":0.15,\"scale\":[0.85,1.15]}}"
 )
 set -f  # the JSON holds [..]: no pathname expansion
 CANDIDATES="${CANDIDATES:-wide px64 strong smooth}"

@@ -160,7 +160,8 @@ def train_close_set(
         Folder of this run: every file of every stage goes under it.
     arch : str
         Trunk architecture: resnet18, resnet50 (for face-pretrained weights) or smallface (a small
-        network for 40-64 px faces trained from scratch; 48 px gives a 6x6 attention map).
+        network for 40-64 px faces trained from scratch; 48 px gives a 6x6 attention map), with its
+        variants smallface_wide (twice the width) and smallface_deep (two more conv layers).
     input_size : int
         Image side in pixels (32..256); below 160 px a small-input stem is used (see stem).
     epochs : int
@@ -383,7 +384,7 @@ def predict_pseudo_labels(
     Parameters
     ----------
     arch : str
-        Trunk architecture of stage 01's model (resnet18, resnet50 or smallface), as in stage 01.
+        Trunk architecture of stage 01's model (resnet18, resnet50 or a smallface variant), as in stage 01.
     input_size : int
         Image side in pixels, as in stage 01.
     stem : str

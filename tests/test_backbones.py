@@ -75,3 +75,17 @@ def test_smallface_wide_keeps_the_map_and_doubles_the_width():
     assert out.feature_map.shape == (2, 2 * narrow.num_features, 6, 6)
     assert wide.cam(out.feature_map).shape == (2, 7, 6, 6)
     validate_arguments(train_close_set, {"arch": "smallface_wide"})
+
+
+def test_smallface_deep_keeps_the_map_and_adds_one_conv_to_the_coarse_blocks():
+    narrow = build_model(ModelConfig("smallface", num_classes=7, input_size=48), verbose=False)
+    deep = build_model(ModelConfig("smallface_deep", num_classes=7, input_size=48), verbose=False)
+    out = deep.forward_all(torch.rand(2, 3, 48, 48))
+    assert out.feature_map.shape == (2, narrow.num_features, 6, 6)
+    assert deep.cam(out.feature_map).shape == (2, 7, 6, 6)
+
+    def convs(model):
+        return sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+    assert convs(deep) == convs(narrow) + 2
+    validate_arguments(train_close_set, {"arch": "smallface_deep"})
