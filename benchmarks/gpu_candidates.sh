@@ -21,6 +21,8 @@
 # Usage (repository root; DEVICE=cpu with EXTRA="--max-train 300 --max-eval 200" checks it here):
 #   benchmarks/gpu_candidates.sh                    # 60 epochs each, 6 minutes of training at most
 #   EPOCHS=80 BUDGET=8 OUT=outputs/bench/cand80 benchmarks/gpu_candidates.sh
+#   for s in 0 1 2; do SEED=$s EPOCHS=40 CANDIDATES="deep" OUT=outputs/bench/deep_s$s benchmarks/gpu_candidates.sh; done
+#                                                   # smallface_deep over 3 seeds (the 2026-11-27 CPU lead)
 # Environment: DATA_ROOT (FERPlus folder; unpacked from .ferpack/ when that exists and the folder
 # does not), DEVICE (cuda), EPOCHS (60), BUDGET (training minutes per candidate, 6), SEED (0),
 # OUT (outputs/bench/gpu_candidates), PY (.venv/bin/python), EXTRA (more benchmark arguments),

@@ -32,7 +32,9 @@ measured, never tuned on.
 Output (``--out``, default ``outputs/bench/time_to_accuracy``): ``curves.csv`` (one row per
 config and epoch, rewritten after every epoch so that a run stopped from outside keeps what it
 measured), ``summary.csv``, ``time_to_accuracy.png`` / ``.pdf`` (test accuracy against
-minutes), ``manifest.json`` (the arguments, library versions, device, the data's fingerprint
+minutes), with ``--save-best`` each run's best-on-validation weights (``best_<config>.pt``: the
+state dict, the epoch and the settings, for studying test-time choices on validation without
+retraining), ``manifest.json`` (the arguments, library versions, device, the data's fingerprint
 and the summary) and the summary table on stdout. No figure is asserted anywhere.
 
     .venv/bin/python benchmarks/time_to_accuracy.py --budget-minutes 20 --epochs 10
@@ -61,7 +63,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from ferlib.data.prepare import LABEL_MODES, close_rows, load_splits, training_labels  # noqa: E402
-from ferlib.io import write_csv  # noqa: E402
+from ferlib.io import torch_save, write_csv  # noqa: E402
 from ferlib.manifest import collect_environment, set_manifest  # noqa: E402
 from ferlib.models import TRUNKS, ModelConfig, build_model  # noqa: E402
 from ferlib.recipes import available_recipes, train_config  # noqa: E402
@@ -176,9 +178,13 @@ def run_config(
     budget = args.budget_minutes * 60
     rows: list[dict] = []
     clock = {"seconds": 0.0}
+    best: dict = {"val_acc": -1.0, "state": None}
 
     def record(info: EpochInfo) -> None:
         clock["seconds"] += info.row["seconds"]
+        if getattr(args, "save_best", False) and info.row["val_acc"] > best["val_acc"]:  # untimed copy
+            best.update(val_acc=info.row["val_acc"], epoch=info.epoch,
+                        state={k: v.detach().cpu().clone() for k, v in info.model.state_dict().items()})  # fmt: skip
         extra = {}
         if keep:  # untimed, like the test accuracy (which then comes from the same pass)
             extra = {
@@ -224,6 +230,12 @@ def run_config(
         stopped = "budget"
     for r in rows:
         r["stopped"] = stopped
+    if best["state"] is not None:
+        path = Path(args.out) / f"best_{(label or f'{arch}:{recipe}').replace(':', '_').replace(' ', '_')}.pt"
+        torch_save(path, {"state_dict": best["state"], "arch": arch, "recipe": recipe, "seed": seed,
+                          "epoch": best["epoch"], "val_acc": best["val_acc"], "input_size": args.input_size,
+                          "recipe_params": args.recipe_params, "label_mode": args.label_mode})  # fmt: skip
+        print(f"  saved the best-on-validation weights (epoch {best['epoch']}) to {path}")
     return rows
 
 
@@ -368,6 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--progress", action="store_true", help="per-epoch progress bars")
+    p.add_argument(
+        "--save-best",
+        action="store_true",
+        help="save each run's best-on-validation weights (the model the recipe hands on) as best_<config>.pt in --out",
+    )
     return p
 
 

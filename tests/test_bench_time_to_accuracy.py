@@ -1,7 +1,10 @@
 """The time-to-accuracy benchmark runs end to end on FERPlus (tiny) under each label mode."""
 
 import pandas as pd
+import torch
 from scripts import load_script
+
+from ferlib.models import ModelConfig, build_model
 
 
 def _bench():
@@ -30,6 +33,7 @@ def test_soft_labels_train_on_votes_and_score_the_majority(ferplus_root, tmp_pat
             "--data-root", str(ferplus_root), "--configs", "smallface:fast_affine", "--epochs", "1",
             "--input-size", "32", "--max-train", "300", "--max-eval", "200", "--label-mode", "crossentropy",
             "--recipe-params", '{"ema_decay": 0.0}', "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+            "--save-best",
         ]
     )  # fmt: skip
     assert code == 0
@@ -37,6 +41,18 @@ def test_soft_labels_train_on_votes_and_score_the_majority(ferplus_root, tmp_pat
     assert summary.loc[0, "label_mode"] == "crossentropy" and summary.loc[0, "config"] == "smallface:fast_affine"
     assert 0 <= summary.loc[0, "test_acc"] <= 1
     assert (out / "time_to_accuracy.png").is_file() and (out / "time_to_accuracy.pdf").is_file()
+    saved = torch.load(out / "best_smallface_fast_affine.pt", weights_only=True)  # --save-best
+    assert saved["epoch"] == summary.loc[0, "best_epoch"] and saved["val_acc"] == summary.loc[0, "val_acc"]
+    model = build_model(ModelConfig("smallface", num_classes=7, input_size=32), verbose=False)
+    model.load_state_dict(saved["state_dict"])
+    views = load_script("benchmarks/test_time_views.py")  # reads that checkpoint
+    csv = tmp_path / "views.csv"
+    argv = [str(out / "best_smallface_fast_affine.pt"), "--data-root", str(ferplus_root), "--cache-dir",
+            str(tmp_path / "cache"), "--views", "flip,flip+cross1", "--out", str(csv)]  # fmt: skip
+    assert views.main(argv) == 0
+    table = pd.read_csv(csv)
+    assert list(table["views"]) == ["flip", "flip+cross1"] and list(table["n_views"]) == [2, 10]
+    assert table[["validation_acc", "test_acc"]].stack().between(0, 1).all()
 
 
 def test_ensemble_row_scores_the_members_mean_softmax_and_sums_their_time():
@@ -110,3 +126,13 @@ def test_members_curves_are_saved_after_every_epoch_and_the_run_has_a_manifest(f
     assert manifest["data"]["fingerprint"] == data.fingerprint and data.fingerprint
     assert manifest["params"]["members"] == 2
     assert [r["config"] for r in manifest["summary"]] == list(pd.read_csv(out / "summary.csv")["config"])
+
+
+def test_test_time_views_shift_moves_the_face_and_repeats_the_border():
+    views = load_script("benchmarks/test_time_views.py")
+    img = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4)
+    right = views.shift(img, 1, 0)
+    assert torch.equal(right[..., 1:], img[..., :3]) and torch.equal(right[..., 0], img[..., 0])
+    down = views.shift(img, 0, -2)  # up by two
+    assert torch.equal(down[..., :2, :], img[..., 2:, :]) and torch.equal(down[..., 3, :], img[..., 3, :])
+    assert views.shift(img, 0, 0) is img and right.dtype == torch.uint8
