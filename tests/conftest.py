@@ -9,8 +9,9 @@ user's machine); set ``FERKIT_FERPLUS`` to point elsewhere.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -34,6 +35,20 @@ def ferplus_root() -> Path:
     if not (root / "FER2013Train" / "label.csv").is_file():
         pytest.skip(f"FERPlus not found at {root} (set {FERPLUS_ENV} to its root)")
     return root
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory, request) -> Iterator[Path]:
+    """A folder shared by one test module's tests (a run trained once, read by several tests).
+
+    Removed when the module ends unless one of its tests failed: such runs hold checkpoints of
+    hundreds of MB, and kept to the end of the session they add up to more than a CI machine's
+    free disk (pyproject's ``tmp_path_retention_policy`` does the same for ``tmp_path``)."""
+    failed = request.session.testsfailed
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    if request.session.testsfailed == failed:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def write_image(path: Path, size: int = 8, mode: str = "L", seed: int = 0) -> Path:

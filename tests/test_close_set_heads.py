@@ -12,8 +12,8 @@ SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    base = tmp_path_factory.mktemp("heads")
+def tiny_data(module_tmp):
+    base = module_tmp
     root = write_synthetic(base / "synthetic", SyntheticConfig(n_train=70, n_valid=14, n_test=28, seed=0))
     return dict(
         dataset="synthetic",

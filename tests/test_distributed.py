@@ -129,10 +129,10 @@ def _jobs(tmp: Path, name: str, jobs: list[dict]) -> str:
 
 
 @pytest.fixture(scope="module")
-def ddp_runs(tmp_path_factory):
+def ddp_runs(module_tmp):
     """One torchrun launch: 3 epochs without and with BatchNorm, and 1 epoch of the first
     into a folder a later launch resumes."""
-    tmp = tmp_path_factory.mktemp("ddp")
+    tmp = module_tmp
     jobs = [
         {"model": "plain", "epochs": 3, "out": str(tmp / "plain"), "result": str(tmp / "plain.pt")},
         {"model": "bn", "epochs": 3, "out": str(tmp / "bn"), "result": str(tmp / "bn.pt")},

@@ -42,8 +42,8 @@ def _params(base: Path, root: Path, **changes) -> dict:
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    base = tmp_path_factory.mktemp("noisy")
+def bench(module_tmp):
+    base = module_tmp
     root = write_synthetic(base / "synthetic", SyntheticConfig(n_train=70, n_valid=14, n_test=28, seed=0))
     summary = noisy.noisy_label_benchmark(**_params(base, root))
     return base, root, summary

@@ -23,9 +23,9 @@ COMMON = dict(dataset="synthetic", open_class="surprise", seed=0, input_size=SIZ
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(module_tmp):
     """Stages 01-03 once for the module (about 2 minutes on 2 cores)."""
-    base = tmp_path_factory.mktemp("pipeline")
+    base = module_tmp
     # balanced classes: the thresholds below were set on this set (the FERPlus-shaped default
     # is checked by tests/test_synthetic_calibration.py and the demo)
     cfg = SyntheticConfig(n_train=700, n_valid=140, n_test=280, seed=0, class_shares=None)

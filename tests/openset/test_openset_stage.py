@@ -129,9 +129,9 @@ def test_write_npy_is_atomic(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, make_tiny_stage_params):
+def tiny_run(module_tmp, make_tiny_stage_params):
     """Stages 01-02 on a tiny synthetic set (a few seconds): 1 epoch, 32 px, ImageNet stem."""
-    params = make_tiny_stage_params(tmp_path_factory.mktemp("openset_stage"))
+    params = make_tiny_stage_params(module_tmp)
     stages.train_close_set(**params, epochs=1, batch_size=32)
     table = stages.predict_pseudo_labels(**params)
     return params, table

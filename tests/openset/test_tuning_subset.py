@@ -98,12 +98,12 @@ def test_ferplus_tuning_set_is_fer2013valid_and_disjoint_from_the_reported_set(f
 
 # ----------------------------------------------------------------------------- stages 01-03
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
+def trained_run(module_tmp):
     """Stages 01-02 on a balanced synthetic set with 140 validation rows (20 open): smallface
     at 48 px, 3 epochs (about 30 s on one core); stage 03 over every reported row."""
     from ferlib.data.synthetic import SyntheticConfig, write_synthetic
 
-    base = tmp_path_factory.mktemp("tuning")
+    base = module_tmp
     cfg = SyntheticConfig(n_train=560, n_valid=140, n_test=28, seed=0, class_shares=None)
     root = write_synthetic(base / "synthetic", cfg)
     params = dict(
