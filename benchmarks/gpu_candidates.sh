@@ -17,6 +17,8 @@
 #   deep      smallface_deep (a third conv in the two coarsest blocks, 1.9 M parameters): depth where
 #             width did not help (not in the default set: pass CANDIDATES, e.g. "deep deepstrong")
 #   deepstrong  smallface_deep with the stronger warp
+#   deepcutmix  smallface_deep with CutMix on half the batches (recipe_params cutmix_p .5): the
+#             regulariser the from-scratch CIFAR/ImageNet recipes add after the warp
 #
 # Usage (repository root; DEVICE=cpu with EXTRA="--max-train 300 --max-eval 200" checks it here):
 #   benchmarks/gpu_candidates.sh                    # 60 epochs each, 6 minutes of training at most
@@ -50,6 +52,7 @@ declare -A ARGS=(
     [smooth]="--configs smallface:fast_affine --recipe-params {\"label_smoothing\":0.2,\"weight_decay\":0.001}"
     [deep]="--configs smallface_deep:fast_affine"
     [deepstrong]="--configs smallface_deep:fast_affine --recipe-params {\"augment\":{\"rotate_deg\":15.0,\"translate\":0.15,\"scale\":[0.85,1.15]}}"
+    [deepcutmix]="--configs smallface_deep:fast_affine --recipe-params {\"cutmix_p\":0.5}"
 )
 set -f  # the JSON holds [..]: no pathname expansion
 CANDIDATES="${CANDIDATES:-wide px64 strong smooth}"

@@ -26,6 +26,9 @@ Recipes
     crowd votes that often disagree), an EMA of the weights with decay 0.99 (a smoother model to validate and
     select without extra epochs), and flip test-time augmentation (faces are left-right
     symmetric; the mirror is a free second view).
+
+``cutmix_p`` (CutMix on that share of batches, :mod:`ferlib.data.mix`) is off in every recipe:
+a switch to measure on FERPlus's validation split (docs/RESULTS.md) before a recipe adopts it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ RECIPE_FIELDS: tuple[str, ...] = (
     "label_smoothing",
     "ema_decay",
     "flip_tta",
+    "cutmix_p",
     "augment",
 )
 

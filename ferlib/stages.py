@@ -174,7 +174,7 @@ def train_close_set(
     recipe_params : dict or None
         Single recipe settings to override, e.g. {'ema_decay': 0, 'label_smoothing': 0.0}; fields: optimizer,
         lr, momentum, weight_decay, schedule, lr_gamma, cycle_epochs, lr_min, warmup_epochs, label_smoothing,
-        ema_decay, flip_tta.
+        ema_decay, flip_tta, cutmix_p (CutMix on that share of batches; off in every recipe).
     lr : float or None
         Learning rate, in (0, 1]; None: the recipe's (reference: 1e-3).
     weight_decay : float or None
@@ -231,7 +231,9 @@ def train_close_set(
     head_params = validate_head(head, head_params)
     noise = check_labels(dataset, label_mode, label_noise)
     settings = _recipe(recipe, recipe_params, lr=lr, weight_decay=weight_decay, lr_gamma=lr_gamma)
-    check_smoothing(loss, settings.get("label_smoothing", 0.0))  # e.g. recipe fast with rul: before decoding
+    check_smoothing(
+        loss, settings.get("label_smoothing", 0.0), settings.get("cutmix_p", 0.0)
+    )  # e.g. recipe fast with rul: before decoding
     s = load_splits(
         dataset,
         data_root,

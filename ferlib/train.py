@@ -39,6 +39,7 @@ from torch import nn
 
 from ferlib import distributed
 from ferlib.data.augment import AugmentConfig, augment_batch, augment_config, to_float
+from ferlib.data.mix import cutmix_batch
 from ferlib.digest import json_digest, state_dict_digest, tensor_digest
 from ferlib.io import read_json, torch_save, write_csv, write_json
 from ferlib.losses import CrossEntropy, Objective, objective_config
@@ -90,6 +91,9 @@ class TrainConfig:
       EMA copy; 0 turns it off.
     - ``flip_tta``: validation (and the stages' predictions) average the logits of each
       image and its mirror (:func:`predict` ``tta=True``).
+    - ``cutmix_p``: the share of batches cut-mixed after the augmentation (CutMix,
+      :mod:`ferlib.data.mix`); their targets become area-weighted label mixtures, so the
+      objective must take soft targets (``ce``, ``cam_flip``). 0 turns it off.
 
     ``compile`` runs the training step (the objective's forward and loss) through
     ``torch.compile`` (inductor). Like ``device`` it is left out of the key: it computes the
@@ -113,6 +117,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # 0: off; e.g. 0.999
     flip_tta: bool = False
+    cutmix_p: float = 0.0  # 0: off; the CutMix paper's CIFAR setting is 0.5
     seed: int = 0
     device: str = "cpu"
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
@@ -142,6 +147,7 @@ class TrainConfig:
             "warmup_epochs": self.warmup_epochs >= 0,
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "ema_decay": 0 <= self.ema_decay < 1,
+            "cutmix_p": 0 <= self.cutmix_p <= 1,
             "lr": self.lr > 0,
             "weight_decay": self.weight_decay >= 0,
         }
@@ -199,6 +205,7 @@ _RECIPE_OFF: dict[str, object] = {
     "label_smoothing": 0.0,
     "ema_decay": 0.0,
     "flip_tta": False,
+    "cutmix_p": 0.0,
 }
 
 
@@ -322,22 +329,35 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def check_smoothing(objective: object, label_smoothing: float) -> None:
-    """Refuse label smoothing for an objective whose loss is not one cross-entropy on the
-    returned logits plus target-free terms (``rul``'s mixup, ``ensemble``'s per-branch sum):
-    smoothing the returned logits' cross-entropy would change a different loss than the one
-    trained. Stages call it before decoding any data; :func:`fit` again."""
+def check_smoothing(objective: object, label_smoothing: float, cutmix_p: float = 0.0) -> None:
+    """Refuse label smoothing (and CutMix's mixed targets) for an objective whose loss is not
+    one cross-entropy on the returned logits plus target-free terms (``rul``'s mixup,
+    ``ensemble``'s per-branch sum): smoothing or mixing the returned logits' targets would
+    change a different loss than the one trained. Stages call it before decoding any data;
+    :func:`fit` again."""
     name = objective_config(objective).get("name")
-    if label_smoothing > 0 and name not in SMOOTHABLE_OBJECTIVES:
-        raise ValueError(
-            f"label_smoothing={label_smoothing} needs an objective whose loss is cross-entropy plus "
-            f"target-free terms ({', '.join(SMOOTHABLE_OBJECTIVES)}); objective {name!r} is not one "
-            "(e.g. recipe_params={'label_smoothing': 0.0})"
-        )
+    for setting, value in (("label_smoothing", label_smoothing), ("cutmix_p", cutmix_p)):
+        if value > 0 and name not in SMOOTHABLE_OBJECTIVES:
+            raise ValueError(
+                f"{setting}={value} needs an objective whose loss is cross-entropy plus "
+                f"target-free terms ({', '.join(SMOOTHABLE_OBJECTIVES)}); objective {name!r} is not one "
+                f"(e.g. recipe_params={{'{setting}': 0.0}})"
+            )
 
 
 def _check_smoothing(objective: object, cfg: TrainConfig) -> None:
-    check_smoothing(objective, cfg.label_smoothing)
+    check_smoothing(objective, cfg.label_smoothing, cfg.cutmix_p)
+
+
+def _num_classes(model: nn.Module, train: TensorData) -> int:
+    """The number of classes the logits have (CutMix's one-hot width): the model's config
+    when it has one, else the soft targets' width, else the largest label + 1."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and getattr(cfg, "num_classes", None):
+        return int(cfg.num_classes)
+    if train.soft_targets is not None:
+        return int(train.soft_targets.shape[1])
+    return int(train.targets.max()) + 1
 
 
 def _smoothed(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
@@ -637,6 +657,7 @@ def fit(
     synced = list(model.buffers()) + (list(ema.model.buffers()) if ema is not None else [])
 
     n = len(train)
+    n_classes = _num_classes(model, train) if cfg.cutmix_p > 0 else 0
     n_batches = max(1, n // cfg.batch_size + (1 if n % cfg.batch_size >= 2 else 0))
     for epoch in range(start, cfg.epochs):
         if callable(getattr(objective, "on_epoch_start", None)):
@@ -658,12 +679,20 @@ def fit(
                 group["lr"] = lr
             lo, hi = distributed.shard(len(index)) if parallel else (0, len(index))
             rows = index[lo:hi]  # this rank's slice: the whole batch in one process
-            if cfg.augment is not None:  # augmented as a whole batch, as in one process
-                x = augment_batch(_batch(train.images, index, cfg), cfg.augment, aug_gen)[lo:hi]
-            else:
-                x = _batch(train.images, rows, cfg)
             y = train.targets[rows].to(cfg.device)  # hard labels: training accuracy
-            t = y if train.soft_targets is None else train.loss_targets(index, label_gen)[lo:hi].to(cfg.device)
+            if cfg.cutmix_p > 0:  # mixed as a whole batch (pairs across ranks), as in one process
+                xg = _batch(train.images, index, cfg)
+                if cfg.augment is not None:
+                    xg = augment_batch(xg, cfg.augment, aug_gen)
+                tg = train.targets[index] if train.soft_targets is None else train.loss_targets(index, label_gen)
+                xg, tg = cutmix_batch(xg, tg.to(cfg.device), n_classes, cfg.cutmix_p, aug_gen)
+                x, t = xg[lo:hi], tg[lo:hi]
+            else:
+                if cfg.augment is not None:  # augmented as a whole batch, as in one process
+                    x = augment_batch(_batch(train.images, index, cfg), cfg.augment, aug_gen)[lo:hi]
+                else:
+                    x = _batch(train.images, rows, cfg)
+                t = y if train.soft_targets is None else train.loss_targets(index, label_gen)[lo:hi].to(cfg.device)
             if trainer is not None:
                 loss, logits = trainer(x, t, rows)
             else:
