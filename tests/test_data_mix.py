@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from toy import brightness_pairs
 
 from ferlib.data.mix import cutmix_batch, one_hot_targets
 from ferlib.losses import CrossEntropy
@@ -74,11 +75,7 @@ def test_bad_input_names_what_is_wrong():
 
 
 def _toy(n=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 2
-    base = torch.where(y[:, None, None, None] == 1, 190, 60)
-    x = (base + torch.randint(-30, 30, (n, 3, 32, 32), generator=g)).clamp(0, 255).to(torch.uint8)
-    return TensorData(x, y)
+    return TensorData(*brightness_pairs(n, seed))
 
 
 def _model():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from toy import brightness_pairs
 
 from ferlib.losses import CamFlipConsistency, CrossEntropy
 from ferlib.models import ModelConfig, build_model
@@ -16,11 +17,7 @@ from ferlib.train import TensorData, TrainConfig, _smoothed, fit, load_history, 
 
 def _toy(n=64, seed=0):
     """Two classes that differ by brightness."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 2
-    base = torch.where(y[:, None, None, None] == 1, 190, 60)
-    x = (base + torch.randint(-30, 30, (n, 3, 32, 32), generator=g)).clamp(0, 255).to(torch.uint8)
-    return x, y
+    return brightness_pairs(n, seed)
 
 
 def _model():

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from toy import brightness_pairs
 
 from ferlib.data.augment import AugmentConfig
 from ferlib.digest import tensor_digest
@@ -14,11 +15,7 @@ from ferlib.train import TensorData, TrainConfig, fit, load_history, predict, tr
 
 def _toy(n=96, seed=0):
     """Two classes that differ by brightness: learnable in a couple of epochs."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 2
-    base = torch.where(y[:, None, None, None] == 1, 190, 60)
-    x = (base + torch.randint(-30, 30, (n, 3, 32, 32), generator=g)).clamp(0, 255).to(torch.uint8)
-    return TensorData(x, y)
+    return TensorData(*brightness_pairs(n, seed))
 
 
 def _model():
