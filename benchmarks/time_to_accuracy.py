@@ -66,6 +66,7 @@ from ferlib.data.prepare import LABEL_MODES, close_rows, load_splits, training_l
 from ferlib.io import torch_save, write_csv  # noqa: E402
 from ferlib.manifest import collect_environment, set_manifest  # noqa: E402
 from ferlib.models import TRUNKS, ModelConfig, build_model  # noqa: E402
+from ferlib.models.face_weights import PACKAGED_WEIGHTS  # noqa: E402
 from ferlib.recipes import available_recipes, train_config  # noqa: E402
 from ferlib.train import EpochInfo, TensorData, fit, predict  # noqa: E402
 
@@ -98,6 +99,14 @@ def parse_configs(text: str) -> list[tuple[str, str]]:
     if not pairs:
         raise SystemExit("--configs: give at least one arch:recipe")
     return pairs
+
+
+def pretrained_for(arch: str, args: argparse.Namespace) -> str | None:
+    """``--pretrained`` for every config; without it, the ``dlibface`` trunks start from their
+    face weights (the installed face extra) and every other trunk from scratch."""
+    if getattr(args, "pretrained", None):
+        return args.pretrained
+    return "dlibface" if arch in PACKAGED_WEIGHTS["dlibface"] else None
 
 
 def _subsample(data: TensorData, limit: int, seed: int) -> TensorData:
@@ -163,7 +172,10 @@ def run_config(
     seed = args.seed if seed is None else seed
     keep = getattr(args, "members", 1) > 1
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(arch, num_classes=7, input_size=args.input_size), verbose=False)
+    model = build_model(
+        ModelConfig(arch, num_classes=7, input_size=args.input_size, pretrained=pretrained_for(arch, args)),
+        verbose=False,
+    )
     cfg = train_config(
         recipe,
         json.loads(args.recipe_params) if args.recipe_params else None,
@@ -199,6 +211,7 @@ def run_config(
                 "config": label or f"{arch}:{recipe}",
                 "arch": arch,
                 "recipe": recipe,
+                "pretrained": pretrained_for(arch, args) or "",
                 "label_mode": args.label_mode,
                 "recipe_params": args.recipe_params,
                 "compile": args.compile,
@@ -354,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"arch:recipe list (default {DEFAULT_CONFIGS})")
     p.add_argument("--epochs", type=int, default=10, help="epochs per config (the schedule's length)")
     p.add_argument("--input-size", type=int, default=48)
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        help="weights every config starts from (a path, or dlibface); default: dlibface for the dlibface trunks, "
+        "none (from scratch) for the others",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

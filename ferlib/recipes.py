@@ -27,6 +27,20 @@ Recipes
     select without extra epochs), and flip test-time augmentation (faces are left-right
     symmetric; the mirror is a free second view).
 
+``face``
+    Fine-tuning from face-recognition weights (``arch="dlibface"``, ``pretrained="dlibface"``;
+    112 px): AdamW (decoupled weight decay 0.01) at lr 1e-3 for the new head and a tenth of it
+    for the pretrained trunk (``trunk_lr_mult`` 0.1: pretrained features need small steps, a
+    random head large ones), cosine decay to zero after a half-epoch warm-up, label smoothing
+    0.1, flip test-time augmentation, and ``fast_affine``'s warp on top of the papers' flip,
+    noise and erasing. Its starting point was the first fine-tuning trial that reached .80
+    FERPlus test accuracy in 4 epochs (AdamW 1e-4 trunk / 1e-3 head, cosine with warm-up,
+    smoothing .1); docs/RESULTS.md, "Starting from face weights", says what it reaches.
+``face_frozen``
+    ``face`` with the trunk frozen (``trunk_lr_mult`` 0): the head alone learns, on the face
+    features. For small sets (a few hundred images), where fine-tuning the whole trunk
+    overfits.
+
 ``cutmix_p`` (CutMix on that share of batches, :mod:`ferlib.data.mix`) is off in every recipe:
 a switch to measure on FERPlus's validation split (docs/RESULTS.md) before a recipe adopts it.
 """
@@ -54,6 +68,9 @@ RECIPE_FIELDS: tuple[str, ...] = (
     "ema_decay",
     "flip_tta",
     "cutmix_p",
+    "trunk_lr_mult",
+    "frozen_stages",
+    "freeze_norm",
     "augment",
 )
 
@@ -83,6 +100,19 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 RECIPES["fast_affine"] = {**RECIPES["fast"], "augment": dict(AFFINE)}
+RECIPES["face"] = {
+    **_DEFAULTS,
+    "optimizer": "adamw",
+    "lr": 1e-3,
+    "trunk_lr_mult": 0.1,
+    "weight_decay": 0.01,
+    "schedule": "cosine",
+    "warmup_epochs": 0.5,
+    "label_smoothing": 0.1,
+    "flip_tta": True,
+    "augment": dict(AFFINE),
+}
+RECIPES["face_frozen"] = {**RECIPES["face"], "trunk_lr_mult": 0.0, "label_smoothing": 0.0}
 
 
 def available_recipes() -> tuple[str, ...]:

@@ -67,7 +67,7 @@ LOOP_VERSION = 2
 #: schedules that run to zero over ``epochs``: for these ``epochs`` enters the key
 RUN_LENGTH_SCHEDULES = ("cosine", "onecycle")
 SCHEDULES = ("exponential", "cyclic", "constant", *RUN_LENGTH_SCHEDULES)
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 #: objectives whose loss is ``CE(logits, y) + terms that do not involve the targets``:
 #: label smoothing is applied to their cross-entropy term (see :func:`_smoothed`)
 SMOOTHABLE_OBJECTIVES = ("ce", "cam_flip")
@@ -94,6 +94,13 @@ class TrainConfig:
     - ``cutmix_p``: the share of batches cut-mixed after the augmentation (CutMix,
       :mod:`ferlib.data.mix`); their targets become area-weighted label mixtures, so the
       objective must take soft targets (``ce``, ``cam_flip``). 0 turns it off.
+    - Fine-tuning a pretrained trunk (``model.trunk``; :func:`trainable_groups`):
+      ``trunk_lr_mult`` scales the trunk's learning rate against the new head's (pretrained
+      features need smaller steps than a head drawn at random; 0 freezes the trunk, training
+      the head alone, for small data sets where full fine-tuning overfits); ``frozen_stages``
+      holds the trunk's first stages fixed (their BatchNorm statistics too), so that only
+      the last levels adapt; ``freeze_norm`` holds the trunk's normalisation layers fixed
+      (BatchNorm, dlib's ``affine``). ``adamw`` is Adam with decoupled weight decay.
 
     ``compile`` runs the training step (the objective's forward and loss) through
     ``torch.compile`` (inductor). Like ``device`` it is left out of the key: it computes the
@@ -118,6 +125,9 @@ class TrainConfig:
     ema_decay: float = 0.0  # 0: off; e.g. 0.999
     flip_tta: bool = False
     cutmix_p: float = 0.0  # 0: off; the CutMix paper's CIFAR setting is 0.5
+    trunk_lr_mult: float = 1.0  # the trunk's lr = lr * this (0: trunk frozen)
+    frozen_stages: int = 0  # the trunk's first stages held fixed
+    freeze_norm: bool = False  # the trunk's BatchNorm / affine layers held fixed
     seed: int = 0
     device: str = "cpu"
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
@@ -148,6 +158,8 @@ class TrainConfig:
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "ema_decay": 0 <= self.ema_decay < 1,
             "cutmix_p": 0 <= self.cutmix_p <= 1,
+            "trunk_lr_mult": 0 <= self.trunk_lr_mult <= 10,
+            "frozen_stages": isinstance(self.frozen_stages, int) and self.frozen_stages >= 0,
             "lr": self.lr > 0,
             "weight_decay": self.weight_decay >= 0,
         }
@@ -206,6 +218,9 @@ _RECIPE_OFF: dict[str, object] = {
     "ema_decay": 0.0,
     "flip_tta": False,
     "cutmix_p": 0.0,
+    "trunk_lr_mult": 1.0,
+    "frozen_stages": 0,
+    "freeze_norm": False,
 }
 
 
@@ -321,12 +336,66 @@ def _batch(images: torch.Tensor, index: torch.Tensor, cfg: TrainConfig) -> torch
     return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
 
 
-def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
+_NORM_LAYERS = (nn.modules.batchnorm._BatchNorm,)
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, _NORM_LAYERS) or type(module).__name__ == "Affine"  # dlib's affine_
+
+
+def frozen_modules(model: nn.Module, cfg: TrainConfig) -> list[nn.Module]:
+    """The trunk modules that ``cfg`` holds fixed (``trunk_lr_mult=0``: the whole trunk;
+    ``frozen_stages``: its first stages; ``freeze_norm``: its normalisation layers)."""
+    if cfg.trunk_lr_mult == 1.0 and cfg.frozen_stages == 0 and not cfg.freeze_norm:
+        return []
+    trunk = getattr(model, "trunk", None)
+    if trunk is None or not callable(getattr(trunk, "stages", None)):
+        raise ValueError(
+            f"trunk_lr_mult / frozen_stages / freeze_norm need a network with a trunk (ferlib.models.FERNet); "
+            f"got {type(model).__name__}"
         )
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    stages = trunk.stages()
+    if cfg.frozen_stages > len(stages):
+        raise ValueError(f"frozen_stages={cfg.frozen_stages}, but the trunk has {len(stages)} stages")
+    if cfg.trunk_lr_mult == 0:
+        return [trunk]
+    out = list(stages[: cfg.frozen_stages])
+    if cfg.freeze_norm:
+        out += [m for m in trunk.modules() if _is_norm(m)]
+    return out
+
+
+def trainable_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Optimiser parameter groups: the trunk's at ``lr * trunk_lr_mult`` (``lr_mult`` in the
+    group, applied by the loop's schedule), everything else at ``lr``; frozen parameters
+    (:func:`frozen_modules`) get ``requires_grad=False`` and no group."""
+    for module in frozen_modules(model, cfg):
+        module.requires_grad_(False)
+    trunk = getattr(model, "trunk", None)
+    in_trunk = {id(p) for p in trunk.parameters()} if trunk is not None and cfg.trunk_lr_mult != 1.0 else set()
+    trunk_params = [p for p in model.parameters() if p.requires_grad and id(p) in in_trunk]
+    other = [p for p in model.parameters() if p.requires_grad and id(p) not in in_trunk]
+    groups = [{"params": other, "lr_mult": 1.0, "lr": cfg.lr}]
+    if trunk_params:
+        groups.append({"params": trunk_params, "lr_mult": cfg.trunk_lr_mult, "lr": cfg.lr * cfg.trunk_lr_mult})
+    return [g for g in groups if g["params"]]
+
+
+def _hold_frozen(model: nn.Module, cfg: TrainConfig) -> None:
+    """Frozen modules stay in evaluation mode (BatchNorm keeps its pretrained statistics)."""
+    for module in frozen_modules(model, cfg):
+        module.eval()
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = trainable_groups(model, cfg)
+    if not groups:
+        raise ValueError("every parameter is frozen: nothing to train (check trunk_lr_mult / frozen_stages)")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def check_smoothing(objective: object, label_smoothing: float, cutmix_p: float = 0.0) -> None:
@@ -664,6 +733,7 @@ def fit(
             objective.on_epoch_start(epoch)  # 0-based, also after a resume (e.g. ESR's progressive branches)
         t0 = time.perf_counter()
         model.train()
+        _hold_frozen(model, cfg)
         perm = torch.randperm(n, generator=gen)
         label_gen = _label_generator(cfg, epoch) if train.soft_targets is not None else None
         total_loss, correct, seen = 0.0, 0, 0
@@ -676,7 +746,7 @@ def fit(
                 continue
             lr = cfg.lr_at(epoch + step / n_batches)
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_mult", 1.0)
             lo, hi = distributed.shard(len(index)) if parallel else (0, len(index))
             rows = index[lo:hi]  # this rank's slice: the whole batch in one process
             y = train.targets[rows].to(cfg.device)  # hard labels: training accuracy

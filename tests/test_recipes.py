@@ -42,7 +42,7 @@ def test_recipe_params_override_single_fields():
         ("quick", None, ["recipe must be one of", "fast", "reference"]),
         ("fast", {"emma_decay": 0.9}, ["'emma_decay'", "ema_decay", "label_smoothing"]),
         ("fast", {"epochs": 3}, ["'epochs'", "recipe_params accepted"]),
-        ("fast", {"optimizer": "lamb"}, ["optimizer", "adam, sgd"]),
+        ("fast", {"optimizer": "lamb"}, ["optimizer", "adam, adamw, sgd"]),
         ("fast", {"label_smoothing": "0.1"}, ["label_smoothing", "float"]),
         ("reference", {"ema_decay": 1.5}, ["ema_decay"]),
     ],
@@ -56,7 +56,7 @@ def test_bad_recipe_names_the_choices(name, params, words):
 
 def test_stage_validates_recipe_before_any_work():
     validate_arguments(train_close_set, {"recipe": "fast", "recipe_params": {"ema_decay": 0.0}})
-    with pytest.raises(ParameterError, match="train_close_set: recipe must be one of fast, fast_affine, reference"):
+    with pytest.raises(ParameterError, match="train_close_set: recipe must be one of face, face_frozen, fast, fast_affine, reference"):
         validate_arguments(train_close_set, {"recipe": "quick"})
     with pytest.raises(ParameterError, match="recipe_params accepted"):
         validate_arguments(train_close_set, {"recipe": "fast", "recipe_params": {"lr_max": 1.0}})

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from ferlib.models.base import ForwardOutput, ModelConfig
+from ferlib.models.dlib_reader import sha256_of
+from ferlib.models.face_weights import PACKAGED_WEIGHTS, load_dlib_face
 from ferlib.models.registry import make_head
 from ferlib.models.trunk import build_trunk
 from ferlib.models.weights import load_pretrained, upgrade_legacy_state_dict
@@ -25,6 +29,8 @@ class FERNet(nn.Module):
         self.head = make_head(cfg.head, self.trunk.out_channels, cfg.num_classes, cfg.dropout, cfg.head_params)
         self.num_features = self.trunk.out_channels
         self.register_load_state_dict_pre_hook(upgrade_legacy_state_dict)
+        #: which pretrained weights :func:`build_model` loaded (None: from scratch)
+        self.pretrained_record: dict | None = None
 
     @property
     def supports_cam(self) -> bool:
@@ -74,14 +80,34 @@ class FERNet(nn.Module):
 
 
 def build_model(cfg: ModelConfig, verbose: bool = True) -> FERNet:
-    """Build a :class:`FERNet`; load weights when ``cfg.pretrained`` names a file.
+    """Build a :class:`FERNet`; load weights when ``cfg.pretrained`` names a file, or
+    ``"dlibface"`` (dlib's face-recognition ResNet from the installed face extra, for the
+    ``dlibface`` trunks; :mod:`ferlib.models.face_weights`).
+
+    ``model.pretrained_record`` says which weights were loaded (name, SHA-256 of the file,
+    tensors loaded; None from scratch), for results and manifests.
 
     Without weights the model starts from scratch, and says so: results from scratch are
     not comparable with the papers' face-pretrained numbers.
     """
     model = FERNet(cfg)
-    if cfg.pretrained:
-        load_pretrained(model, cfg.pretrained, verbose=verbose)
+    if cfg.pretrained in PACKAGED_WEIGHTS:  # weights shipped by an installed package (face extra)
+        model.pretrained_record = load_dlib_face(model, verbose=verbose)
+    elif cfg.pretrained and str(cfg.pretrained).endswith(".dat"):  # a dlib file of the same network
+        model.pretrained_record = load_dlib_face(model, cfg.pretrained, verbose=verbose)
+    elif cfg.pretrained:
+        report = load_pretrained(model, cfg.pretrained, verbose=verbose)
+        model.pretrained_record = {
+            "weights": Path(cfg.pretrained).name,
+            "source_sha256": sha256_of(cfg.pretrained),
+            "tensors_loaded": len(report.loaded),
+        }
+    elif cfg.arch in PACKAGED_WEIGHTS["dlibface"]:
+        if verbose:
+            print(
+                f"{cfg.arch}: no pretrained weights given; this trunk's affine layers do not normalise, so it is "
+                "meant to start from pretrained='dlibface' (from scratch, use smallface)"
+            )
     elif verbose:
         print(
             f"{cfg.arch}: no pretrained weights given; training from scratch "

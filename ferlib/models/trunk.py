@@ -183,12 +183,26 @@ class SmallFaceDeepTrunk(SmallFaceTrunk):
         self.block3.extend(_conv_bn(w3, w3, pool=False))
 
 
+def _dlibface(cfg: ModelConfig) -> Trunk:
+    from ferlib.models.dlibface import DlibFaceTrunk  # imports this module: imported when built
+
+    return DlibFaceTrunk(cfg)
+
+
+def _dlibface_l1(cfg: ModelConfig) -> Trunk:
+    from ferlib.models.dlibface import DlibFaceL1Trunk
+
+    return DlibFaceL1Trunk(cfg)
+
+
 #: arch name -> trunk class (built from the ModelConfig)
 TRUNKS: dict[str, Callable[[ModelConfig], Trunk]] = {
     **{name: ResNetTrunk for name in ARCHS},
     "smallface": SmallFaceTrunk,
     "smallface_wide": SmallFaceWideTrunk,
     "smallface_deep": SmallFaceDeepTrunk,
+    "dlibface": _dlibface,  # dlib's face-recognition ResNet (ferlib/models/dlibface.py), pretrained="dlibface"
+    "dlibface_l1": _dlibface_l1,  # the same without its last down block: a 3x3 map at 112 px
 }
 
 
