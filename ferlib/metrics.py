@@ -30,6 +30,9 @@ __all__ = [
     "accuracy",
     "confusion",
     "close_accuracy",
+    "close_set_warning",
+    "near_chance_warning",
+    "NEAR_CHANCE_FACTOR",
     "metrics_table",
     "pseudo_label_spread_table",
 ]
@@ -215,6 +218,57 @@ def close_accuracy(labels, pseudo, is_open, close_classes: Sequence[int] | None 
         raise ValueError(f"close samples carry labels not in close_classes: {np.unique(lab[unknown]).tolist()}")
     target = np.searchsorted(classes, lab)
     return accuracy(target, ps)
+
+
+#: a close-set model whose validation accuracy is below this multiple of chance (1 / classes)
+#: is called near chance: open-set detection numbers on top of it are flagged
+NEAR_CHANCE_FACTOR = 1.5
+
+
+def near_chance_warning(val_acc: float, num_classes: int, factor: float = NEAR_CHANCE_FACTOR) -> str | None:
+    """A warning when validation accuracy ``val_acc`` is below ``factor`` times chance
+    (``1 / num_classes``), else ``None``.
+
+    Why: every detector reads what the close-set model learnt. A model near chance has learnt
+    next to nothing about the expressions, so a detector's AUROC then measures whatever else
+    tells the evaluation rows apart (on a set split by subject: seen against unseen people),
+    and numbers far from .5 on either side are no evidence about open-set recognition.
+    """
+    if num_classes < 2 or not np.isfinite(val_acc):
+        return None
+    chance = 1.0 / num_classes
+    if val_acc >= factor * chance:
+        return None
+    return (
+        f"the close-set model is near chance: validation accuracy {val_acc:.3f} with {num_classes} classes "
+        f"(chance {chance:.3f}; flagged below {factor:g} x chance = {factor * chance:.3f}). Open-set detection "
+        "numbers on this model mean nothing: a detector can only separate what the model tells apart"
+    )
+
+
+def close_set_warning(results: dict, history=None, factor: float = NEAR_CHANCE_FACTOR) -> str | None:
+    """:func:`near_chance_warning` for a finished stage 01, from its ``results.json``
+    (``results``) and per-epoch ``history`` (a DataFrame or list of dicts with ``val_acc``).
+
+    Reads ``results["val_acc"]`` (the best epoch's validation accuracy, recorded since this
+    check exists), else the history's ``val_acc`` at ``results["best_epoch"]`` (older runs),
+    else the best ``val_acc`` of the history; ``None`` when none of these is there or the
+    class count is unknown (no ``class_names``)."""
+    num_classes = len(results.get("class_names") or [])
+    val_acc = results.get("val_acc")
+    if val_acc is None and history is not None:
+        import pandas as pd
+
+        frame = pd.DataFrame(history)
+        if "val_acc" in frame.columns and frame["val_acc"].notna().any():
+            best = results.get("best_epoch")
+            if isinstance(best, int) and 1 <= best <= len(frame) and np.isfinite(frame["val_acc"].iloc[best - 1]):
+                val_acc = float(frame["val_acc"].iloc[best - 1])
+            else:
+                val_acc = float(frame["val_acc"].max())
+    if val_acc is None:
+        return None
+    return near_chance_warning(float(val_acc), num_classes, factor)
 
 
 def metrics_table(

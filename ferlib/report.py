@@ -19,7 +19,7 @@ from ferlib.io import write_npz
 from ferlib.manifest import update_manifest
 from ferlib.openset.data import TABLE_COLUMNS
 from ferlib.params import checked
-from ferlib.stages import load_close_set, load_openset_data, load_scores
+from ferlib.stages import close_set_chance_warning, load_close_set, load_openset_data, load_scores
 
 # ----------------------------------------------------------------------------- stage 04
 #: the scores table's fixed columns; every column after them is a detector's score
@@ -163,6 +163,9 @@ def visualise(
 
     metrics_path = run / "metrics.csv"
     metrics = pd.read_csv(metrics_path) if metrics_path.is_file() else None
+    warning = close_set_chance_warning(str(run))
+    if warning:  # the AUROCs under the histograms would otherwise read as results
+        print(f"WARNING: {warning}")
     has_outputs = (pseudo_dir / "pseudo_labels.csv").is_file() and (pseudo_dir / "outputs.npz").is_file()
     if not has_outputs:
         print(f"{pseudo_dir}: no pseudo_labels.csv + outputs.npz; close-set embeddings skipped")
@@ -321,7 +324,9 @@ def collect_results(
     Gathers every run under ``runs_glob`` that has a ``metrics.csv`` (others are skipped) with
     :func:`ferlib.tables.collect_runs` and writes one summary table per data set, protocol and
     metric (rows: open classes + mean; columns: detectors as mean ± std over seeds, and the
-    paper's numbers) as ``<dataset>_<metric>_<protocol>.{csv,md,tex}`` into ``out_dir``, and
+    paper's numbers) as ``<dataset>_<metric>_<protocol>.{csv,md,tex}`` into ``out_dir`` (a run
+    whose close-set model is near chance on validation is named in a warning under the Markdown
+    and LaTeX tables that hold it, and printed), and
     the same table as a bar chart (:func:`ferlib.plots.per_class_summary`, ``.png`` / ``.pdf``),
     and per data set one row per detector (``<dataset>_overview.md``,
     :func:`ferlib.tables.overview_markdown`: honest AUROC per class, FPR@95, reference AUROC). Runs
@@ -331,7 +336,7 @@ def collect_results(
     from ferlib.io import write_text
     from ferlib.plots import per_class_summary, save_figure
     from ferlib.published import canonical_dataset
-    from ferlib.tables import collect_runs, overview_markdown, summary_table, write_tables
+    from ferlib.tables import collect_runs, overview_markdown, run_warnings, summary_table, write_tables
 
     if isinstance(metrics, str):
         metrics = [metrics]
@@ -339,6 +344,8 @@ def collect_results(
     if not runs:
         raise ValueError(f"no finished run (a folder with metrics.csv and manifest.json) for {runs_glob!r}")
     frame = collect_runs(runs)
+    for line in run_warnings(frame):  # also under each table that holds the run
+        print(f"WARNING: {line}")
     if "eval_subset" not in frame.columns:
         frame["eval_subset"] = "all"
     frame["eval_subset"] = frame["eval_subset"].fillna("all").astype(str)

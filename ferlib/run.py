@@ -116,8 +116,19 @@ class Stage:
         return {k: v for k, v in params.items() if self.accepts(k)}
 
     def applied(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Every parameter's value when the stage runs with ``params`` (defaults filled in)."""
-        return applied_arguments(self.function(), params)
+        """Every parameter's value when the stage runs with ``params`` (defaults filled in).
+
+        ``data_options`` shows the data set's own defaults too (an open-set FERPlus run drops
+        duplicate evaluation rows: ``{'dedupe': True}``,
+        :func:`ferlib.data.prepare.effective_data_options`), so the stage record says so and a
+        run with them never shares a key with a run without."""
+        applied = applied_arguments(self.function(), params)
+        options = applied.get("data_options")
+        if "dataset" in applied and "data_options" in applied and (options is None or isinstance(options, Mapping)):
+            from ferlib.data.prepare import effective_data_options
+
+            applied["data_options"] = effective_data_options(applied["dataset"], applied.get("open_class"), options)
+        return applied
 
 
 #: The pipeline, in order. Names are also the executed notebooks' and records' file names.

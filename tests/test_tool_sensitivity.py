@@ -99,9 +99,33 @@ def test_choose_on_the_tuning_set_picks_its_best_value_and_reports_the_whole_set
     assert table.query("run == 'run0' and eval_subset == 'all' and value == @value")["auroc"].item() == reported
     assert tool.main(["--run-dir", *runs, "--detector", "knn", "--param", "k", "--values", "1", "5", "25",
                       "--choose-on", "tuning"]) == 0  # fmt: skip
-    assert f"chosen on tuning: k = {value}" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="another subset"):
-        tool.choose(runs, "knn", "k", [1], choose_on="all")
+    out = capsys.readouterr().out
+    assert f"chosen on tuning: k = {value}" in out
+    assert "reported set" in out and "its mean AUROC on the reported set" not in out  # not without the flag
+    for reported in ("all", "test"):  # the test split's rows are reported rows too
+        with pytest.raises(ValueError, match=f"cannot choose on '{reported}'.*reported evaluation set"):
+            tool.choose(runs, "knn", "k", [1], choose_on=reported)
+
+
+def test_the_reported_numbers_are_scored_and_printed_only_when_asked(tmp_path, capsys):
+    runs = [str(_with_tuning_rows(make_run(tmp_path / f"run{s}"), seed=s)) for s in (0, 1)]
+    tool = _tool()
+    value, table = tool.choose(runs, "knn", "k", [1, 5], report=None)
+    assert set(table["eval_subset"]) == {"tuning"}  # no reported row scored
+    argv = ["--run-dir", *runs, "--detector", "knn", "--param", "k", "--values", "1", "5", "--choose-on", "tuning"]
+    assert tool.main([*argv, "--out", str(tmp_path / "quiet.csv")]) == 0
+    quiet = capsys.readouterr().out
+    assert set(pd.read_csv(tmp_path / "quiet.csv")["eval_subset"]) == {"tuning"}
+    assert tool.main([*argv, "--show-reported", "--out", str(tmp_path / "shown.csv")]) == 0
+    shown = capsys.readouterr().out
+    assert set(pd.read_csv(tmp_path / "shown.csv")["eval_subset"]) == {"tuning", "all"}
+    rows = pd.read_csv(tmp_path / "shown.csv")
+    mean = rows[(rows["eval_subset"] == "all") & (rows["value"] == value)]["auroc"].mean()
+    assert f"its mean AUROC on the reported set: {mean:.3f}" in shown
+    assert "its mean AUROC on the reported set" not in quiet and f"chosen on tuning: k = {value}" in quiet
+    for bad in ("test", "all"):  # refused with a clear error, as the command line's exit status 2
+        assert tool.main(argv[:-1] + [bad]) == 2
+        assert f"cannot choose on '{bad}'" in capsys.readouterr().err
 
 
 def test_choose_holds_the_given_settings_fixed(tmp_path, capsys):

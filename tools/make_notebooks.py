@@ -269,7 +269,10 @@ The parameters cell below is generated from `ferlib.stages.detect_open_set`; per
 settings go in `detector_params`, e.g. `{'tknn': {'k': 10}, 'cycle': {'lam': 0}}`.""",
         result="metrics",
         imports="from pathlib import Path\n\nfrom ferlib import plots, stages",
-        after_call='figures = Path(run_dir) / "figures"\nmetrics.round(3)',
+        after_call="""figures = Path(run_dir) / "figures"
+display(metrics.round(3))
+for warning in metrics.attrs.get("warnings", []):  # e.g. a close-set model near chance
+    print(f"WARNING: {warning}")""",
         cells=(
             (
                 "code",

@@ -30,7 +30,12 @@ or ``report DIR --incumbent NAME --choose-on tuning_matched --min-gain G``
     the tuning, matched tuning and reported rows. ``report`` takes one variant's reported rows
     for the tables, either ``--declared`` (a rule that chooses nothing on these runs) or chosen
     on the tuning rows alone (``--incumbent`` kept within the margin), and writes every
-    variant's means beside them (``TABLES/variants.csv``).
+    variant's means beside them (``TABLES/variants.csv``; printed beside the tuning means only
+    with ``--show-reported``).
+
+The *matched* tuning rows are the tuning rows subsampled to the reported set's open share as
+estimated without its labels (:func:`estimated_open_share`, ``pseudo_oe``'s own estimate
+against the held-out close rows), never the share counted from the reported set's labels.
 
 The reported rows of every combination are computed at record time, before the choice, and
 stored; the choice reads only the tuning rows (``report`` filters them by code). As a check
@@ -70,27 +75,53 @@ SETTINGS_FILE = "pseudo_oe_settings.csv"
 COPIED = ("metrics.csv", "manifest.json")
 
 
-def reported_open_share(run_dir: str | Path) -> float:
-    """The open share of the run's reported evaluation set (honest protocol), from the counts in
-    its ``metrics.csv``: a property of the split's design (which images are open), the same for
-    every detector and seed."""
-    metrics = pd.read_csv(Path(run_dir) / "metrics.csv")
-    rows = metrics[(metrics["protocol"] == "honest") & (metrics["eval_subset"].fillna("all") == "all")]
-    if rows.empty:
-        raise ValueError(f"{run_dir}/metrics.csv: no honest rows on the reported set")
-    n_close, n_open = int(rows["n_close"].iloc[0]), int(rows["n_open"].iloc[0])
-    return n_open / (n_close + n_open)
+#: the rounds of ``pseudo_oe`` whose last estimate :func:`estimated_open_share` reads, at least
+#: (its share estimate acts from the second round on)
+ESTIMATE_MIN_ROUNDS = 2
+
+
+def estimated_open_share(run_dir: str | Path, params: dict | None = None) -> float:
+    """The open share of the run's reported evaluation set (honest protocol), estimated without
+    a label of it: ``pseudo_oe``'s own estimate (``share_multiplier`` 1, its last round;
+    best-bin estimation of :mod:`ferlib.openset.share` against the held-out close reference
+    rows, which share no row with the reported set), with ``params`` (default:
+    :data:`FERPLUS_SETTINGS`) for its other settings.
+
+    Why not the counted share: the matched tuning rows are where settings are chosen, and a
+    share counted from the reported rows' labels would carry a number of the reported set into
+    that choice. The detector reads the same unlabeled rows when it runs there; the matching
+    reads nothing more. The estimate errs low where open rows reach the chosen bin (module
+    docstring of :mod:`ferlib.openset.share`)."""
+    from ferlib import stages
+    from ferlib.openset import make_detector
+    from ferlib.report import run_seed
+
+    run = Path(run_dir)
+    seed = run_seed(run, 0)
+    data = stages.load_openset_data(str(run), "honest", eval_subset="all", seed=seed)
+    if data.reference_features is None:
+        raise ValueError(
+            f"{run}: no held-out close rows to estimate the open share from (stage 03 with eval_subset='tuning' "
+            "writes them)"
+        )
+    settings = {**(FERPLUS_SETTINGS if params is None else params), "share_multiplier": 1.0, "seed": seed}
+    settings["rounds"] = max(int(settings.get("rounds", 1)), ESTIMATE_MIN_ROUNDS)
+    detector = make_detector("pseudo_oe", **settings)
+    detector.score(data.detector_view())  # the label-free view: no label, origin or path
+    return float(detector.shares_[-1])
 
 
 def record(run_dir: str | Path, out_root: str | Path, params: dict | None = None, matched_draws: int = 0) -> Path:
     """Score the four combinations on one finished run and write its record; returns its folder.
 
     With ``matched_draws`` N > 0 the record also holds the tuning rows subsampled to the reported
-    set's open share (:func:`reported_open_share`), N seeded draws (``eval_subset``
-    ``tuning_matched``, a ``draw`` column), for a rule that chooses on those."""
+    set's open share as estimated without its labels (:func:`estimated_open_share`, in the
+    column ``matched_share``), N seeded draws (``eval_subset`` ``tuning_matched``, a ``draw``
+    column), for a rule that chooses on those."""
     run = Path(run_dir)
     _check_finished(run)
     base = dict(FERPLUS_SETTINGS if params is None else params)
+    matched = estimated_open_share(run, base) if matched_draws else None
     parts = []
     for share in SHARES:
         fixed = {**base, "share_multiplier": share}
@@ -100,9 +131,10 @@ def record(run_dir: str | Path, out_root: str | Path, params: dict | None = None
         if matched_draws:
             table = sweep(
                 str(run), "pseudo_oe", "features", list(FEATURES), ["honest"], fixed, eval_subset="tuning",
-                open_share=reported_open_share(run), draws=matched_draws,
+                open_share=matched, draws=matched_draws,
             )  # fmt: skip
-            parts.append(table.rename(columns={"value": "features"}).assign(share_multiplier=share))
+            table = table.rename(columns={"value": "features"})
+            parts.append(table.assign(share_multiplier=share, matched_share=matched))
     settings = pd.concat(parts, ignore_index=True).drop(columns=["param"])
     settings["params"] = repr(base)
     return _write_record(run, out_root, settings)
@@ -145,12 +177,21 @@ def resolve_variants(variants: dict) -> dict[str, dict]:
     return out
 
 
-def record_variants(run_dir: str | Path, out_root: str | Path, variants: dict, matched_draws: int = 0) -> Path:
+def record_variants(
+    run_dir: str | Path,
+    out_root: str | Path,
+    variants: dict,
+    matched_draws: int = 0,
+    estimate_params: dict | None = None,
+) -> Path:
     """Score ``pseudo_oe`` under each variant on one finished run (tuning rows, reported rows of
-    both protocols and, with ``matched_draws``, the matched tuning rows) and write its record."""
+    both protocols and, with ``matched_draws``, the tuning rows matched to the reported set's
+    open share estimated without its labels, :func:`estimated_open_share` with
+    ``estimate_params``, one estimate for every variant) and write its record."""
     run = Path(run_dir)
     _check_finished(run)
     parts = []
+    matched = None  # the estimated open share, one per run (the same rows for every variant)
     for name, params in resolve_variants(variants).items():
 
         def one(subset: str, protocols: list[str], name=name, params=params, **kw) -> pd.DataFrame:
@@ -161,7 +202,10 @@ def record_variants(run_dir: str | Path, out_root: str | Path, variants: dict, m
 
         parts += [one("tuning", ["honest"]), one("all", ["honest", "reference"])]
         if matched_draws:
-            parts.append(one("tuning", ["honest"], open_share=reported_open_share(run), draws=matched_draws))
+            matched = estimated_open_share(run, estimate_params) if matched is None else matched
+            parts.append(
+                one("tuning", ["honest"], open_share=matched, draws=matched_draws).assign(matched_share=matched)
+            )
     return _write_record(run, out_root, pd.concat(parts, ignore_index=True))
 
 
@@ -289,6 +333,7 @@ def report_variants(
     min_gain: float = 0.01,
     expect: int = 21,
     say=print,
+    show_reported: bool = False,
 ) -> pd.DataFrame:
     """Records written with variants: the tables with ``pseudo_oe``'s reported rows from one
     variant, and every variant's mean over the runs (``variants.csv``: per open class, and over
@@ -298,7 +343,9 @@ def report_variants(
     The variant is either ``declared`` (a rule that chooses nothing on these runs) or chosen by
     code on the honest ``choose_on`` rows alone (mean over runs and draws): ``incumbent`` (the
     settings stage 03 ran) kept unless another variant beats it by more than ``min_gain``
-    (:func:`tools.sensitivity.pick`), the choice written to ``choices.csv``."""
+    (:func:`tools.sensitivity.pick`), the choice written to ``choices.csv``. The variants' means
+    on the reported rows go to ``variants.csv``; they are printed beside the tuning means only
+    with ``show_reported`` (off by default: a choice is read before the numbers it reports)."""
     if (declared is None) == (incumbent is None):
         raise ValueError("give either declared (no choice) or incumbent (a choice on the tuning rows), not both")
     records = load_records(root)
@@ -355,7 +402,10 @@ def report_variants(
         ignore_index=True,
     )
     write_csv(out / "variants.csv", table)
-    say(overall.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    shown = overall if show_reported else overall[overall["eval_subset"] != "all"]
+    say(shown.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    if not show_reported:
+        say("(the reported rows' means are in variants.csv; --show-reported prints them here)")
     say(f"tables of {len(records)} runs in {out}; every variant's means in {out / 'variants.csv'}")
     return table
 
@@ -364,7 +414,8 @@ def explore(
     run_dirs: list[str], param: str, values: list, params: dict | None = None, draws: int = 3, say=print
 ) -> pd.DataFrame:
     """``pseudo_oe``'s ``param`` over ``values`` on each run's *matched tuning rows only* (the
-    tuning rows at the reported set's open share, ``draws`` seeded draws), one row per (run,
+    tuning rows at the reported set's open share as estimated without its labels,
+    :func:`estimated_open_share` with ``params``; ``draws`` seeded draws), one row per (run,
     draw, value). Why: to see which candidates a next declared rule should compare, on rows
     that are never reported; the reported rows are not scored here, so no reported number can
     leak into that choice. ``params``: the other settings, held fixed (default: the ``ferplus``
@@ -374,11 +425,12 @@ def explore(
     base = dict(DETECTOR_PRESETS["ferplus"]["pseudo_oe"] if params is None else params)
     parts = []
     for run in run_dirs:
+        matched = estimated_open_share(run, base)
         table = sweep(
             str(run), "pseudo_oe", param, list(values), ["honest"], base, eval_subset="tuning",
-            open_share=reported_open_share(run), draws=draws,
+            open_share=matched, draws=draws,
         )  # fmt: skip
-        table = table.assign(run=Path(run).name, setting=table["value"].map(repr))
+        table = table.assign(run=Path(run).name, setting=table["value"].map(repr), matched_share=matched)
         parts.append(table)
         say(f"{Path(run).name}: " + ", ".join(
             f"{v} {a:.3f}" for v, a in table.groupby("setting", sort=False)["auroc"].mean().items()
@@ -422,6 +474,11 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument(
         "--features-incumbent", default=FEATURES[0], choices=FEATURES, help="the features kept within the margin"
     )
+    rep.add_argument(
+        "--show-reported",
+        action="store_true",
+        help="records written with --variants: print every variant's reported means beside the tuning ones",
+    )
     exp = sub.add_parser(
         "explore", help="pseudo_oe's parameter over values on finished runs' matched tuning rows only (no reported row)"
     )
@@ -457,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{run}: recorded in {dest}", flush=True)
         elif args.declared or args.incumbent:
             report_variants(args.records, args.out, args.declared, args.incumbent, args.choose_on, args.min_gain,
-                            args.expect)  # fmt: skip
+                            args.expect, show_reported=args.show_reported)  # fmt: skip
         else:
             report(
                 args.records, args.out, args.expect, args.min_gain,

@@ -9,14 +9,16 @@ On the reported evaluation set (``--eval-subset all``, the default) this is a *s
 check reported after the fact*, not a way to choose a value: a parameter chosen on the
 numbers a table reports is tuned on its test set. ``--choose-on tuning`` is the way to
 choose: it sweeps the tuning set (the validation split's close and open rows, never
-reported; stage 03 with ``eval_subset="tuning"`` computes its outputs first), picks the value
-with the best mean tuning AUROC over the runs given, and prints the reported set's numbers
-beside it, so the choice is made before those numbers are looked at, by the code.
+reported; stage 03 with ``eval_subset="tuning"`` computes its outputs first) and picks the
+value with the best mean tuning AUROC over the runs given, by the code. The reported set's
+numbers are neither computed nor printed beside the choice unless ``--show-reported`` asks
+for them (after the choice is made, for a record of what it gave). ``--choose-on`` refuses
+``all`` and ``test``: the test split's rows are part of the reported set.
 
     .venv/bin/python tools/sensitivity.py --run-dir outputs/ferplus_open-surprise_seed0 \\
         --detector tknn --param k --values 10 50 100 200
     .venv/bin/python tools/sensitivity.py --run-dir outputs/sweep_fast32/ferplus_open-*_seed0 \\
-        --detector tknn --param k --values 10 25 50 100 200 --choose-on tuning
+        --detector tknn --param k --values 10 25 50 100 200 --choose-on tuning [--show-reported]
 """
 
 from __future__ import annotations
@@ -111,19 +113,32 @@ def _score_values(data, detector, param, values, params, seed, protocol, label, 
     return rows
 
 
+#: evaluation subsets whose rows are reported (``test`` is the reported set's test-split rows):
+#: never a place to choose a setting
+REPORTED_SUBSETS = ("all", "test")
+
+
 def _run_table(
-    run: str, detector: str, param: str, values: list, choose_on: str, report: str, params: dict | None
+    run: str, detector: str, param: str, values: list, choose_on: str, report: str | None, params: dict | None
 ) -> pd.DataFrame:
-    """One run's rows on both subsets, in this process."""
+    """One run's rows on ``choose_on`` and, unless ``report`` is None, on ``report``, in this process."""
     parts = [
         sweep(run, detector, param, values, params=params, eval_subset=subset).assign(run=Path(run).name)
         for subset in (choose_on, report)
+        if subset is not None
     ]
     return pd.concat(parts, ignore_index=True)
 
 
 def _run_table_in_subprocess(
-    run: str, detector: str, param: str, values: list, choose_on: str, params: dict | None, folder: Path
+    run: str,
+    detector: str,
+    param: str,
+    values: list,
+    choose_on: str,
+    params: dict | None,
+    folder: Path,
+    report: str | None = "all",
 ) -> pd.DataFrame:
     """The same rows, computed by this script in a child process (``--jobs``): each child
     imports its own torch, so runs proceed side by side on separate cores."""
@@ -131,6 +146,7 @@ def _run_table_in_subprocess(
     argv = [sys.executable, str(Path(__file__).resolve()), "--run-dir", run, "--detector", detector]
     argv += ["--param", param, "--values", *map(repr, values), "--params", repr(params or {})]
     argv += ["--choose-on", choose_on, "--out", str(out), "--jobs", "1"]
+    argv += ["--show-reported"] if report is not None else []
     done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode != 0:
         raise ValueError(f"{run}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'failed'}")
@@ -145,29 +161,40 @@ def choose(
     param: str,
     values: list,
     choose_on: str = "tuning",
-    report: str = "all",
+    report: str | None = "all",
     params: dict | None = None,
     min_gain: float = 0.0,
     jobs: int = 1,
 ) -> tuple[object, pd.DataFrame]:
     """``(value, table)``: the value with the best mean honest AUROC on ``choose_on`` over
-    ``run_dirs`` (the first on a tie), and every run's rows on both subsets (column ``run``).
+    ``run_dirs`` (the first on a tie), and every run's rows on ``choose_on`` and ``report``
+    (column ``run``; ``report=None``: the reported rows are not scored at all).
     ``params``: the detector's other settings (earlier choices), held fixed. ``min_gain``:
     the first value is the incumbent and stays unless the best beats its tuning mean by more
     than this (a margin for the tuning set's own noise, declared before the reported numbers
     are computed). ``jobs``: runs scored at a time, each in a child process (the same rows
-    as ``jobs=1``; give each child ``OMP_NUM_THREADS`` = cores / jobs)."""
-    if choose_on == report:
-        raise ValueError(f"choose on another subset than the one reported ({report!r})")
+    as ``jobs=1``; give each child ``OMP_NUM_THREADS`` = cores / jobs).
+
+    ``choose_on`` may not be a subset whose rows are reported (:data:`REPORTED_SUBSETS`:
+    ``all``, and ``test``, the reported set's test-split rows): a value chosen there is tuned
+    on the numbers it reports."""
+    if choose_on in REPORTED_SUBSETS or choose_on == report:
+        raise ValueError(
+            f"cannot choose on {choose_on!r}: its rows are part of the reported evaluation set "
+            "('all', and 'test', its test-split rows), so a value chosen there is tuned on the numbers it "
+            "reports; choose on 'tuning' (the validation split's close and open rows, never reported)"
+        )
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
-    if jobs == 1 or len(run_dirs) == 1 or report != "all":
+    if jobs == 1 or len(run_dirs) == 1 or report not in ("all", None):
         parts = [_run_table(run, detector, param, values, choose_on, report, params) for run in run_dirs]
     else:
         with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(jobs) as pool:
             parts = list(
                 pool.map(
-                    lambda run: _run_table_in_subprocess(run, detector, param, values, choose_on, params, Path(folder)),
+                    lambda run: _run_table_in_subprocess(
+                        run, detector, param, values, choose_on, params, Path(folder), report
+                    ),
                     run_dirs,
                 )
             )
@@ -197,8 +224,13 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-subset", default="all", choices=stages.EVAL_SUBSETS)
     ap.add_argument(
         "--choose-on",
-        choices=[s for s in stages.EVAL_SUBSETS if s != "all"],
-        help="pick the value on this subset (honest protocol) and report it on the whole evaluation set",
+        choices=stages.EVAL_SUBSETS,
+        help="pick the value on this subset (honest protocol): tuning; all and test are refused (reported rows)",
+    )
+    ap.add_argument(
+        "--show-reported",
+        action="store_true",
+        help="with --choose-on: also score the reported set and print its numbers beside each value and the choice",
     )
     ap.add_argument(
         "--min-gain",
@@ -239,6 +271,7 @@ def main(argv=None) -> int:
                 args.param,
                 values,
                 args.choose_on,
+                report="all" if args.show_reported else None,
                 params=base,
                 min_gain=args.min_gain,
                 jobs=args.jobs,
@@ -260,10 +293,13 @@ def main(argv=None) -> int:
             )
         )
         print(f"\nmean AUROC over {len(args.run_dir)} runs:\n{wide.to_string(float_format=fmt)}")
-        print(
-            f"chosen on {args.choose_on}: {args.param} = {value!r}; its mean AUROC on the reported set: "
-            f"{wide.loc[repr(value), 'all']:.3f}"
-        )
+        if args.show_reported:
+            print(
+                f"chosen on {args.choose_on}: {args.param} = {value!r}; its mean AUROC on the reported set: "
+                f"{wide.loc[repr(value), 'all']:.3f}"
+            )
+        else:
+            print(f"chosen on {args.choose_on}: {args.param} = {value!r} (reported set not scored; --show-reported)")
         if args.out:
             write_csv(Path(args.out), table)
             print(f"wrote {args.out}")

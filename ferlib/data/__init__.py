@@ -9,7 +9,9 @@ once) -> :func:`to_float` + :func:`augment_batch` per batch in the training loop
 Modules: ``base`` (FERDataset, loader registry), ``decode`` (image files -> 8-bit values),
 ``classmap`` (label names -> emotions), one module per layout (``ferplus``, ``rafdb``,
 ``affectnet``, ``folders``, ``subjects``, ``synthetic``), ``cache``, ``augment``,
-``splits`` (open-set protocol, validation carve), ``prepare`` (the stages' data step).
+``splits`` (open-set protocol, validation carve), ``duplicates`` (exact and near duplicate
+images across splits; dropping them from the evaluation rows), ``prepare`` (the stages' data
+step).
 """
 
 from __future__ import annotations

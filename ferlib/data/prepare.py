@@ -13,6 +13,14 @@ when the loader knows each image's subject, seeded by the run's ``seed`` and siz
 ``val_fraction``. Only an *absent* split falls back to carving
 (:class:`~ferlib.data.errors.MissingSplitError`); a broken one raises.
 
+Duplicate images are dropped from the evaluation rows here too (``data_options={'dedupe':
+...}``, :func:`dedupe_mode`): test and validation rows whose pixels are a training row's, a
+validation row that is a test row, the open class's training rows (evaluated, never trained
+on) that copy a close training row, and repeats inside each (one row kept). FER2013's images
+(FERPlus) hold hundreds of such copies, free nearest neighbours for a transductive detector,
+so open-set runs on them drop the copies by default (:mod:`ferlib.data.duplicates`). No
+training row is dropped: the training split and the close rows the model trains on stay.
+
 The training targets are decided here too (:func:`training_labels`): the majority vote, or
 for data sets with annotator votes (FERPlus) one of Microsoft's label modes, and optional
 label noise (:mod:`ferlib.data.noise`) on the training and validation rows. The test
@@ -23,7 +31,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +44,12 @@ from ferlib.io import hash_strings
 from .base import SPLITS, FERDataset, check_num_classes, check_options, load_dataset, loader_options
 from .cache import ImageCache, build_cache
 from .classmap import ClassTarget, class_map_key, resolve_class_map
+from .duplicates import DEDUPE_MODES, Dedupe, ImageHashes, dedupe_evaluation, dedupe_open_rows, hash_images
 from .errors import DataError, MissingSplitError
 from .ferplus import emotion_votes
 from .noise import TRAIN_STREAM, VALID_STREAM, LabelNoise, add_label_noise, pair_names, resolve_pairs
-from .splits import LabelMap, OpenSetSplit, carve_validation, openset_split, tuning_index
+from .splits import LabelMap, OpenSetSplit, carve_validation, openset_split, restrict_to_test_rows, tuning_index
+from .subjects import OPEN_FROM_TEST_SUBJECTS, open_rows_from_test_subjects
 
 #: Where each data set is looked for when the caller gives no ``data_root``.
 DEFAULT_ROOTS: dict[str, str] = {
@@ -73,6 +83,11 @@ class Splits:
     - ``valid_carved``: ``valid`` was carved from ``train`` (the data set has no validation
       split); its open-class rows then are open-class training rows, part of the reported
       evaluation set, so there is no tuning set (:meth:`tuning_rows`).
+    - ``dedupe``: what the ``dedupe`` data option dropped from ``test``, ``valid`` and the
+      open class's training rows (``split.eval_train_index``)
+      (:meth:`~ferlib.data.duplicates.Dedupe.summary`: mode, counts per part), ``None`` when
+      it is off. ``test`` and ``valid`` hold the kept rows only (their ``source_index`` still
+      names the loader's rows); ``train`` is whole; the fingerprint covers the mode.
     """
 
     train: ImageCache
@@ -86,6 +101,7 @@ class Splits:
     train_votes: np.ndarray | None = None
     valid_votes: np.ndarray | None = None
     valid_carved: bool = False
+    dedupe: dict[str, Any] | None = None
 
     @property
     def label_map(self) -> LabelMap:
@@ -141,6 +157,60 @@ def close_rows(cache: ImageCache, label_map: LabelMap) -> tuple[np.ndarray, np.n
     return rows, targets[rows]
 
 
+#: Data sets of FER2013's images, whose splits share byte-identical images: their open-set
+#: runs drop duplicate evaluation rows unless ``data_options={'dedupe': False}``.
+DEDUPED_DATASETS: tuple[str, ...] = ("ferplus",)
+#: Data options :func:`load_splits` applies itself, across splits (never passed to a loader).
+SPLIT_OPTIONS: tuple[str, ...] = ("dedupe",)
+
+
+def dedupe_mode(
+    dataset: str,
+    open_class: Emotion | str | int | None,
+    data_options: Mapping[str, Any] | None = None,
+    where: str | os.PathLike | None = None,
+) -> str:
+    """The ``dedupe`` data option as one of ``"off"``, ``"exact"``, ``"near"``.
+
+    ``True`` means ``"exact"`` (drop exact copies), ``False`` ``"off"``; ``"near"`` also drops
+    near copies (:data:`~ferlib.data.duplicates.NEAR_THRESHOLD`). Not given: ``"exact"`` for
+    an open-set run (``open_class`` set) on a data set of :data:`DEDUPED_DATASETS`, else
+    ``"off"``. The close-set setting keeps every test row by default: there the test split is
+    the literature's close-set benchmark (accuracies are compared with published ones on the
+    whole split), and there is no open-set evaluation set to protect; ``dedupe=True`` drops
+    the copies there too. A bad value raises :class:`DataError` naming ``where``.
+    """
+    value = (data_options or {}).get("dedupe")
+    if value is None:
+        open_set = parse_open_class(open_class) is not None  # NEUTRAL is 0: test for None
+        return "exact" if loader_name(dataset) in DEDUPED_DATASETS and open_set else "off"
+    if value is True or value is False:
+        return "exact" if value else "off"
+    if isinstance(value, str) and value in DEDUPE_MODES:
+        return value
+    raise DataError(
+        where or f"data set {dataset!r}",
+        f"data_options['dedupe'] must be True, False or one of {', '.join(map(repr, DEDUPE_MODES))}, got {value!r}",
+    )
+
+
+def effective_data_options(
+    dataset: str, open_class: Emotion | str | int | None, data_options: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """``data_options`` with the ``dedupe`` default written in where the data set has one (an
+    open-set FERPlus run: ``{'dedupe': True}``), so that a run's recorded parameters, and the
+    runner's stage keys hashed from them, say whether duplicates were dropped; otherwise
+    ``data_options`` unchanged. A subject-split set's ``open_from_test_subjects`` default is
+    written in the same way (which rows are evaluated is part of a run's key)."""
+    if loader_name(dataset) == "subjects" and OPEN_FROM_TEST_SUBJECTS not in (data_options or {}):
+        data_options = {**(data_options or {}), OPEN_FROM_TEST_SUBJECTS: True}
+    if data_options is not None and "dedupe" in data_options:
+        return dict(data_options)
+    if dedupe_mode(dataset, open_class, data_options) == "off":
+        return None if data_options is None else dict(data_options)
+    return {**(data_options or {}), "dedupe": True}
+
+
 def loader_name(dataset: str) -> str:
     """The registry name the data set ``dataset`` loads with (the synthetic set is written
     in the class-folder layout and read by the ``folders`` loader)."""
@@ -156,14 +226,16 @@ def dataset_options(
 ) -> dict[str, Any]:
     """The options :func:`load_splits` passes to the loader, checked before anything is read.
 
-    ``data_options`` go through as given; ``class_map`` and ``num_classes`` are added when
-    the loader takes them. An option the loader does not take, a ``class_map`` value that
-    is neither an emotion nor "drop", or ``class_map`` given both ways, raises
-    :class:`DataError` naming the loader's options; nothing is read from disk, so a
-    driver's up-front check can call this before any work.
+    ``data_options`` go through as given, less the options :func:`load_splits` applies
+    itself (:data:`SPLIT_OPTIONS`: ``dedupe``, whose value is checked here); ``class_map`` and
+    ``num_classes`` are added when the loader takes them. An option the loader does not take,
+    a ``class_map`` value that is neither an emotion nor "drop", or ``class_map`` given both
+    ways, raises :class:`DataError` naming the loader's options; nothing is read from disk, so
+    a driver's up-front check can call this before any work.
     """
     name = loader_name(dataset)
-    options = dict(data_options or {})
+    options = {k: v for k, v in (data_options or {}).items() if k not in SPLIT_OPTIONS}
+    dedupe_mode(dataset, None, data_options, root)  # the value checked; the default needs the open class
     accepted = loader_options(name)
     if class_map is not None:
         if "class_map" in options:
@@ -176,7 +248,10 @@ def dataset_options(
         options["class_map"] = class_map
     if "num_classes" in accepted:
         options.setdefault("num_classes", num_classes)
-    check_options(name, options, root)
+    try:
+        check_options(name, options, root)
+    except DataError as exc:  # the options every data set takes, named too
+        raise DataError(root, f"{exc.problem}; and for every data set: {', '.join(SPLIT_OPTIONS)}") from None
     return options
 
 
@@ -207,7 +282,12 @@ def load_splits(
       ``class_map`` maps elsewhere) is dropped *before decoding*, with a logged count.
     - ``class_map``: the data set's label names -> emotion or ``"drop"``
       (:mod:`ferlib.data.classmap`); ``data_options``: further loader options (e.g.
-      ``{"folds": 10, "fold": 3}`` for ``subjects``). Unknown keys fail at once.
+      ``{"folds": 10, "fold": 3}`` for ``subjects``). Unknown keys fail at once. One option
+      every data set takes, applied here across splits: ``dedupe`` (:func:`dedupe_mode`;
+      on by default for open-set runs on FERPlus) drops duplicate test and validation rows
+      right after decoding (:func:`_drop_duplicates`) and duplicate open-class training rows
+      from the evaluation set (:func:`_drop_open_duplicates`), so every stage and detector
+      sees the same rows; the counts are printed and kept in ``Splits.dedupe``.
     - ``val_fraction``, ``seed``: the validation carve for data sets without a validation
       split (see the module docstring); ignored when the data set has one.
     - ``memmap``: keep each split's uint8 cache in a memory-mapped file under ``cache_dir``
@@ -223,6 +303,7 @@ def load_splits(
         ensure_synthetic(root, seed=synthetic_seed)  # an existing set (any size) is used as it is
     name = loader_name(dataset)
     options = dataset_options(dataset, root, num_classes, class_map, data_options)
+    dedupe = dedupe_mode(dataset, open_class, data_options, root)
     experiment = check_num_classes(num_classes, root)
 
     datasets: dict[str, FERDataset | None] = {}
@@ -251,6 +332,7 @@ def load_splits(
         for split, ds in datasets.items()
         if ds is not None
     }
+    dropped_duplicates, train_hashes = _drop_duplicates(caches, dedupe)
     # per-emotion vote counts of each cache row (a row the cache could not decode has none)
     votes = {
         split: emotion_votes(ds.votes, options.get("class_map"))[caches[split].source_index]
@@ -261,6 +343,11 @@ def load_splits(
     present = set(train.labels.tolist()) | set(test.labels.tolist())
     classes = tuple(e for e in experiment if int(e) in present)
     split = openset_split(train.labels.numpy(), test.labels.numpy(), classes, parse_open_class(open_class))
+    if open_rows_from_test_subjects(datasets["train"], options):  # open rows of unseen people only
+        split = _test_subjects_only(split, dataset, root)
+    if dropped_duplicates is not None:
+        split = _drop_open_duplicates(split, dropped_duplicates, train_hashes)
+        print(dropped_duplicates.describe(dataset), flush=True)
 
     if "valid" in caches:
         valid = caches["valid"]
@@ -291,6 +378,9 @@ def load_splits(
             caches["valid"].fingerprint if "valid" in caches else "valid:carved",
             f"num_classes={num_classes}",
             _options_key(options),
+            # only when on, so the fingerprints of sets that never drop a row stay as they were
+            *([] if dropped_duplicates is None else [_dedupe_key(dropped_duplicates)]),
+            *([f"open_rows={split.open_rows}"] if split.open_rows != "test+train" else []),
         ]
     )
     return Splits(
@@ -305,7 +395,75 @@ def load_splits(
         train_votes=votes.get("train"),
         valid_votes=valid_votes,
         valid_carved="valid" not in caches,
+        dedupe=None if dropped_duplicates is None else dropped_duplicates.summary(),
     )
+
+
+def _drop_duplicates(caches: dict[str, ImageCache], mode: str) -> tuple[Dedupe | None, ImageHashes | None]:
+    """Replace ``caches["test"]`` and ``caches["valid"]`` (when the data set has its own) by
+    their rows that :func:`~ferlib.data.duplicates.dedupe_evaluation` keeps; ``caches["train"]``
+    is never changed. Returns what was dropped and the training rows' hashes (for
+    :func:`_drop_open_duplicates`); ``(None, None)`` when ``mode`` is ``"off"``.
+
+    The rows are compared as decoded into the caches, at the run's ``input_size``: exact
+    copies stay exact at any size, and at the data's own size (48 px for FERPlus) the pixels
+    are the decoded file's. A validation split carved from training later is not
+    deduplicated (its rows are training rows)."""
+    if mode == "off":
+        return None, None
+    hashes = {split: hash_images(cache.images, perceptual=mode == "near") for split, cache in caches.items()}
+    result = dedupe_evaluation(hashes["train"], hashes["test"], hashes.get("valid"), mode=mode)
+    for split in result.keep:
+        if not result.keep[split].all():
+            caches[split] = caches[split].subset(result.kept_rows(split))
+    return result, hashes["train"]
+
+
+def _drop_open_duplicates(split: OpenSetSplit, result: Dedupe, train: ImageHashes) -> OpenSetSplit:
+    """``split`` without the open class's training rows that copy a close training row or an
+    earlier one of them (:func:`~ferlib.data.duplicates.dedupe_open_rows`, recorded in
+    ``result``): they are evaluation rows. The training split and the close rows the model
+    trains on (``train_index``) are unchanged."""
+    rows = split.eval_train_index
+    if split.open_class is None or not len(rows):
+        return split
+    dedupe_open_rows(result, train.subset(rows), train.subset(split.train_index))
+    keep = result.keep["open_train"]
+    if keep.all():
+        return split
+    n_test = len(split.eval_test_index)
+    labels = np.concatenate([split.eval_labels[:n_test], split.eval_labels[n_test:][keep]])
+    return replace(split, eval_train_index=rows[keep], eval_labels=labels)
+
+
+def _dedupe_key(result: Dedupe) -> str:
+    """The fingerprint's word for a deduplication: its mode and, for near copies, the threshold."""
+    return f"dedupe={result.mode}" + (f"<={result.threshold}" if result.threshold is not None else "")
+
+
+def _test_subjects_only(split: OpenSetSplit, dataset: str, root: Path) -> OpenSetSplit:
+    """The evaluation set of a subject-split data set with its open rows from the test subjects
+    only (:func:`~ferlib.data.subjects.open_rows_from_test_subjects` says why); logged, and
+    refused when the test subjects hold no image of the open class (nothing to detect)."""
+    if split.open_class is None:
+        return restrict_to_test_rows(split)
+    left_out = len(split.eval_train_index)
+    split = restrict_to_test_rows(split)
+    if not split.eval_is_open.any():
+        raise DataError(
+            root,
+            f"the test subjects have no {split.open_class.label} image, so the evaluation set would hold no "
+            "open row: choose another fold or split_seed, or a larger test_fraction; data_options="
+            "{'open_from_test_subjects': False} adds the open class's images of training subjects, which a "
+            "detector can tell apart by the person instead of the expression",
+        )
+    print(
+        f"{dataset}: evaluation set = the test subjects' images ({int(split.eval_is_open.sum())} open); "
+        f"{left_out} {split.open_class.label} image(s) of training subjects left out "
+        "(data_options={'open_from_test_subjects': False} keeps them)",
+        flush=True,
+    )
+    return split
 
 
 # ----------------------------------------------------------------------------- labels
@@ -507,8 +665,10 @@ def training_labels(
 
 
 __all__ = [
+    "DEDUPED_DATASETS",
     "DEFAULT_ROOTS",
     "LABEL_MODES",
+    "SPLIT_OPTIONS",
     "VOTED_DATASETS",
     "Splits",
     "TrainingLabels",
@@ -517,6 +677,8 @@ __all__ = [
     "vote_distribution",
     "close_rows",
     "dataset_options",
+    "dedupe_mode",
+    "effective_data_options",
     "load_splits",
     "loader_name",
     "parse_open_class",

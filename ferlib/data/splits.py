@@ -10,7 +10,7 @@ whole test split plus the training images of k (never trained on).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -94,6 +94,10 @@ class OpenSetSplit:
     training rows (eval_train_index)]``, in that order; ``eval_labels``, ``eval_is_open``,
     ``eval_targets`` and ``eval_origin`` follow it. Indices are rows of the training and
     test label arrays the split was built from, ascending.
+
+    ``open_rows``: where the evaluation set's open rows come from, for manifests and result
+    keys: ``"test+train"`` (the paper's protocol: the test split's open rows and the open
+    class's training rows) or ``"test"`` (the test split's only, :func:`restrict_to_test_rows`).
     """
 
     open_class: Emotion | None
@@ -103,6 +107,7 @@ class OpenSetSplit:
     eval_train_index: np.ndarray
     eval_test_index: np.ndarray
     eval_labels: np.ndarray
+    open_rows: str = "test+train"
 
     @property
     def n_eval(self) -> int:
@@ -171,6 +176,30 @@ def openset_split(train_labels, test_labels, classes, open_class: Emotion | str 
         eval_train_index=eval_train_index,
         eval_test_index=eval_test_index,
         eval_labels=np.concatenate([test, train[eval_train_index]]),
+    )
+
+
+#: the values of :attr:`OpenSetSplit.open_rows`
+OPEN_ROWS = ("test+train", "test")
+
+
+def restrict_to_test_rows(split: OpenSetSplit) -> OpenSetSplit:
+    """``split`` with its evaluation set cut to the test split's rows: the open class's
+    training rows are left out, the test split's open and close rows stay.
+
+    Why: on a data set split by subject, the open class's training images show people whose
+    other expressions the close-set model trained on, while every test image shows a person it
+    never saw. Beside unseen people's close images, a detector that reads the evaluation set
+    (or merely how familiar a face looks) then separates seen from unseen people instead of
+    the expression. With the test split's rows only, open and close rows come from the same
+    unseen people, and only the expression tells them apart.
+    """
+    n_test = len(split.eval_test_index)
+    return replace(
+        split,
+        eval_train_index=np.zeros(0, dtype=np.int64),
+        eval_labels=split.eval_labels[:n_test].copy(),
+        open_rows="test",
     )
 
 

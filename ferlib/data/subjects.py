@@ -21,6 +21,14 @@ different training seeds are evaluated on the same people. ``split="valid"`` rai
 :class:`~ferlib.data.errors.MissingSplitError`: :func:`ferlib.data.prepare.load_splits`
 carves validation from the training subjects, grouped by subject too (the returned
 data set carries each image's subject in ``groups``).
+
+The open-set evaluation set of such a set takes its open rows from the *test subjects*
+only, by default (``open_from_test_subjects=True``; :func:`open_rows_from_test_subjects`).
+The paper's protocol adds the open class's training images, but on a set split by subject
+those show people whose other expressions the close-set model trained on, beside close
+images of people it never saw: a detector can then separate seen from unseen people instead
+of the expression (with a close-set model near chance, transductive detectors do exactly
+that). ``data_options={'open_from_test_subjects': False}`` restores the paper's protocol.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -126,6 +135,7 @@ def load_subjects(
     test_fraction: float = 0.2,
     split_seed: int = 0,
     name: str = "subjects",
+    open_from_test_subjects: bool = True,
 ) -> FERDataset:
     """Load ``train`` or ``test`` of ``root/<class>/<image>``, split by subject.
 
@@ -136,6 +146,11 @@ def load_subjects(
       ``test_fraction`` of the images, whole subjects, are the test split.
     - ``split_seed``: the draw of subjects (fixed across training seeds on purpose).
     - ``name``: the data set's name in fingerprints and tables (``"ckplus"``, say).
+    - ``open_from_test_subjects``: read by :func:`~ferlib.data.prepare.load_splits`, not
+      here: the open-set evaluation set takes its open rows from the test subjects only
+      (default), or also the open class's images of training subjects (``False``: the
+      paper's protocol, which lets a detector tell seen from unseen people; see the module
+      docstring). It changes no loaded split.
 
     The result's ``groups`` holds each image's subject.
     """
@@ -151,6 +166,8 @@ def load_subjects(
         raise DataError(root_path, f"fold must be in 0..{folds - 1} for folds={folds}, got {fold}")
     if not folds and not 0.0 < test_fraction < 1.0:
         raise DataError(root_path, f"test_fraction must be in (0, 1), got {test_fraction}")
+    if not isinstance(open_from_test_subjects, (bool, np.bool_)):
+        raise DataError(root_path, f"open_from_test_subjects must be True or False, got {open_from_test_subjects!r}")
 
     folder_emotion, mapped = folder_emotions(class_map, root_path)
     paths, labels, used = scan_class_folders(root_path, folder_emotion)
@@ -180,3 +197,18 @@ def load_subjects(
         classes=tuple(sorted(used | mapped)),
         groups=groups[rows],
     )
+
+
+#: the loader option that decides where the evaluation set's open rows come from
+OPEN_FROM_TEST_SUBJECTS = "open_from_test_subjects"
+
+
+def open_rows_from_test_subjects(train: FERDataset, options: Mapping[str, Any]) -> bool:
+    """Whether the open-set evaluation set takes its open rows from the test subjects only.
+
+    True for a data set whose loader knows each image's subject (``train.groups``), unless
+    the loader options say ``open_from_test_subjects=False``; False for a data set without
+    subjects (the paper's protocol: the open class's training images join the evaluation
+    set). See the module docstring for why.
+    """
+    return train.groups is not None and bool(options.get(OPEN_FROM_TEST_SUBJECTS, True))

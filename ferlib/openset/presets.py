@@ -42,6 +42,14 @@ DETECTOR_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+#: presets that are frozen: their settings' digest (:func:`ferlib.digest.json_digest`) as of the
+#: day they were frozen. ``ferplus`` was frozen on 2026-12-07, before its one confirmation on fresh
+#: seeds (12-14, duplicates removed; ``tools/confirm_ferplus.sh``): after that, no choice reads
+#: FERPlus's test rows, and a new idea is a new preset, screened on the synthetic set, the tuning
+#: rows or another data set. ``tests/openset/test_presets.py`` fails if a frozen preset changes.
+FROZEN_PRESETS: dict[str, str] = {"ferplus": "8a465dab797be670"}
+
+
 def available_presets() -> tuple[str, ...]:
     """Preset names, in table order."""
     return tuple(DETECTOR_PRESETS)

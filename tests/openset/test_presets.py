@@ -31,3 +31,13 @@ def test_no_preset_returns_the_parameters_as_given():
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ValueError, match="unknown detector_preset 'rafdb'.*ferplus"):
         preset_params("rafdb")
+
+
+def test_frozen_presets_are_unchanged():
+    """A frozen preset (confirmed once on fresh seeds) never changes: a new idea is a new name."""
+    from ferlib.digest import json_digest
+    from ferlib.openset.presets import DETECTOR_PRESETS, FROZEN_PRESETS
+
+    assert "ferplus" in FROZEN_PRESETS
+    for name, digest in FROZEN_PRESETS.items():
+        assert json_digest(DETECTOR_PRESETS[name]) == digest, f"preset {name!r} is frozen; add a new preset instead"

@@ -206,12 +206,25 @@ def test_calibration_gives_the_asked_share_of_known(share):
     known = (margin >= bias).mean()
     assert known == math.ceil(share * 201) / 201
     assert share <= known < share + 1 / 201 + 1e-12
-    # the dummy with that bias wins exactly where a row is called unknown
-    logits = np.c_[margin, np.zeros(201)]  # max logit = margin (>= 0 rows) or 0
-    dummy = np.zeros((201, 1))
-    assert ((known_margin(logits, dummy) >= 0) == (np.maximum(margin, 0) >= 0)).all()
     with pytest.raises(ValueError, match="known_share"):
         calibrate_bias(margin, 0.0)
+
+
+@pytest.mark.parametrize("share", [0.95, 0.5])
+def test_the_calibrated_dummy_wins_exactly_on_the_rows_called_unknown(share):
+    """Calibrated on the margins of real logits and dummy logits, the bias makes the dummy the
+    arg-max of ``[z, max dummy + bias]`` exactly on the rows whose margin is below it, and the
+    asked share of rows keeps a close class. The margin is the best close logit minus the best
+    dummy logit: one that ignored the dummy, or took its smallest, would call other rows known."""
+    rng = np.random.default_rng(1)
+    logits, dummy = rng.normal(0, 2, (201, 4)), rng.normal(0, 2, (201, 3))
+    margin = known_margin(logits, dummy)
+    bias = calibrate_bias(margin, share)
+    extended = np.c_[logits, dummy.max(1) + bias]
+    dummy_wins = extended.argmax(1) == logits.shape[1]
+    ties = np.isclose(margin, bias)  # the calibration row itself: a tie, which the close class keeps
+    assert (dummy_wins[~ties] == (margin < bias)[~ties]).all()
+    assert (~dummy_wins).mean() == math.ceil(share * 201) / 201
 
 
 def test_score_is_the_calibrated_dummy_probability():

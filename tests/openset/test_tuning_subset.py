@@ -13,19 +13,32 @@ import pandas as pd
 import pytest
 
 from ferlib import stages
-from ferlib.data.base import check_num_classes, load_dataset
+from ferlib.data.duplicates import pixel_digest
 from ferlib.data.prepare import load_splits
 from ferlib.data.splits import openset_split, tuning_index
 from ferlib.emotions import BASIC7, Emotion
 
 POSTHOC = ["msp", "energy", "knn", "tknn", "mahalanobis"]
-SPLITS = ("train", "valid", "test")
 
 
-def _splits(params: dict, data_root: str | None = None):
-    return load_splits(
-        "synthetic", data_root or params["data_root"], "surprise", params["input_size"], params["cache_dir"]
-    )
+def _splits(params: dict, data_root: str | None = None, cache_dir: str | None = "params"):
+    cache = params["cache_dir"] if cache_dir == "params" else cache_dir
+    return load_splits("synthetic", data_root or params["data_root"], "surprise", params["input_size"], cache)
+
+
+def _digests(images) -> list[bytes]:
+    """Each image's pixel digest (:func:`ferlib.data.duplicates.pixel_digest`): equal for equal
+    pixels, whatever file or split folder holds them. Paths would differ between splits even
+    for a copied image, so a comparison of paths can never find a shared image."""
+    return [pixel_digest(image) for image in images]
+
+
+def _tuning_and_reported(s) -> tuple[list[bytes], list[bytes]]:
+    """Pixel digests of the tuning rows and of the reported evaluation rows (the test split
+    and the open class's training rows) of ``s``."""
+    tuning = _digests(s.valid.images[s.tuning_rows()])
+    reported = _digests(s.test.images[s.split.eval_test_index]) + _digests(s.train.images[s.split.eval_train_index])
+    return tuning, reported
 
 
 def test_tuning_rows_are_the_validation_close_and_open_rows(tmp_path, make_tiny_stage_params):
@@ -42,13 +55,25 @@ def test_tuning_rows_are_the_validation_close_and_open_rows(tmp_path, make_tiny_
     assert np.array_equal(s.label_map.encode(labels[~is_open]), close_targets)
     assert is_open.sum() == (s.valid.labels.numpy() == int(Emotion.SURPRISE)).sum() > 0
     assert len(rows) == len(s.valid)  # the synthetic set has only the basic seven
-    tuning = {s.valid.paths[i] for i in rows}
-    reported = {s.test.paths[i] for i in s.split.eval_test_index} | {s.train.paths[i] for i in s.split.eval_train_index}
-    assert len(reported) == s.split.n_eval
-    assert tuning.isdisjoint(reported)
-    assert tuning.isdisjoint(s.train.paths) and tuning.isdisjoint(s.test.paths)
-    assert all(p.startswith("valid/") for p in tuning)
+    assert all(s.valid.paths[i].startswith("valid/") for i in rows)
+    tuning, reported = _tuning_and_reported(s)
+    assert len(set(reported)) == s.split.n_eval and len(set(tuning)) == len(rows)  # distinct images
+    assert set(tuning).isdisjoint(reported)  # no image, under any path, on both sides
     assert len(stages._tuning_images(s)) == len(rows)
+
+
+def test_an_image_copied_into_the_validation_split_is_caught(tmp_path, make_tiny_stage_params):
+    """The check above compares pixels: a test image saved again under validation's open-class
+    folder (another path, another split folder) is found on both sides."""
+    params = make_tiny_stage_params(tmp_path)
+    planted = tmp_path / "planted"
+    shutil.copytree(params["data_root"], planted)
+    source = sorted((planted / "test").rglob("*.png"))[0]
+    target = sorted((planted / "valid" / source.parent.name).glob("*.png"))[0]
+    shutil.copyfile(source, target)
+    s = _splits(params, str(planted), cache_dir=None)
+    tuning, reported = _tuning_and_reported(s)
+    assert len(set(tuning) & set(reported)) == 1
 
 
 def test_no_tuning_set_when_validation_is_carved_from_training(tmp_path, make_tiny_stage_params):
@@ -76,24 +101,28 @@ def test_tuning_index_on_label_arrays():
 
 
 @pytest.mark.ferplus
-def test_ferplus_tuning_set_is_fer2013valid_and_disjoint_from_the_reported_set(ferplus_root):
-    """On FERPlus's label files (nothing decoded): the tuning set is FER2013Valid's rows of the
-    seven classes, with open rows for every open class, and no path of the test split or of
-    the open class's training rows."""
-    experiment = check_num_classes(7, ferplus_root)
-    ds = {split: load_dataset("ferplus", ferplus_root, split).keep_classes(experiment)[0] for split in SPLITS}
-    paths = {split: [str(p) for p in d.paths] for split, d in ds.items()}
+def test_ferplus_tuning_set_is_fer2013valid_and_shares_no_image_with_the_reported_set(ferplus_root, tmp_path):
+    """On FERPlus's decoded images: the tuning set is FER2013Valid's rows of the seven classes,
+    with open rows for every open class, and shares no image (compared by pixels, not by path)
+    with the test split or the open class's training rows.
+
+    FER2013 holds byte-identical images across its splits. Without the deduplication of the
+    evaluation rows (``dedupe``, on by default for open-set runs on FERPlus) the tuning and the
+    reported rows share some, and this comparison finds them: a comparison of paths, whose
+    split folders always differ, could not."""
+    cache = str(tmp_path / "cache")
+    raw = load_splits("ferplus", str(ferplus_root), "surprise", 48, cache, data_options={"dedupe": False})
+    tuning, reported = _tuning_and_reported(raw)
+    assert set(tuning) & set(reported)  # the copies are there, and pixels find them
     for open_class in BASIC7:
-        split = openset_split(ds["train"].labels, ds["test"].labels, BASIC7, open_class)
-        rows = tuning_index(ds["valid"].labels, split)
-        assert len(rows) == len(ds["valid"])
-        n_open = int((ds["valid"].labels[rows] == int(open_class)).sum())
-        assert n_open > 0, open_class
-        tuning = {paths["valid"][i] for i in rows}
-        reported = {paths["test"][i] for i in split.eval_test_index}
-        reported |= {paths["train"][i] for i in split.eval_train_index}
-        assert tuning.isdisjoint(reported)
-        assert all("FER2013Valid" in p for p in tuning)
+        s = load_splits("ferplus", str(ferplus_root), open_class.label, 48, cache)
+        assert s.dedupe is not None  # the open-set default
+        rows = s.tuning_rows()
+        assert len(rows) == len(s.valid)  # the seven classes: every kept validation row
+        assert all("FER2013Valid" in s.valid.paths[i] for i in rows)
+        assert int((s.valid.labels.numpy()[rows] == int(open_class)).sum()) > 0, open_class
+        tuning, reported = _tuning_and_reported(s)
+        assert set(tuning).isdisjoint(reported), open_class
 
 
 # ----------------------------------------------------------------------------- stages 01-03
