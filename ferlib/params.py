@@ -352,8 +352,17 @@ def _check_device(name: str, value: Any) -> None:
 
 
 def _check_pretrained(name: str, value: Any) -> None:
-    if value is not None and not os.path.isfile(value):
-        _fail(name, value, f"no such file (relative paths start at {os.getcwd()})")
+    from ferlib.models.face_weights import PACKAGED_WEIGHTS, packaged_dlib_face_file
+
+    if value in PACKAGED_WEIGHTS:  # weights an installed package ships: is it installed?
+        try:
+            packaged_dlib_face_file()
+        except FileNotFoundError as exc:
+            _fail(name, value, str(exc))
+    elif value is not None and not os.path.isfile(value):
+        _fail(
+            name, value, f"no such file (relative paths start at {os.getcwd()}), nor one of {sorted(PACKAGED_WEIGHTS)}"
+        )
 
 
 def _check_optional_count(name: str, value: Any) -> None:
@@ -433,6 +442,26 @@ def _check_cache_memmap(arguments: Mapping[str, Any]) -> None:
         raise ParameterError("cache_memmap=True needs a cache_dir (the folder of the memory-mapped cache files)")
 
 
+def _check_model(arguments: Mapping[str, Any]) -> None:
+    """The architecture against its input size and weights (the dlib face trunks need at least
+    103 px, and the packaged face weights fit only them), before any data is decoded."""
+    from ferlib.models.dlibface import DlibFaceL1Trunk, DlibFaceTrunk
+    from ferlib.models.face_weights import PACKAGED_WEIGHTS
+
+    arch, size, weights = arguments["arch"], arguments.get("input_size"), arguments.get("pretrained")
+    smallest = {"dlibface": DlibFaceTrunk, "dlibface_l1": DlibFaceL1Trunk}.get(arch)
+    if smallest is not None and isinstance(size, int):
+        need = smallest.MIN_SIZE[smallest.NUM_LEVELS]
+        if size < need:
+            raise ParameterError(
+                f"input_size={size!r}: arch {arch!r} needs at least {need} px (dlib's network; 112 recommended)"
+            )
+    if weights in PACKAGED_WEIGHTS and arch not in PACKAGED_WEIGHTS[weights]:
+        raise ParameterError(
+            f"pretrained={weights!r} fits arch {' or '.join(PACKAGED_WEIGHTS[weights])}, not arch={arch!r}"
+        )
+
+
 def _check_head(arguments: Mapping[str, Any]) -> None:
     from ferlib.models import validate_head
 
@@ -453,6 +482,7 @@ JOINT_CHECKS: tuple[tuple[str, Callable[[Mapping[str, Any]], None]], ...] = (
     ("detectors", _check_detectors),
     ("objective", _check_objective),
     ("head", _check_head),
+    ("arch", _check_model),
     ("cache_memmap", _check_cache_memmap),
     ("recipe", _check_recipe),
     ("methods", _check_noisy_benchmark),

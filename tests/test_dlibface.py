@@ -207,6 +207,9 @@ def test_every_head_sits_on_the_trunk(head):
 
 def test_pretrained_dlibface_loads_the_face_weights_into_the_trunk(dat_file, dlib_model):
     net = build_model(ModelConfig("dlibface", input_size=112, pretrained="dlibface"), verbose=False)
+    # what results.json and the manifest record: which weights, by the file's SHA-256
+    assert net.pretrained_record["source_sha256"] == check_dlib_face_file(dat_file)
+    assert build_model(ModelConfig("dlibface", input_size=112), verbose=False).pretrained_record is None
     np.testing.assert_array_equal(net.trunk.stem.conv.weight.detach().numpy(), dlib_model.convs[0][0])
     np.testing.assert_array_equal(net.trunk.level0[0].affine2.shift.detach().numpy(), dlib_model.affines[-1][1])
     l1 = build_model(ModelConfig("dlibface_l1", input_size=112, pretrained="dlibface"), verbose=False)
@@ -294,3 +297,33 @@ def test_load_dlib_face_from_a_path_checks_structure_only(dat_file, tmp_path):
     net = build_model(ModelConfig("dlibface", input_size=112), verbose=False)
     record = load_dlib_face(net, dat_file, verbose=False)
     assert record["tensors_loaded"] == 29 * 4
+
+
+def _stage01_arguments(**kw):
+    from ferlib.params import applied_arguments
+    from ferlib.stages import train_close_set
+
+    return train_close_set, applied_arguments(train_close_set, kw)
+
+
+def test_stage_refuses_a_too_small_input_and_mismatched_weights_before_any_work(dat_file):
+    from ferlib.params import ParameterError, validate_arguments
+
+    func, args = _stage01_arguments(arch="dlibface", input_size=48, pretrained="dlibface")
+    with pytest.raises(ParameterError, match="input_size=48: arch 'dlibface' needs at least 103 px"):
+        validate_arguments(func, args)
+    func, args = _stage01_arguments(arch="smallface", input_size=48, pretrained="dlibface")
+    with pytest.raises(ParameterError, match="fits arch dlibface or dlibface_l1, not arch='smallface'"):
+        validate_arguments(func, args)
+    func, args = _stage01_arguments(arch="dlibface", input_size=112, pretrained="dlibface")
+    validate_arguments(func, args)  # accepted
+
+
+def test_stage_says_what_to_install_when_the_face_extra_is_missing(monkeypatch):
+    import ferlib.models.face_weights as fw
+    from ferlib.params import ParameterError, validate_arguments
+
+    monkeypatch.setattr(fw.importlib.util, "find_spec", lambda name: None)
+    func, args = _stage01_arguments(arch="dlibface", input_size=112, pretrained="dlibface")
+    with pytest.raises(ParameterError, match=r"pretrained='dlibface'.*pip install -e '\.\[face\]'"):
+        validate_arguments(func, args)
