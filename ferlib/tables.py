@@ -92,23 +92,12 @@ def run_warning(run: Path, manifest: dict | None = None) -> str | None:
     chance, :func:`ferlib.metrics.close_set_warning`), or None: from the manifest, which stage 01
     writes it into, else from ``01_close_set/results.json`` and its history (older runs);
     None without either."""
-    from ferlib.metrics import close_set_warning
-
     close = (manifest or {}).get("close_set") or {}
     if "close_set_warning" in close:
         return close["close_set_warning"]
-    folder = Path(run) / "01_close_set"
-    if not (folder / "results.json").is_file():
-        return None
-    results = read_json(folder / "results.json")
-    if "close_set_warning" in results:
-        return results["close_set_warning"]
-    history = None
-    if (folder / "history.csv").is_file():
-        history = pd.read_csv(folder / "history.csv")
-    elif (folder / "history.json").is_file():
-        history = read_json(folder / "history.json")
-    return close_set_warning(results, history)
+    from ferlib.stages import close_set_chance_warning  # reads results.json, else the history
+
+    return close_set_chance_warning(str(run))
 
 
 def collect_runs(paths_or_glob) -> pd.DataFrame:
