@@ -137,11 +137,15 @@ def plot(summary: pd.DataFrame, out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 - matplotlib.ticker below
 
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for engine, g in summary.groupby("engine", sort=False):
         ax.errorbar(g["n_train"], g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3, label=engine)
     ax.set_xscale("log")
+    sizes = sorted(summary["n_train"].unique())
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("training images (FERPlus train, per-class subsample)")
     ax.set_ylabel("FERPlus 7-class test accuracy")
     ax.axhline(1 / 7, color="grey", lw=0.8, ls=":", label="chance")
