@@ -53,18 +53,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "Python (ferkit)"
 	@touch "$@"
 
-# CPU-sized demo settings: the small network for small faces (smallface, fast recipe) at 32 px for
-# the close-set model and the two trained detectors, one short cycle, t-SNE (the paper's embedding;
-# UMAP's first call compiles for ~15 s). 2 min 54 s on 2 quiet cores on 2026-11-25 (venv and data
-# ready; every detector through papermill: stage 01 45 s, 02 15 s, 03 83 s, 04 26 s); it was 13.7 min
-# with ResNet-18 at 48 px. Drop these for the notebooks' defaults. Every key is a parameter of a stage
-# function (the runner refuses any other).
-DEMO_NET = 'arch': 'smallface'
-DEMO_PARAMS = -p arch=smallface -p recipe=fast -p epochs=6 -p input_size=32 -p embed_method=tsne \
-	-p "detector_params={'cycle': {$(DEMO_NET), 'cycles': 1, 'epochs_per_cycle': 2}, 'contrast': {$(DEMO_NET), 'epochs': 2}}"
-
+# The demo: the whole pipeline on the synthetic set with --quick (ferlib/engines.py: smallface at
+# 32 px, 6 epochs, one short cycle, two-epoch contrast, t-SNE; every detector of the default list,
+# pseudo_oe included). The notebooks' own defaults (no --quick) are the recommended engine.
 demo: venv
-	$(PY) -m ferlib.run pipeline --dataset synthetic --run demo $(DEMO_PARAMS)
+	$(PY) -m ferlib.run pipeline --dataset synthetic --run demo --quick
 
 # Stage 05 (standalone: `pipeline` runs it only when named) with CPU-sized settings: every method
 # and the synthetic set's default noise settings (clean, symmetric 10/20/30%, pair 20%), one seed,

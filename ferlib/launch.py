@@ -31,7 +31,8 @@ submitted again, up to ``--max-attempts`` attempts in all; the runner skips the 
 earlier attempt finished, so the new attempt resumes where it broke (``--force`` applies to
 the first attempt only). A job that Slurm pre-empts or times out is requeued by submitit's
 checkpointing (:meth:`SweepJob.checkpoint`) and resumes the same way. A bad argument or set-up
-(:class:`~ferlib.run.RunnerError`) is not retried. When every job has ended, the sweep reports
+(:class:`~ferlib.run.RunnerError`) is not retried, nor a stage's user error (bad data, a missing
+file: :func:`~ferlib.run.user_error`). When every job has ended, the sweep reports
 finished and failed runs as the inline loop does; ``python -m ferlib.run tables`` gathers them.
 
 Submitit's pickles and logs go to ``<outputs>/.submitit/`` (``<job id>_0_log.out`` and
@@ -55,7 +56,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ferlib.run import RunnerError, StageFailed, configure_logging, run_pipeline
+from ferlib.run import RunnerError, StageFailed, configure_logging, run_pipeline, user_error
 
 CLUSTERS = ("local", "slurm", "debug")
 #: where submitit's job folders go, under the sweep's outputs folder
@@ -313,8 +314,8 @@ class SweepJob:
         configure_logging()
         try:
             result = run_pipeline(self.dataset, open_class=self.open_class, seed=self.seed, **self.pipeline_kwargs)
-        except StageFailed as exc:
-            return JobOutcome(error=str(exc), retry=True)
+        except StageFailed as exc:  # a user error (bad data, a missing file) would fail the same way again
+            return JobOutcome(error=str(exc), retry=user_error(exc) is None)
         except RunnerError as exc:  # bad arguments or set-up: the same again would fail the same way
             return JobOutcome(error=str(exc), retry=False)
         return JobOutcome(result=result)

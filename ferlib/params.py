@@ -13,6 +13,10 @@ function) calls it again when a notebook or a user calls the function directly. 
 misspelt data set, detector, protocol, objective or head name, or an out-of-range setting
 (``epochs=0``, ``lr=10``), fails in a second, naming the parameter, the bad value and the
 choices, instead of after an hour of training.
+
+A leaf module: it imports no stage module (``ferlib.stages``, ``ferlib.report``, ``ferlib.noisy``)
+and no torch when loaded; the checks that need a registry import it when they run. The stage
+modules import this one, and ``ferlib.run`` reads a stage's contract without loading them all.
 """
 
 from __future__ import annotations

@@ -134,11 +134,30 @@ def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **kwarg
 # saving
 
 
-def save_figure(
-    fig: Figure, path_without_suffix: str | os.PathLike, *, dpi: int = DPI, close: bool = True
-) -> list[Path]:
-    """Write ``<path>.png`` (``dpi``) and ``<path>.pdf`` atomically; close the figure.
+def in_notebook() -> bool:
+    """Whether this code runs in a Jupyter kernel (JupyterLab, or papermill executing a notebook)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
 
+
+def save_figure(
+    fig: Figure,
+    path_without_suffix: str | os.PathLike,
+    *,
+    dpi: int = DPI,
+    close: bool = True,
+    show: bool | None = None,
+) -> list[Path]:
+    """Write ``<path>.png`` (``dpi``) and ``<path>.pdf`` atomically, show it, close the figure.
+
+    ``show`` (default: inside a Jupyter kernel): display the figure inline before it is
+    closed, so a notebook shows every figure it saves, wherever in ferlib it is drawn (a
+    closed figure would otherwise leave the notebook blank, and papermill's executed copy
+    holds the same images).
     A trailing ``.png``/``.pdf`` on the path is dropped (``fig.png`` -> ``fig.png``,
     ``fig.pdf``); other dots are kept (``roc_v1.2`` -> ``roc_v1.2.png``).
     Returns the two paths, PNG first.
@@ -152,6 +171,10 @@ def save_figure(
         atomic_write(png, lambda p: fig.savefig(p, format="png", dpi=dpi))
         # no creation date: the same figure gives the same bytes
         atomic_write(pdf, lambda p: fig.savefig(p, format="pdf", metadata={"CreationDate": None}))
+    if show if show is not None else in_notebook():
+        from IPython.display import display
+
+        display(fig)
     if close:
         plt.close(fig)
     return [png, pdf]

@@ -81,7 +81,7 @@ def _subsample(n: int, max_points: int | None, seed: int) -> np.ndarray:
 
 @checked
 def visualise(
-    run_dir: str = "outputs/demo",
+    run_dir: str = "outputs/lab",
     protocols: Sequence[str] = ("honest", "reference"),
     embed_method: str = "umap",
     embed_max_points: int | None = 3000,
@@ -317,7 +317,10 @@ def find_runs(runs_glob) -> list[Path]:
 
 
 def collect_results(
-    runs_glob="outputs/*", out_dir: str = "outputs/tables", metrics=("auroc", "fpr95")
+    runs_glob="outputs/*",
+    out_dir: str = "outputs/tables",
+    metrics=("auroc", "fpr95"),
+    detectors: Sequence[str] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The reproduction tables of many finished runs (e.g. a sweep).
 
@@ -331,6 +334,8 @@ def collect_results(
     and per data set one row per detector (``<dataset>_overview.md``,
     :func:`ferlib.tables.overview_markdown`: honest AUROC per class, FPR@95, reference AUROC). Runs
     of the ``eval_subset="test"`` ablation get their own tables (stem suffix ``_test``).
+    ``detectors``: only these detectors' columns, in the runs' order (a readable figure of a
+    20-detector sweep); a name no run scored is refused.
     Returns the summary frames by file stem.
     """
     from ferlib.io import write_text
@@ -344,6 +349,11 @@ def collect_results(
     if not runs:
         raise ValueError(f"no finished run (a folder with metrics.csv and manifest.json) for {runs_glob!r}")
     frame = collect_runs(runs)
+    if detectors is not None:
+        missing = sorted(set(detectors) - set(frame["detector"].astype(str)))
+        if missing:
+            raise ValueError(f"detectors {missing} were not scored by the runs of {runs_glob!r}")
+        frame = frame[frame["detector"].astype(str).isin(list(detectors))]
     for line in run_warnings(frame):  # also under each table that holds the run
         print(f"WARNING: {line}")
     if "eval_subset" not in frame.columns:

@@ -18,8 +18,17 @@ function (``--executor python`` calls that function directly, for headless machi
 Jupyter). The function's signature is the stage's parameter contract: the notebook's parameters
 cell is generated from it (``tools/make_notebooks.py``), and the runner gives each stage only
 the keys it accepts among ``dataset``, ``data_root``, ``open_class``, ``seed``, ``device``,
-``run_dir`` and the ``-p key=value`` options. A ``-p`` key that no selected stage accepts is
-refused, and every selected stage's values are validated (``ferlib.params``), before any work.
+``run_dir`` and the ``-p key=value`` options. A ``-p`` key that no stage of the table accepts is
+refused (with the nearest name); a key of a stage this call does not run is noted and left out, so
+one full command line serves ``--stages 01`` too. Every selected stage's values are validated
+(``ferlib.params``) before any work.
+
+Pre-flight, before a kernel starts or a run folder is written: the data set's folder exists (every
+data set but ``synthetic``, which is generated), the device is there (``cuda:N``, ``mps``), the
+output folders are writable and the papermill kernel is installed. Expected user errors (bad
+options, bad data, missing files) end the CLI with one ``ferlib.run: error: ...`` line and exit
+status 2; Ctrl-C marks the stage ``interrupted`` in the manifest and exits 130; every
+``pipeline``/``stage``/``sweep`` call ends with a short summary of its runs.
 
 Resuming: after a stage succeeds the runner writes ``<run_dir>/stages/<stage>.json`` with the
 values the stage applied (defaults included) and the stage's key: a hash of those values
@@ -40,6 +49,7 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import difflib
 import hashlib
 import importlib
 import json
@@ -47,7 +57,9 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -169,6 +181,16 @@ class RunnerError(RuntimeError):
     """Bad arguments or set-up (unknown stage, missing kernel or notebook...)."""
 
 
+class StageInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a stage: a KeyboardInterrupt (so callers stop as before) that names the
+    stage and run, which the manifest already marks ``interrupted``."""
+
+    def __init__(self, stage: Stage, run_dir: Path):
+        self.stage = stage
+        self.run_dir = run_dir
+        super().__init__(f"interrupted: {stage.name}; run again to resume")
+
+
 class StageFailed(RuntimeError):
     """A stage raised; the message says where to look."""
 
@@ -188,6 +210,53 @@ class StageFailed(RuntimeError):
             lines = _ANSI.sub("", str(cause)).strip().splitlines()
             what = f"{type(cause).__name__}: {lines[-1] if lines else ''}"
         super().__init__(f"stage {stage.name} failed ({what.strip()}); {where}")
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors a user fixes by changing the command line or the data, not the code: bad data,
+    a bad parameter, a missing file, a bad option of the runner."""
+    from ferlib.data.errors import DataError
+    from ferlib.params import ParameterError
+
+    return (DataError, ParameterError, FileNotFoundError, RunnerError)
+
+
+def _subclass_names(types_: Iterable[type]) -> set[str]:
+    names: set[str] = set()
+    pending = list(types_)
+    while pending:
+        kind = pending.pop()
+        names.add(kind.__name__)
+        pending.extend(kind.__subclasses__())
+    return names
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The one line to show for an expected user error, else None (an unexpected error keeps
+    its traceback).
+
+    A :class:`StageFailed` is unwrapped to its root cause (``cause``, then ``__cause__``); a
+    papermill error carries only the name of the exception raised in the notebook (``ename``)."""
+    stage = exc.stage.name if isinstance(exc, StageFailed) else None
+    root = exc.cause if isinstance(exc, StageFailed) else exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    kinds = _user_error_types()
+    if getattr(root, "ename", None):
+        if root.ename not in _subclass_names(kinds):
+            return None
+        message = _ANSI.sub("", str(getattr(root, "evalue", ""))).strip()
+    elif isinstance(root, kinds):
+        message = str(root)
+    else:
+        return None
+    return f"stage {stage}: {message}" if stage else message
+
+
+def interrupted_stage(exc: BaseException) -> bool:
+    """Whether ``exc`` (raised while a stage ran) means Ctrl-C: in this process, or inside the
+    papermill kernel (the notebook's cell raised KeyboardInterrupt)."""
+    return isinstance(exc, KeyboardInterrupt) or getattr(exc, "ename", None) == "KeyboardInterrupt"
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,16 +304,38 @@ def parse_param(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def parse_params(items: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+#: the runner option that sets each of ``CORE_PARAMS``: (pipeline and stage, sweep)
+CORE_OPTIONS: dict[str, tuple[str, str]] = {
+    "dataset": ("--dataset", "--dataset"),
+    "data_root": ("--data-root", "--data-root"),
+    "open_class": ("--open-class", "--open"),
+    "seed": ("--seed", "--seeds"),
+    "device": ("--device", "--device"),
+    "run_dir": ("--run and --outputs", "--outputs"),
+}
+
+
+def core_option(key: str, *, sweep: bool = False) -> str:
+    """The option of ``pipeline``/``stage`` (or ``sweep``) that sets runner parameter ``key``."""
+    return CORE_OPTIONS[key][1 if sweep else 0]
+
+
+def parse_params(items: Iterable[str] | Mapping[str, Any] | None, *, sweep: bool = False) -> dict[str, Any]:
+    """The ``-p`` options as a dict; a runner parameter (``seed``...) is refused, naming the
+    option that sets it in this command (``sweep``: ``--open``, ``--seeds``)."""
     if items is None:
         return {}
     if isinstance(items, Mapping):
         extra = dict(items)
     else:
         extra = dict(parse_param(item) for item in items)
-    clash = sorted(set(extra) & set(CORE_PARAMS))
+    clash = [key for key in CORE_PARAMS if key in extra]
     if clash:
-        raise RunnerError(f"-p cannot set {', '.join(clash)}: use the matching option (--seed, ...)")
+        raise RunnerError(
+            "-p cannot set "
+            + "; ".join(f"{key}: use {core_option(key, sweep=sweep)}" for key in clash)
+            + " (an option of the runner)"
+        )
     return extra
 
 
@@ -272,31 +363,67 @@ def stage_key(stage: Stage | str, applied: Mapping[str, Any], upstream: Mapping[
     return _digest({"stage": name, "params": params_hash(applied), "upstream": token})
 
 
+def _unknown_key_message(key: str, stage_table: Sequence[Stage], *, sweep: bool) -> str:
+    """Why ``-p key`` is refused, with the nearest accepted name (a runner parameter named as
+    its option)."""
+    names = list(dict.fromkeys(name for stage in stage_table for name in stage.applied({})))
+    close = difflib.get_close_matches(key, names, n=1)
+    if not close:
+        return f"-p {key}: no stage has such a parameter"
+    match = close[0]
+    hint = core_option(match, sweep=sweep) if match in CORE_PARAMS else f"-p {match}=..."
+    return f"-p {key}: no stage has such a parameter; did you mean {hint}?"
+
+
 def check_parameters(
     stages: Sequence[Stage],
     params: Mapping[str, Any],
     extra_keys: Iterable[str],
     repo_root: str | os.PathLike = REPO_ROOT,
-) -> None:
-    """Refuse, before any work, a ``-p`` key that none of ``stages`` accepts and any value a
-    stage would reject (:func:`ferlib.params.validate_arguments`).
+    *,
+    stage_table: Sequence[Stage] | None = None,
+    sweep: bool = False,
+) -> list[str]:
+    """Refuse, before any work, a ``-p`` key that no stage of ``stage_table`` accepts and any
+    value a stage would reject (:func:`ferlib.params.validate_arguments`); return the keys that
+    only stages outside ``stages`` (the selected ones) accept.
 
-    Values are checked in ``repo_root``, the working directory the stages run in (relative
-    paths such as ``pretrained`` are resolved there). Raises :class:`RunnerError`.
+    Those keys are validated against the stages that take them, so one full command line can be
+    reused for a single stage (``--stages 01`` with ``-p detectors=...``); the caller leaves them
+    out of the call. ``stage_table`` defaults to ``stages``. Values are checked in ``repo_root``,
+    the working directory the stages run in (relative paths such as ``pretrained`` are resolved
+    there). Raises :class:`RunnerError`.
     """
-    unknown = [key for key in extra_keys if not any(stage.accepts(key) for stage in stages)]
+    table = list(stage_table) if stage_table is not None else list(stages)
+    keys = list(extra_keys)
+    unknown = [key for key in keys if not any(stage.accepts(key) for stage in table)]
     if unknown:
-        lines = [f"  {stage.name}: {', '.join(stage.applied({}))}" for stage in stages]
-        raise RunnerError(
-            f"-p {', '.join(unknown)}: no selected stage has such a parameter "
-            "(misspelt?); the selected stages accept:\n" + "\n".join(lines)
-        )
+        lines = [_unknown_key_message(key, table, sweep=sweep) for key in unknown]
+        if not any("did you mean" in line for line in lines):  # no near name: list what there is
+            lines.append("the stages accept:")
+            lines.extend(f"  {stage.name}: {', '.join(stage.applied({}))}" for stage in table)
+        raise RunnerError("\n".join(lines))
+    unused = [key for key in keys if not any(stage.accepts(key) for stage in stages)]
+    # each left-out key is checked against the stages a full pipeline gives it to; a standalone
+    # stage (05) only for keys no pipeline stage takes (its `detectors` are another list)
+    others: list[Stage] = []
+    for key in unused:
+        takers = [s for s in table if s not in stages and s.accepts(key)]
+        takers = [s for s in takers if not s.standalone] or takers
+        others.extend(s for s in takers if s not in others)
     with _chdir(Path(repo_root)):
-        for stage in stages:
+        for stage in [*stages, *others]:
             try:
                 validate_arguments(stage.function(), stage.applied(params), where=f"stage {stage.name}")
             except ParameterError as exc:
                 raise RunnerError(str(exc)) from None
+    return unused
+
+
+def unused_note(unused: Sequence[str], stage_table: Sequence[Stage]) -> str:
+    """The note that says which ``-p`` keys this call leaves out, and which stages take them."""
+    takers = [s.name for s in stage_table if any(s.accepts(key) for key in unused)]
+    return f"note: -p {', '.join(unused)} not used in this call (a parameter of {', '.join(takers)})"
 
 
 def select_stages(stage_table: Sequence[Stage], tokens: Iterable[str] | None) -> list[Stage]:
@@ -337,6 +464,145 @@ def read_stage_record(run_dir: str | os.PathLike, stage: Stage | str) -> dict | 
 
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def rerun_reason(
+    stage: Stage, record: Mapping[str, Any] | None, applied: Mapping[str, Any], key: str, force: bool
+) -> str | None:
+    """Why ``stage`` runs (``--force``, not finished, parameters changed, an earlier stage
+    re-ran), or None when its record has ``key``: finished, skipped."""
+    if force:
+        return "--force"
+    if record is None:
+        return "not finished"
+    if record.get("key") == key:
+        return None
+    if record.get("params_hash") != params_hash(applied):
+        return "parameters changed"
+    return "an earlier stage re-ran"
+
+
+def stages_to_run(
+    stage_table: Sequence[Stage], selected: Sequence[Stage], run_dir: Path, params: Mapping[str, Any], force: bool
+) -> list[Stage]:
+    """The selected stages a call will run (the rest are finished and skipped), read from the
+    stage records without writing anything: what the pre-flight checks are for.
+
+    A stage that runs gets a new record, so every later selected stage it is upstream of runs
+    too (as :func:`run_pipeline` finds when it gets there)."""
+    names = {s.name for s in selected}
+    upstream: Mapping[str, Any] | None = None
+    out: list[Stage] = []
+    for stage in stage_table:
+        record = read_stage_record(run_dir, stage)
+        if stage.name not in names:
+            if not stage.standalone:
+                upstream = record
+            continue
+        applied = stage.applied(params)
+        key = stage_key(stage, applied, None if stage.standalone else upstream)
+        if rerun_reason(stage, record, applied, key, force) is None:
+            if not stage.standalone:
+                upstream = record
+            continue
+        out.append(stage)
+        if not stage.standalone:
+            upstream = {"stage": stage.name, "key": key, "finished_ns": None}  # not the old record any more
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# pre-flight: what a new user gets wrong, found before a kernel starts or a file is written
+
+#: data sets generated on first use: they need no folder on disk
+GENERATED_DATASETS = frozenset({"synthetic"})
+#: stage parameters that name a folder the stage writes into
+OUTPUT_PARAMS = ("run_dir", "cache_dir")
+
+
+def check_data_root(dataset: str, data_root: str | os.PathLike | None, repo_root: Path) -> None:
+    """The data set's folder exists: ``data_root``, or the data set's default under the
+    repository (where the stages run). Raises :class:`RunnerError` naming both."""
+    if dataset in GENERATED_DATASETS:
+        return
+    if data_root is None:
+        from ferlib.data.prepare import DEFAULT_ROOTS
+
+        default = repo_root / DEFAULT_ROOTS.get(dataset, f"data/{dataset}")
+        if not default.is_dir():
+            raise RunnerError(f"--dataset {dataset}: no --data-root given and its default folder {default} is missing")
+        return
+    root = Path(data_root)
+    if not root.exists():
+        raise RunnerError(f"--dataset {dataset}: --data-root {root} does not exist")
+    if not root.is_dir():
+        raise RunnerError(f"--dataset {dataset}: --data-root {root} is not a folder")
+
+
+def check_device(device: str) -> None:
+    """``cuda``/``cuda:N``/``mps`` is there on this machine (CPU always is); raises
+    :class:`RunnerError`. Imports torch only for those devices."""
+    text = str(device).strip().lower()
+    if not text.startswith(("cuda", "mps")):
+        return
+    import torch
+
+    try:
+        parsed = torch.device(text)
+    except (RuntimeError, TypeError, ValueError):
+        raise RunnerError(f"--device {device}: not a torch device; use e.g. cpu, cuda, cuda:1 or mps") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+            raise RunnerError(
+                f"--device {device}: no CUDA device is available here (torch {torch.__version__}, {build}); "
+                "use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise RunnerError(f"--device {device}: this machine shows {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise RunnerError(f"--device {device}: MPS (Apple GPU) is not available here; use --device cpu")
+
+
+def check_writable(path: str | os.PathLike, what: str) -> None:
+    """``path`` can be created or written: its nearest existing ancestor is a writable folder."""
+    target = Path(path)
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RunnerError(f"{what} {target}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunnerError(f"{what} {target}: {probe} is not writable")
+
+
+def preflight(
+    to_run: Sequence[Stage],
+    params: Mapping[str, Any],
+    repo_root: Path,
+    *,
+    executor: str,
+    kernel: str | None = None,
+    device: bool = True,
+) -> str | None:
+    """The checks of a call that will run ``to_run``, before any of its files is written: the
+    data folder (when a stage to run reads data), the device (``device=False``: the jobs of a
+    submitit sweep check their own GPUs), every output folder, and the papermill kernel,
+    which is returned (None without papermill or nothing to run). Raises :class:`RunnerError`."""
+    if not to_run:
+        return None
+    if any(stage.accepts("data_root") for stage in to_run):
+        check_data_root(str(params["dataset"]), params.get("data_root"), repo_root)
+    if device and any(stage.accepts("device") for stage in to_run):
+        check_device(str(params.get("device", "cpu")))
+    outputs = {Path(params["run_dir"])} if params.get("run_dir") else set()
+    for stage in to_run:
+        applied = stage.applied(params)
+        outputs.update(repo_root / applied[name] for name in OUTPUT_PARAMS if applied.get(name))
+    for path in sorted(outputs):
+        check_writable(path, "output folder")
+    return resolve_kernel(kernel) if executor == "papermill" else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,6 +647,13 @@ def _chdir(path: Path) -> Iterator[None]:
         os.chdir(old)
 
 
+#: Arguments of every papermill kernel: its own log off. It printed ipykernel's warning "Kernel
+#: is running over TCP without encryption" at each stage (the kernel listens on localhost only),
+#: and after Ctrl-C a zmq traceback of the reply it could no longer send. The notebook's own
+#: output, warnings and errors are cell outputs, kept; a dead kernel is papermill's error.
+KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=CRITICAL",)
+
+
 def _execute_papermill(stage: Stage, params: dict, run_dir: Path, repo_root: Path, kernel: str) -> Path:
     import papermill
 
@@ -397,6 +670,7 @@ def _execute_papermill(stage: Stage, params: dict, run_dir: Path, repo_root: Pat
         cwd=str(repo_root),
         progress_bar=False,
         log_output=True,
+        extra_arguments=list(KERNEL_ARGUMENTS),
     )
     return target
 
@@ -467,6 +741,47 @@ def _run_params(
     }
 
 
+def _outputs_dir(outputs: str | os.PathLike | None, repo_root: Path) -> Path:
+    """The folder of run folders: ``outputs``, else ``<repo_root>/outputs``."""
+    return (Path(outputs) if outputs is not None else repo_root / "outputs").resolve()
+
+
+#: parameters that choose the network: given explicitly, ``auto`` leaves the engine out
+_NETWORK_KEYS = ("arch", "pretrained")
+
+
+def _with_engine(
+    engine: str,
+    dataset: str,
+    data_root: str | os.PathLike | None,
+    selected: Sequence[Stage],
+    extra: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict | None]:
+    """``extra`` over the engine's parameters (those the selected stages take), and the
+    manifest's record of the engine (None: no engine applies)."""
+    from ferlib.engines import ENGINES, apply_engine, resolve_engine
+
+    if engine == "auto" and any(k in extra for k in _NETWORK_KEYS):
+        return dict(extra), None  # the user chose the network; the stages' defaults fill the rest
+    try:
+        chosen, reason = resolve_engine(
+            engine, dataset, None if data_root is None else str(data_root), extra.get("data_options")
+        )
+    except ValueError as exc:
+        raise RunnerError(str(exc)) from None
+    # the engine's weights must reach every stage that builds its network
+    lacking = [s.name for s in selected if s.accepts("arch") and not all(s.accepts(k) for k in chosen.params)]
+    lacking = [n for n in lacking if "pretrained" in chosen.params]
+    if lacking:
+        if engine != "auto":
+            raise RunnerError(f"engine {engine!r} starts from weights that stage(s) {', '.join(lacking)} cannot load")
+        chosen, reason = ENGINES["scratch"], f"stage(s) {', '.join(lacking)} cannot load the face weights"
+    keys = set(chosen.params) | ({"detector_params"} if chosen.detector_params else set())
+    accepted = {k for k in keys if any(s.accepts(k) for s in selected)}
+    record = {"name": chosen.name, "asked": engine, "reason": f"{reason}; {chosen.why}"}
+    return apply_engine(chosen, extra, accepted), record
+
+
 def run_pipeline(
     dataset: str,
     *,
@@ -483,10 +798,14 @@ def run_pipeline(
     stage_table: Sequence[Stage] = STAGES,
     repo_root: str | os.PathLike = REPO_ROOT,
     kernel: str | None = None,
+    engine: str | None = None,
     say: Callable[[str], None] = _say,
 ) -> PipelineResult:
     """Run the selected stages of one run in order, skipping finished ones.
 
+    ``engine``: a named bundle of parameters (:mod:`ferlib.engines`; ``"auto"`` chooses one for
+    the data set) under the ``extra`` values, printed and recorded in the manifest; None (the
+    default for callers in Python) applies none, so the stage functions' defaults hold.
     Returns what ran and what was skipped; raises :class:`StageFailed` at the first failing
     stage (later stages do not run) and :class:`RunnerError` for bad arguments.
     """
@@ -501,11 +820,21 @@ def run_pipeline(
     extra_params = parse_params(extra)
     selected = select_stages(stage_table, stages)
     run = run or default_run_name(dataset, open_class, seed)
-    outputs_dir = Path(outputs) if outputs is not None else repo_root / "outputs"
-    run_dir = outputs_dir.resolve() / run
+    run_dir = _outputs_dir(outputs, repo_root) / run
+    engine_record = None
+    if engine is not None:
+        extra_params, engine_record = _with_engine(engine, dataset, data_root, selected, extra_params)
+        if engine_record is not None:
+            say(f"engine {engine_record['name']}: {engine_record['reason']}")
 
     params = _run_params(dataset, data_root, open_class, seed, device, run_dir, extra_params)
-    check_parameters(selected, params, extra_params, repo_root)  # before any file is written
+    # before any file is written: the parameters, then what the stages that will run need
+    unused = check_parameters(selected, params, extra_params, repo_root, stage_table=stage_table)
+    if unused:
+        say(unused_note(unused, stage_table))
+        params = {k: v for k, v in params.items() if k not in unused}
+    to_run = stages_to_run(stage_table, selected, run_dir, params, force)
+    resolved_kernel = preflight(to_run, params, repo_root, executor=executor, kernel=kernel)
     selected_names = {s.name for s in selected}
     say(f"run {run} -> {run_dir}")
 
@@ -517,13 +846,14 @@ def run_pipeline(
         manifest.setdefault("created", _now_iso())
         manifest["updated"] = _now_iso()
         manifest["params"] = params  # what the run was asked for; each stage's section: what it applied
+        if engine_record is not None:
+            manifest["engine"] = engine_record  # the engine behind those parameters, and why
         manifest.pop("params_hash", None)  # per stage now (stages.<name>.key)
         return manifest
 
     modify_manifest(run_dir, start_manifest)
 
     result = PipelineResult(run=run, run_dir=run_dir)
-    resolved_kernel: str | None = None
     upstream: dict | None = None  # the record of the stage before this one in the table
     failure: StageFailed | None = None
     environment_recorded = False
@@ -536,20 +866,13 @@ def run_pipeline(
         applied = stage.applied(params)
         stage_upstream = None if stage.standalone else upstream  # a standalone stage reads no other's files
         key = stage_key(stage, applied, stage_upstream)
-        if force:
-            reason = "--force"
-        elif record is None:
-            reason = "not finished"
-        elif record.get("key") == key:
+        reason = rerun_reason(stage, record, applied, key, force)
+        if reason is None:
             say(f"skip {stage.name} (finished)")
             result.skipped.append(stage.name)
             if not stage.standalone:
                 upstream = record
             continue
-        elif record.get("params_hash") != params_hash(applied):
-            reason = "parameters changed"
-        else:
-            reason = "an earlier stage re-ran"
 
         if executor == "papermill" and resolved_kernel is None:
             resolved_kernel = resolve_kernel(kernel)
@@ -584,11 +907,16 @@ def run_pipeline(
         except RunnerError:
             update_manifest(run_dir, stages={stage.name: {"status": "failed"}})
             raise
-        except Exception as exc:  # noqa: BLE001 - reported with the notebook to open
+        except BaseException as exc:  # noqa: BLE001 - Ctrl-C too: the manifest must say where it stopped
             wall = time.perf_counter() - t0
-            if executor == "python":
-                traceback.print_exc()
+            if interrupted_stage(exc):
+                update_manifest(run_dir, stages={stage.name: {"status": "interrupted", "wall_s": round(wall, 3)}})
+                raise StageInterrupted(stage, run_dir) from None
+            if not isinstance(exc, Exception):  # SystemExit and the like: not a stage's failure
+                raise
             failure = StageFailed(stage, run_dir, target, exc)
+            if executor == "python" and user_error(failure) is None:
+                traceback.print_exc()  # unexpected: the traceback is the report (a user error is one line)
             update_manifest(
                 run_dir, stages={stage.name: {"status": "failed", "wall_s": round(wall, 3), "error": str(failure)}}
             )
@@ -691,31 +1019,55 @@ def run_sweep(
     classes = expand_open_classes(open_classes)
     seed_list = list(dict.fromkeys(int(s) for s in seeds))  # a run folder is run once
     # a bad -p key or value fails before any run starts (the runs differ only in class and seed)
-    extra_params = parse_params(pipeline_kwargs.get("extra"))
+    extra_params = parse_params(pipeline_kwargs.get("extra"), sweep=True)
     repo_root = Path(pipeline_kwargs.get("repo_root", REPO_ROOT)).resolve()
-    selected = select_stages(pipeline_kwargs.get("stage_table", STAGES), pipeline_kwargs.get("stages"))
-    check_parameters(
+    stage_table = pipeline_kwargs.get("stage_table", STAGES)
+    selected = select_stages(stage_table, pipeline_kwargs.get("stages"))
+    device = pipeline_kwargs.get("device", "cpu")
+    outputs_dir = _outputs_dir(pipeline_kwargs.get("outputs"), repo_root)
+    checked = extra_params  # what the runs will be given: with the engine's values (each run resolves it again)
+    if pipeline_kwargs.get("engine") is not None:
+        checked, _ = _with_engine(
+            pipeline_kwargs["engine"], dataset, pipeline_kwargs.get("data_root"), selected, extra_params
+        )
+
+    def params_of(open_class: str | None, seed: int, run_dir: Path) -> dict[str, Any]:
+        return _run_params(dataset, pipeline_kwargs.get("data_root"), open_class, seed, device, run_dir, checked)
+
+    unused = check_parameters(
         selected,
-        _run_params(
-            dataset,
-            pipeline_kwargs.get("data_root"),
-            classes[0] if classes else None,
-            seed_list[0] if seed_list else 0,
-            pipeline_kwargs.get("device", "cpu"),
-            repo_root / "outputs" / "sweep-check",
-            extra_params,
-        ),
-        extra_params,
+        params_of(classes[0] if classes else None, seed_list[0] if seed_list else 0, outputs_dir / "sweep-check"),
+        checked,
         repo_root,
+        stage_table=stage_table,
+        sweep=True,
     )
+    if unused:
+        say(unused_note(unused, stage_table))
+        extra_params = {k: v for k, v in extra_params.items() if k not in unused}
+        checked = {k: v for k, v in checked.items() if k not in unused}
+        pipeline_kwargs = {**pipeline_kwargs, "extra": extra_params}  # each run is told the used keys only
     runs = [(default_run_name(dataset, c, seed), c, seed) for c in classes for seed in seed_list]
+    # pre-flight of what the runs will run, before the first one starts; a submitit job checks
+    # its own GPUs (a Slurm login node has none)
+    to_run: list[Stage] = []
+    for name, open_class, seed in runs:
+        params = params_of(open_class, seed, outputs_dir / name)
+        planned = stages_to_run(stage_table, selected, outputs_dir / name, params, pipeline_kwargs.get("force", False))
+        to_run.extend(stage for stage in planned if stage not in to_run)
+    preflight(
+        to_run,
+        params_of(classes[0] if classes else None, seed_list[0] if seed_list else 0, outputs_dir),
+        repo_root,
+        executor=pipeline_kwargs.get("executor", "papermill"),
+        kernel=pipeline_kwargs.get("kernel"),
+        device=launcher == "inline",
+    )
     result = SweepResult()
     total = len(runs)
     if launcher == "submitit":
         from ferlib.launch import launch_sweep
 
-        if pipeline_kwargs.get("executor", "papermill") == "papermill":
-            resolve_kernel(pipeline_kwargs.get("kernel"))  # a missing kernel fails here, not in every job
         outcomes = launch_sweep(dataset, runs, {**pipeline_kwargs, "repo_root": repo_root}, options, say=say)
         for name, outcome in outcomes.items():
             if outcome.error is None:
@@ -770,14 +1122,36 @@ def _add_common(parser: argparse.ArgumentParser, *, choose_stages: bool = True) 
         "stage functions directly (no Jupyter needed)",
     )
     parser.add_argument("--force", action="store_true", help="rerun finished stages")
+    _add_engine(parser)
     parser.add_argument(
         "-p",
         "--param",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a parameter of the selected stages' functions (value parsed as a "
-        "Python literal); a key no selected stage has is refused",
+        help="a parameter of the stages' functions (value parsed as a Python literal); a key no "
+        "stage has is refused, one of a stage this call does not run is noted and left out",
+    )
+
+
+def _add_engine(parser: argparse.ArgumentParser) -> None:
+    from ferlib.engines import ENGINE_CHOICES
+
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--engine",
+        choices=ENGINE_CHOICES,
+        default="auto",
+        help="settings for the whole run (ferlib/engines.py): auto (default) fine-tunes the face weights "
+        "(face) when installed and the training split has at most 10,000 images, else scratch (the stage "
+        "functions' defaults); quick makes every stage cheap; -p values win over the engine's",
+    )
+    group.add_argument(
+        "--quick",
+        dest="engine",
+        action="store_const",
+        const="quick",
+        help="the same as --engine quick: every stage cheap, trained detectors included (a first look, CI)",
     )
 
 
@@ -904,6 +1278,29 @@ def build_parser(stage_table: Sequence[Stage] = STAGES) -> argparse.ArgumentPars
     )
     tables.add_argument("runs", nargs="+", help="run folders, sweep folders or globs")
     tables.add_argument("--out", default=None, help="where the tables go (default: outputs/tables in the repository)")
+    tables.add_argument(
+        "--detectors", nargs="+", default=None, metavar="NAME", help="only these detectors (default: every one scored)"
+    )
+
+    reproduce = sub.add_parser(
+        "reproduce",
+        help="every run of one paper table, then the table (resumable; time estimated first)",
+        description="openset: the open-set paper's table (7 open classes x seeds, every detector, both "
+        "protocols, the published numbers beside). noisy: the noisy-label table (stage 05's grid x seeds).",
+    )
+    reproduce.add_argument("table", choices=("openset", "noisy"))
+    reproduce.add_argument("--dataset", required=True, help="data set name, e.g. ferplus")
+    reproduce.add_argument("--data-root", default=None, help="folder holding the data set")
+    reproduce.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    reproduce.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="N")
+    reproduce.add_argument(
+        "--outputs", default=None, help="folder of its runs (default outputs/reproduce_<table>_<dataset>)"
+    )
+    reproduce.add_argument("--executor", choices=EXECUTORS, default="python", help="default python (no Jupyter needed)")
+    reproduce.add_argument("--budget-minutes", type=float, default=None, help="refuse a plan estimated to take longer")
+    reproduce.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time only")
+    _add_engine(reproduce)
+    reproduce.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="as for pipeline")
 
     stage = sub.add_parser(
         "stage",
@@ -918,12 +1315,77 @@ def build_parser(stage_table: Sequence[Stage] = STAGES) -> argparse.ArgumentPars
     return parser
 
 
+def run_summary(result: PipelineResult) -> list[str]:
+    """A few lines on one finished call of a run: its folder, its headline numbers (close-set
+    test accuracy; the best detector's AUROC per protocol) and where its figures and tables
+    are; what a user looks at next."""
+    run_dir = result.run_dir
+    lines = [f"{result.run}: {run_dir} (ran {len(result.ran)}, skipped {len(result.skipped)} stage(s))"]
+    try:
+        manifest = read_json(run_dir / "manifest.json")
+    except (OSError, ValueError):
+        manifest = {}
+    close_set = manifest.get("close_set") if isinstance(manifest, dict) else None
+    accuracy = close_set.get("test_acc") if isinstance(close_set, dict) else None
+    if isinstance(accuracy, (int, float)):
+        lines.append(f"  close-set test accuracy {accuracy:.4f}")
+    metrics_csv = run_dir / "metrics.csv"
+    rows = _read_metrics(metrics_csv) if metrics_csv.exists() else []
+    best: dict[str, dict] = {}
+    for row in rows:
+        auroc, protocol = row.get("auroc"), str(row.get("protocol") or "-")
+        if isinstance(auroc, (int, float)) and (protocol not in best or auroc > best[protocol]["auroc"]):
+            best[protocol] = row
+    if best:
+        lines.append(
+            "  best AUROC: "
+            + "; ".join(f"{protocol} {row['auroc']:.4f} ({row.get('detector')})" for protocol, row in best.items())
+        )
+        lines.append(f"  metrics: {metrics_csv}")
+    for what, folder in (("figures", run_dir / "figures"), ("tables", run_dir.parent / "tables")):
+        if folder.is_dir():
+            lines.append(f"  {what}: {folder}")
+    return lines
+
+
+def _error(message: str) -> None:
+    print(f"ferlib.run: error: {message}", file=sys.stderr, flush=True)
+
+
+#: loggers that report papermill's clean-up after Ctrl-C ("Kernel died while waiting for execute
+#: reply", asyncio's "Task exception was never retrieved" with a traceback): noise once the user
+#: stopped the run on purpose
+_CLEANUP_LOGGERS = ("papermill", "nbclient", "asyncio", "traitlets")
+
+
+@contextmanager
+def _quiet_after_ctrl_c() -> Iterator[None]:
+    """The command line's Ctrl-C: silence :data:`_CLEANUP_LOGGERS` from the moment SIGINT
+    arrives (the process is ending), then raise KeyboardInterrupt as Python's own handler does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        for name in _CLEANUP_LOGGERS:
+            logging.getLogger(name).disabled = True
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
     stage_table: Sequence[Stage] = STAGES,
     repo_root: str | os.PathLike = REPO_ROOT,
 ) -> int:
+    """The command line; returns the exit status: 0 done, 1 a stage failed (or a sweep's run),
+    2 a user error (one line, no traceback), 130 Ctrl-C (the stage marked ``interrupted``)."""
     args = build_parser(stage_table).parse_args(argv)
     configure_logging()
 
@@ -932,12 +1394,40 @@ def main(
 
         out = args.out if args.out is not None else Path(repo_root) / "outputs" / "tables"
         try:
-            collect_results(args.runs, out_dir=out)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+            check_writable(out, "--out")
+            collect_results(args.runs, out_dir=out, detectors=args.detectors)
+        except (RunnerError, ValueError) as exc:
+            _error(str(exc))
+            return 2
+        return 0
+    if args.command == "reproduce":
+        from ferlib.reproduce import reproduce
+
+        try:
+            with _quiet_after_ctrl_c():
+                reproduce(
+                    args.table,
+                    args.dataset,
+                    data_root=args.data_root,
+                    seeds=args.seeds,
+                    device=args.device,
+                    engine=args.engine,
+                    extra=parse_params(args.param),
+                    outputs=args.outputs,
+                    budget_minutes=args.budget_minutes,
+                    dry_run=args.dry_run,
+                    executor=args.executor,
+                    say=_say,
+                )
+        except KeyboardInterrupt:
+            print("interrupted; run again to resume", file=sys.stderr)
+            return 130
+        except (RunnerError, ValueError, FileNotFoundError) as exc:
+            _error(str(exc))
             return 2
         return 0
     common = dict(
+        engine=args.engine,
         data_root=args.data_root,
         device=args.device,
         outputs=args.outputs,
@@ -948,26 +1438,42 @@ def main(
         repo_root=repo_root,
     )
     try:
-        if args.command == "sweep":
-            result = run_sweep(
-                args.dataset,
-                open_classes=args.open,
-                seeds=args.seeds,
-                stages=args.stages,
-                launcher=args.launcher,
-                submitit=_submitit_options(args),
-                **common,
-            )
-            return 0 if result.ok else 1
-        stages = [args.name] if args.command == "stage" else args.stages
-        run_pipeline(args.dataset, open_class=args.open_class, seed=args.seed, run=args.run, stages=stages, **common)
-        return 0
+        with _quiet_after_ctrl_c():
+            runs, code = _run_command(args, common)
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, no traceback (a stage's also marks the manifest)
+        print(str(exc) if isinstance(exc, StageInterrupted) else "interrupted; run again to resume", file=sys.stderr)
+        return 130
     except StageFailed as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except (RunnerError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        message = user_error(exc)
+        _error(message if message is not None else str(exc))
+        return 2 if message is not None else 1
+    except (RunnerError, ValueError, FileNotFoundError) as exc:  # the runner's own checks: bad options, data
+        _error(str(exc))
         return 2
+    if runs and int(os.environ.get("RANK") or 0) == 0:  # under torchrun, rank 0 speaks for the run
+        _say("summary:")
+        for result in runs:
+            for line in run_summary(result):
+                _say(f"  {line}")
+    return code
+
+
+def _run_command(args: argparse.Namespace, common: dict[str, Any]) -> tuple[list[PipelineResult], int]:
+    """Run ``pipeline``, ``stage`` or ``sweep``: the results of the runs and the exit status."""
+    if args.command == "sweep":
+        result = run_sweep(
+            args.dataset,
+            open_classes=args.open,
+            seeds=args.seeds,
+            stages=args.stages,
+            launcher=args.launcher,
+            submitit=_submitit_options(args),
+            **common,
+        )
+        return list(result.runs.values()), 0 if result.ok else 1
+    stages = [args.name] if args.command == "stage" else args.stages
+    run = run_pipeline(args.dataset, open_class=args.open_class, seed=args.seed, run=args.run, stages=stages, **common)
+    return [run], 0
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ferlib.data.cache import unreadable_summary
 from ferlib.data.prepare import Splits, TrainingLabels, check_labels, load_splits, training_labels
 from ferlib.data.prepare import close_rows as _close_rows
 from ferlib.data.prepare import parse_open_class as _open
@@ -49,7 +50,18 @@ from ferlib.recipes import recipe_settings
 from ferlib.train import TensorData, TrainConfig, check_smoothing, fit, load_history, predict
 
 #: every registered detector (ferlib.openset.registry): what stage 03 runs by default
-DEFAULT_DETECTORS = ("msp", "max_logit", "energy", "entropy", "mahalanobis", "knn", "tknn", "cycle", "contrast")
+DEFAULT_DETECTORS = (
+    "msp",
+    "max_logit",
+    "energy",
+    "entropy",
+    "mahalanobis",
+    "knn",
+    "tknn",
+    "pseudo_oe",
+    "cycle",
+    "contrast",
+)
 #: the detector whose learnt features notebook 04 embeds beside the close-set model's
 #: (written as ``03_detect/detector_features_<protocol>.npy``)
 EMBEDDED_DETECTOR = "cycle"
@@ -111,12 +123,12 @@ def train_close_set(
     class_map: dict[str, str] | None = None,
     data_options: dict | None = None,
     device: str = "cpu",
-    run_dir: str = "outputs/demo",
-    arch: str = "resnet18",
+    run_dir: str = "outputs/lab",
+    arch: str = "smallface_deep",
     input_size: int = 48,
-    epochs: int = 10,
+    epochs: int = 40,
     batch_size: int = 128,
-    recipe: str = "reference",
+    recipe: str = "fast_affine",
     recipe_params: dict | None = None,
     lr: float | None = None,
     weight_decay: float | None = None,
@@ -157,9 +169,10 @@ def train_close_set(
     device : str
         Torch device ("cpu", "cuda", "cuda:1"); it changes no result, so it is in no result key.
     run_dir : str
-        Folder of this run: every file of every stage goes under it.
+        Folder of this run: every file of every stage goes under it (default outputs/lab, the notebooks' own run).
     arch : str
-        Trunk architecture: resnet18, resnet50 (for face-pretrained weights), smallface (a small
+        Trunk architecture (default smallface_deep, with fast_affine, 48 px and 40 epochs: the best measured
+        from-scratch engine, ferlib.engines): resnet18, resnet50 (for face-pretrained weights), smallface (a small
         network for 40-64 px faces trained from scratch; 48 px gives a 6x6 attention map), with its
         variants smallface_wide (twice the width) and smallface_deep (two more conv layers), or dlibface
         (dlib's face-recognition ResNet, with pretrained="dlibface", recipe="face", input_size >= 103, 112
@@ -318,6 +331,11 @@ def train_close_set(
             "dropped": s.dropped,
             "open_rows": s.split.open_rows,
             "dedupe": s.dedupe,  # duplicate test / validation rows dropped (data_options dedupe)
+            # unreadable images skipped while decoding: count, source size, first paths, per split
+            # (a carved validation split is part of train's list)
+            "unreadable": unreadable_summary(
+                {"train": s.train, "test": s.test, **({} if s.valid_carved else {"valid": s.valid})}
+            ),
         },
         close_set={k: results[k] for k in CLOSE_SET_MANIFEST_KEYS},
     )
@@ -426,8 +444,8 @@ def predict_pseudo_labels(
     class_map: dict[str, str] | None = None,
     data_options: dict | None = None,
     device: str = "cpu",
-    run_dir: str = "outputs/demo",
-    arch: str = "resnet18",
+    run_dir: str = "outputs/lab",
+    arch: str = "smallface_deep",
     input_size: int = 48,
     cache_dir: str | None = "outputs/cache",
     cache_memmap: bool = False,
@@ -987,7 +1005,7 @@ def detect_open_set(
     class_map: dict[str, str] | None = None,
     data_options: dict | None = None,
     device: str = "cpu",
-    run_dir: str = "outputs/demo",
+    run_dir: str = "outputs/lab",
     input_size: int = 48,
     cache_dir: str | None = "outputs/cache",
     cache_memmap: bool = False,

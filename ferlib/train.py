@@ -311,7 +311,7 @@ def cpu_has_native_bf16() -> bool:
     """Whether this CPU runs bfloat16 convolutions and matrix products natively (AVX-512
     BF16 or AMX, as oneDNN reports it). Where it does, ``amp`` on the CPU trains the small
     networks about 1.9 times as fast as fp32 (``benchmarks/train_throughput.py --amp``;
-    docs/RESULTS.md, "bf16 on the CPU"); where it does not, oneDNN emulates bf16 and the
+    docs/journal/time_to_accuracy.md, "bf16 on the CPU"); where it does not, oneDNN emulates bf16 and the
     same setting is slower than fp32, which :func:`fit` says."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -791,7 +791,8 @@ def fit(
             "epoch": epoch + 1,
             "train_loss": total_loss / max(seen, 1),
             "train_acc": correct / max(seen, 1),
-            "lr": cfg.lr_at(epoch),
+            # the rate of the epoch's last step: the epoch's start is 0 under a warm-up
+            "lr": cfg.lr_at(epoch + (n_batches - 1) / n_batches),
         }
         if val is not None and len(val):
             pred = predict(

@@ -3,6 +3,7 @@ augmentation (deterministic, torchvision-equivalent erasing, exact flips)."""
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -132,6 +133,45 @@ def test_few_unreadable_images_warn_and_are_skipped(make_folders, tmp_path):
     # and re-applies the threshold the caller asks for now
     with pytest.raises(DataError, match="2 of 60 images"):
         build_cache(ds, 8, cache_dir=cache_dir, max_bad_fraction=0.01, progress=False)
+
+
+def test_skipped_images_are_recorded_for_the_manifest(make_folders, tmp_path):
+    """The count and the first few paths of the files skipped are data, not only a warning:
+    a stage writes them into the manifest (unreadable_summary)."""
+    ds = load_folders(make_folders({"train": {"happiness": 40, "sadness": 40}}), "train")
+    bad = [_corrupt(ds, k, "garbage") for k in (3, 11, 20, 41, 50, 66, 79)]
+    expected = {"count": 7, "of": 80, "examples": bad[:5]}
+    for kwargs in ({"cache_dir": tmp_path / "pt"}, {"cache_dir": tmp_path / "mm", "memmap": True}):
+        for _ in range(2):  # built, then reloaded from disk
+            with pytest.warns(UnreadableImageWarning, match="skipped 7"):
+                cache = build_cache(ds, 8, max_bad_fraction=0.1, progress=False, **kwargs)
+            assert cache.skipped == bad and cache.n_total == 80
+            assert cache.unreadable() == expected
+            assert cache.unreadable(examples=2)["examples"] == bad[:2]
+    clean = build_cache(load_folders(make_folders(LAYOUT, root=tmp_path / "clean"), "train"), 8, progress=False)
+    summary = cache_module.unreadable_summary({"train": cache, "test": clean, "valid": cache.subset([0, 1])})
+    assert summary == {
+        "train": expected,
+        "test": {"count": 0, "of": 10, "examples": []},
+        "valid": expected,  # a subset keeps its source's record
+    }
+    assert json.loads(json.dumps(summary)) == summary  # plain JSON for the manifest
+
+
+def test_unreadable_summary_of_the_stages_splits(make_folders):
+    """What stage 01 would write into manifest["data"]["unreadable"] from load_splits."""
+    from ferlib.data.prepare import load_splits
+
+    root = make_folders({"train": {"happiness": 60, "sadness": 60}, "test": {"happiness": 5, "sadness": 5}})
+    ds = load_folders(root, "train")
+    bad = _corrupt(ds, 4, "garbage")
+    with pytest.warns(UnreadableImageWarning, match="skipped 1"):
+        s = load_splits("folders", str(root), "sadness", 8, cache_dir=None, val_fraction=0.2, seed=0)
+    caches = {"train": s.train, "test": s.test, **({} if s.valid_carved else {"valid": s.valid})}
+    assert cache_module.unreadable_summary(caches) == {
+        "train": {"count": 1, "of": 120, "examples": [bad]},
+        "test": {"count": 0, "of": 10, "examples": []},
+    }
 
 
 def test_many_unreadable_images_raise(make_folders):

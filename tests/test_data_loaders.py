@@ -18,6 +18,7 @@ from ferlib.data import (
     load_folders,
     load_rafdb,
 )
+from ferlib.data.folders import EmptyClassWarning
 from ferlib.emotions import BASIC7, Emotion
 
 E = Emotion
@@ -257,3 +258,50 @@ def test_affectnet_folder_ids_and_num_classes(make_affectnet):
         load_affectnet(root, "valid", num_classes=8)
     assert sorted(test.labels.tolist()) == [0, 0, 7]
     assert load_dataset("affectnet", root, "test").labels.tolist() == [0, 0]
+
+
+# ----------------------------------------------------------------------------- empty class folders
+
+
+def test_folders_empty_class_folder_warns_and_drops_the_class_in_every_split(make_folders):
+    root = make_folders({"train": {"happiness": 2, "sadness": 2}, "test": {"happiness": 1, "fear": 2, "sadness": 1}})
+    (root / "train" / "fear").mkdir()  # empty: no readable image
+    (root / "train" / "fear" / "Thumbs.db").write_bytes(b"")  # OS clutter is no image
+    with pytest.warns(EmptyClassWarning, match=r"train[/\\]fear.*holds no image.*fear") as caught:
+        train = load_folders(root, "train")
+    assert train.classes == (E.HAPPINESS, E.SADNESS)
+    assert str(root.resolve() / "train" / "fear") in str(caught[0].message)
+    with pytest.warns(EmptyClassWarning, match=r"test[/\\]fear: 2 fear image\(s\) left out") as caught:
+        test = load_folders(root, "test")
+    assert str(root.resolve() / "train") in str(caught[0].message)
+    assert test.classes == train.classes  # a class without training images stays out everywhere
+    assert test.counts() == {E.HAPPINESS: 1, E.SADNESS: 1}
+
+
+def test_folders_class_absent_from_train_is_not_kept_by_class_map(make_folders):
+    root = make_folders({"train": {"happiness": 1, "sadness": 1}, "valid": {"happiness": 1, "surprise": 1}})
+    with pytest.warns(EmptyClassWarning, match=r"valid[/\\]surprise: 1 surprise image"):
+        valid = load_folders(root, "valid", class_map={"surprise": "surprise", "fear": "fear"})
+    assert valid.classes == (E.HAPPINESS, E.SADNESS)
+
+
+def test_folders_empty_evaluation_folder_warns_but_keeps_a_trained_class(make_folders, recwarn):
+    root = make_folders({"train": {"happiness": 1, "fear": 1}, "test": {"happiness": 1}})
+    (root / "test" / "fear").mkdir()
+    with pytest.warns(EmptyClassWarning, match=r"test[/\\]fear.*holds no image.*class stays"):
+        test = load_folders(root, "test")
+    assert test.classes == (E.HAPPINESS, E.FEAR)
+    load_folders(root, "train")
+    assert not [w for w in recwarn if issubclass(w.category, EmptyClassWarning)]  # nothing to say
+
+
+def test_folders_without_train_split_keep_mapped_classes_but_not_empty_ones(make_folders):
+    root = make_folders({"test": {"happiness": 1}})
+    (root / "test" / "anger").mkdir()
+    with pytest.warns(EmptyClassWarning, match="anger"):
+        ds = load_folders(root, "test", class_map={"happiness": "happiness", "fear": "fear"})
+    assert ds.classes == (E.HAPPINESS, E.FEAR)
+
+
+def test_empty_class_warning_is_a_user_warning():
+    assert issubclass(EmptyClassWarning, UserWarning)

@@ -3,12 +3,16 @@ no person is on both sides of train/test, nor of train/validation."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from ferlib.data import DataError, MissingSplitError, load_dataset, load_subjects
+from ferlib.data.folders import EmptyClassWarning
 from ferlib.data.prepare import load_splits
 from ferlib.data.subjects import SUBJECT_PATTERNS, subjects_of
+from ferlib.emotions import Emotion
 
 CLASSES = ("anger", "happiness", "sadness")
 
@@ -132,3 +136,37 @@ def test_subject_loader_options_fail_early(make_subjects):
         load_subjects(root, "train", folds=5)
     with pytest.raises(DataError, match="test_fraction"):
         load_subjects(root, "train", test_fraction=1.0)
+
+
+def test_empty_class_folder_warns_and_leaves_the_class_out_of_both_splits(make_subjects):
+    root = _ck_root(make_subjects, n_subjects=6)
+    (root / "fear").mkdir()
+    for split in ("train", "test"):
+        with pytest.warns(EmptyClassWarning, match=r"fear: class folder \(fear\) holds no image") as caught:
+            ds = load_subjects(root, split, split_seed=0)
+        assert str(root.resolve() / "fear") in str(caught[0].message)
+        assert [c.label for c in ds.classes] == ["happiness", "sadness", "anger"]
+
+
+def test_class_of_test_subjects_only_is_left_out_of_both_splits(make_subjects):
+    layout = {f: ck_names(range(1, 7)) for f in CLASSES}
+    layout["surprise"] = ck_names([1])  # one person posed it: in one fold it has no training image
+    root = make_subjects(layout)
+    outcomes = []
+    for fold in range(3):
+        options = dict(folds=3, fold=fold, split_seed=0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train = load_subjects(root, "train", **options)
+            test = load_subjects(root, "test", **options)
+        empty = [w for w in caught if issubclass(w.category, EmptyClassWarning)]
+        assert train.classes == test.classes  # both splits agree, always
+        if "S001" in set(test.groups.tolist()):  # its fold: surprise has no training image
+            assert Emotion.SURPRISE not in train.classes
+            assert not (test.labels == int(Emotion.SURPRISE)).any()
+            assert len(empty) == 1 and "surprise: 2 surprise image(s) left out" in str(empty[0].message)
+            outcomes.append("dropped")
+        else:
+            assert Emotion.SURPRISE in train.classes and not empty
+            outcomes.append("kept")
+    assert sorted(outcomes) == ["dropped", "kept", "kept"]

@@ -103,23 +103,21 @@ def test_ruff_is_configured_and_runs_before_the_tests(pyproject):
         assert re.search(rf"^{target}:.*\blint\b", makefile, re.M), f"make {target} does not run ruff first"
 
 
-def test_demo_parameters_are_stage_parameters():
-    """The Makefile's -p keys reach a stage (the old `-p "contrast={...}"` reached nothing)."""
-    from ferlib.run import STAGES, parse_param
+def test_demo_is_the_quick_engine_and_parses():
+    """`make demo` is the runner's --quick (whose values every stage accepts: tests/test_engines.py),
+    and its command line parses with the runner's own parser."""
+    from ferlib.engines import ENGINES
+    from ferlib.run import STAGES, build_parser
 
     # the command as make expands it (continuation lines, variables): `make -n` runs nothing
     out = subprocess.run(
         ["make", "-n", "--no-print-directory", "demo"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     words = shlex.split([line for line in out.splitlines() if "ferlib.run pipeline" in line][-1])
-    params = dict(parse_param(words[i + 1]) for i, w in enumerate(words) if w == "-p")
-    assert list(params) == ["arch", "recipe", "epochs", "input_size", "embed_method", "detector_params"]
-    for key in params:
+    args = build_parser().parse_args(words[words.index("ferlib.run") + 1 :])
+    assert args.engine == "quick" and args.dataset == "synthetic"
+    for key in ENGINES["quick"].params:
         assert any(stage.accepts(key) for stage in STAGES), key
-    # the values pass the checks the runner makes before any work (detector names and fields)
-    from ferlib.openset.registry import validate_detectors
-
-    validate_detectors(list(params["detector_params"]), params["detector_params"])
 
 
 def test_noisy_parameters_are_stage_05_parameters():

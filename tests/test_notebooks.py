@@ -173,9 +173,11 @@ def test_papermill_and_python_executors_give_identical_metrics(tmp_path):
         assert py_record["params_hash"] == pm_record["params_hash"]
 
 
-def test_progress_bars_are_widgets_in_a_notebook(tmp_path):
-    """ferlib.progress uses tqdm.auto: in a kernel it draws an ipywidgets bar, which JupyterLab
-    renders; without ipywidgets tqdm warned "IProgress not found" and fell back to text."""
+def test_progress_bars_are_widgets_in_a_notebook(tmp_path, monkeypatch):
+    """ferlib.progress uses tqdm.auto: in a kernel of JupyterLab (which names the session in
+    JPY_SESSION_NAME) it draws an ipywidgets bar, which JupyterLab renders; without ipywidgets
+    tqdm warned "IProgress not found" and fell back to text. In papermill's kernel, whose
+    widgets nobody renders (the log froze at 0%), it writes plain progress lines instead."""
     _kernel_or_skip()
     import nbformat
 
@@ -187,15 +189,67 @@ def test_progress_bars_are_widgets_in_a_notebook(tmp_path):
             "import warnings\n"
             "warnings.simplefilter('error')  # tqdm's IProgress warning would fail the cell\n"
             "from ferlib.progress import progress_bar\n"
-            "bar = progress_bar(range(3))\n"
+            "bar = progress_bar(range(3), desc='cell loop')\n"
             "list(bar)\n"
             "from tqdm.notebook import tqdm as notebook_tqdm\n"
             "print('widget bar:', isinstance(bar, notebook_tqdm))"
         )
     )
-    source, target = tmp_path / "bar.ipynb", tmp_path / "bar_out.ipynb"
+    source = tmp_path / "bar.ipynb"
     nbformat.write(nb, str(source))
-    papermill.execute_notebook(str(source), str(target), kernel_name=DEFAULT_KERNEL, cwd=str(ROOT), progress_bar=False)
-    text = target.read_text(encoding="utf-8")
-    assert "widget bar: True" in text
-    assert "application/vnd.jupyter.widget-view+json" in text  # a widget, not a text bar
+    monkeypatch.delenv("FERKIT_PROGRESS", raising=False)
+    texts = {}
+    for front_end in ("jupyterlab", "papermill"):
+        if front_end == "jupyterlab":  # the kernel inherits it, as from jupyter_server
+            monkeypatch.setenv("JPY_SESSION_NAME", str(source))
+        else:
+            monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+        target = tmp_path / f"bar_{front_end}.ipynb"
+        papermill.execute_notebook(
+            str(source), str(target), kernel_name=DEFAULT_KERNEL, cwd=str(ROOT), progress_bar=False
+        )
+        texts[front_end] = target.read_text(encoding="utf-8")
+    assert "widget bar: True" in texts["jupyterlab"]
+    assert "application/vnd.jupyter.widget-view+json" in texts["jupyterlab"]  # a widget, not a text bar
+    assert "widget bar: False" in texts["papermill"]
+    assert "application/vnd.jupyter.widget-view+json" not in texts["papermill"]
+    assert "cell loop: 3/3 (100%)" in texts["papermill"]  # a line the log shows
+
+
+def _displayed_images(notebook: Path) -> int:
+    nb = json.loads(notebook.read_text())
+    return sum(
+        1
+        for cell in nb["cells"]
+        if cell["cell_type"] == "code"
+        for output in cell.get("outputs", [])
+        if "image/png" in output.get("data", {})
+    )
+
+
+def _pngs(folder: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*.png")} if folder.exists() else {}
+
+
+@pytest.mark.slow
+def test_every_figure_a_stage_saves_is_shown_in_its_notebook(tmp_path):
+    """Each committed notebook, executed headless (papermill) on a tiny run, shows inline every
+    figure its stage writes: a JupyterLab user reads the notebook, not the figures folder."""
+    _kernel_or_skip()
+    from ferlib.data.synthetic import SyntheticConfig, write_synthetic
+
+    root = write_synthetic(tmp_path / "synthetic", SyntheticConfig(n_train=140, n_valid=35, n_test=70, seed=0))
+    out = tmp_path / "outputs"
+    common = ["--dataset", "synthetic", "--data-root", str(root), "--outputs", str(out), "--run", "r", "--quick"]
+    shared = ("-p", "epochs=1", "-p", "batch_size=32", "-p", "progress=False", "-p", f"cache_dir={tmp_path / 'cache'}")
+    pipeline = ("-p", "detectors=['msp', 'tknn', 'cycle']", "-p", "embed_max_points=60")
+    noisy = ("-p", "methods=['ce', 'rul']", "-p", "noise=[None]", "-p", "seeds=[0]", "-p", "attention_images=2")
+    run_dir = out / "r"
+    for stage in ("01", "02", "03", "04", "05"):
+        before = _pngs(run_dir)
+        params = [*shared, *(noisy if stage == "05" else pipeline)]
+        assert main(["pipeline", "--stages", stage, *common, *params]) == 0, stage
+        written = [p for p, t in _pngs(run_dir).items() if before.get(p) != t]
+        notebook = next((run_dir / "notebooks").glob(f"{stage}_*.ipynb"))
+        assert written, f"stage {stage} wrote no figure"
+        assert _displayed_images(notebook) == len(written), (stage, sorted(p.name for p in written))

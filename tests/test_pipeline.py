@@ -19,7 +19,9 @@ from ferlib.models import ModelConfig, build_model
 pytestmark = pytest.mark.slow
 
 SIZE = 32
+# the engine the thresholds below were set on (not the stage defaults, which may change)
 COMMON = dict(dataset="synthetic", open_class="surprise", seed=0, input_size=SIZE, progress=False)
+NETWORK = dict(arch="resnet18")
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,8 @@ def tiny_run(module_tmp):
     cfg = SyntheticConfig(n_train=700, n_valid=140, n_test=280, seed=0, class_shares=None)
     root = write_synthetic(base / "synthetic", cfg)
     params = dict(COMMON, data_root=str(root), run_dir=str(base / "run"), cache_dir=str(base / "cache"))
-    stages.train_close_set(**params, epochs=4, batch_size=64)
-    stages.predict_pseudo_labels(**params)
+    stages.train_close_set(**params, **NETWORK, recipe="reference", epochs=4, batch_size=64)
+    stages.predict_pseudo_labels(**params, **NETWORK)
     metrics = stages.detect_open_set(
         **params,
         detectors=["msp", "energy", "knn", "tknn", "cycle", "contrast"],

@@ -208,17 +208,17 @@ def test_unknown_parameter_is_refused_before_any_work(tmp_path):
     """A misspelt -p key used to be swallowed by ``**_`` and recorded as applied."""
     with pytest.raises(RunnerError) as info:
         pipeline(tmp_path, run="typo", extra={"epohcs": 3})
-    message = str(info.value)
-    assert "epohcs" in message and "no selected stage" in message
-    # the selected stages' parameters are listed, so the right spelling is one look away
-    assert "01_a: dataset, data_root, open_class, seed, device, run_dir, epochs, lr, arch, tags" in message
-    assert "03_c: run_dir, seed, names" in message
+    # the nearest accepted name, so the right spelling is one look away
+    assert str(info.value) == "-p epohcs: no stage has such a parameter; did you mean -p epochs=...?"
     assert CALLS == [] and not (tmp_path / "outputs").exists()
 
-    # a key of a stage that is not selected is refused too: it would change nothing
-    with pytest.raises(RunnerError, match="-p epochs: no selected stage") as info:
-        pipeline(tmp_path, run="typo", stages=["02", "03"], extra={"epochs": 3})
-    assert "01_a" not in str(info.value) and "02_b: " in str(info.value)
+    # nothing near: every stage's parameters are listed
+    with pytest.raises(RunnerError) as info:
+        pipeline(tmp_path, run="typo", extra={"zzzz": 3})
+    message = str(info.value)
+    assert message.startswith("-p zzzz: no stage has such a parameter\n")
+    assert "01_a: dataset, data_root, open_class, seed, device, run_dir, epochs, lr, arch, tags" in message
+    assert "03_c: run_dir, seed, names" in message
     assert CALLS == [] and not (tmp_path / "outputs").exists()
 
     with pytest.raises(RunnerError, match="epohcs"):  # a sweep refuses it before its first run
@@ -504,15 +504,19 @@ def test_cli_pipeline_stage_and_sweep(tmp_path, capsys):
     assert "skip 02_b (finished)" in capsys.readouterr().out
     assert main(["stage", "02", *common, "--run", "cli", "--force"], stage_table=TABLE, repo_root=tmp_path) == 0
     assert called() == ["02_b"]
-    # stage 02 has no epochs: the CLI says so, lists what it has, and runs nothing
+    # stage 02 has no epochs: the full command line still serves one stage, with a note
     assert (
         main(
             ["stage", "02", *common, "--run", "cli", "-p", "epochs=1", "--force"], stage_table=TABLE, repo_root=tmp_path
         )
-        == 2
+        == 0
     )
+    assert "note: -p epochs not used in this call (a parameter of 01_a)" in capsys.readouterr().out
+    assert called() == ["02_b"]
+    # a key no stage has: one line, the nearest name, exit status 2, nothing runs
+    assert main(["stage", "02", *common, "--run", "cli", "-p", "epoch=1"], stage_table=TABLE, repo_root=tmp_path) == 2
     err = capsys.readouterr().err
-    assert "-p epochs: no selected stage" in err and "02_b: dataset, open_class, seed" in err
+    assert err == "ferlib.run: error: -p epoch: no stage has such a parameter; did you mean -p epochs=...?\n"
     assert called() == []
 
     FAIL_RUNS.add(("anger", 0))

@@ -196,7 +196,7 @@ def test_slurm_needs_sbatch_and_options_need_the_submitit_launcher(tmp_path, mon
     assert main([*common, "--cluster", "local"], stage_table=TABLE, repo_root=tmp_path) == 2
     assert "need --launcher submitit" in capsys.readouterr().err
     assert main([*common, "--launcher", "submitit", "-p", "epohcs=1"], stage_table=TABLE, repo_root=tmp_path) == 2
-    assert "-p epohcs: no selected stage" in capsys.readouterr().err
+    assert "-p epohcs: no stage has such a parameter; did you mean -p epochs=...?" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -25,7 +25,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +51,10 @@ DECODE_ERRORS: tuple[type[BaseException], ...] = (
     struct.error,
     Image.DecompressionBombError,
 )
+
+
+#: How many skipped files a warning, an error or :meth:`ImageCache.unreadable` names.
+SKIPPED_EXAMPLES = 5
 
 
 class UnreadableImageWarning(UserWarning):
@@ -135,6 +139,11 @@ class ImageCache:
 
     ``source_index[k]`` is the row of the source data set that image ``k`` came from:
     unreadable images are absent, so positions in the cache are not data set rows.
+
+    ``skipped``: the paths (relative to the data set's root) of the unreadable images left
+    out, and ``n_total`` the number of images of the source data set: what a stage records
+    in the run's manifest (:meth:`unreadable`, :func:`unreadable_summary`), so that a
+    result says on how many images it rests without anyone reading the warnings of its log.
     """
 
     images: torch.Tensor
@@ -144,6 +153,8 @@ class ImageCache:
     fingerprint: str
     classes: tuple[Emotion, ...] = ()
     skipped: list[str] = field(default_factory=list)
+    #: images of the source data set, skipped ones included (``None``: not known)
+    n_total: int | None = None
     #: the memory-mapped file holding ``images``, or ``None`` when they are in memory
     file: str | None = None
 
@@ -160,6 +171,11 @@ class ImageCache:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def unreadable(self, examples: int = SKIPPED_EXAMPLES) -> dict[str, Any]:
+        """The unreadable images left out, for a manifest: ``{"count": n, "of": total,
+        "examples": [up to examples relative paths]}`` (``of``: ``None`` when unknown)."""
+        return {"count": len(self.skipped), "of": self.n_total, "examples": list(self.skipped[:examples])}
 
     @property
     def image_size(self) -> int:
@@ -202,6 +218,7 @@ class ImageCache:
             fingerprint=hash_strings([self.fingerprint, "subset", *map(str, index.tolist())]),
             classes=self.classes,
             skipped=list(self.skipped),
+            n_total=self.n_total,
         )
 
     def _state(self, n_total: int) -> dict:
@@ -227,14 +244,24 @@ class ImageCache:
             fingerprint=state["fingerprint"],
             classes=tuple(Emotion(c) for c in state["classes"]),
             skipped=list(state["skipped"]),
+            n_total=int(state["n_total"]),
         )
+
+
+def unreadable_summary(caches: Mapping[str, ImageCache], examples: int = SKIPPED_EXAMPLES) -> dict[str, dict]:
+    """``{split: cache.unreadable(examples)}`` for a run manifest's ``data`` section.
+
+    Every split is listed, a count of 0 included: it records that the split was checked.
+    Pass each cache built from a data set once (a validation set carved from ``train`` is a
+    subset of it and repeats ``train``'s skipped files)."""
+    return {split: cache.unreadable(examples) for split, cache in caches.items()}
 
 
 def _check_bad(dataset: FERDataset, bad: list[str], n_total: int, max_bad_fraction: float) -> None:
     """Warn about a few unreadable images, fail on many (a broken copy, not bad luck)."""
     if not bad:
         return
-    first = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
+    first = ", ".join(bad[:SKIPPED_EXAMPLES]) + (", ..." if len(bad) > SKIPPED_EXAMPLES else "")
     if len(bad) > max_bad_fraction * n_total:
         raise DataError(
             dataset.root,
@@ -499,6 +526,7 @@ def build_cache(
         fingerprint=fingerprint,
         classes=dataset.classes,
         skipped=bad,
+        n_total=n,
         file=str(data_file) if data_file is not None and len(keep) else None,
     )
     if file is not None:

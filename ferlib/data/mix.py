@@ -1,12 +1,12 @@
 """CutMix on a whole training batch (Yun et al., ICCV 2019), deterministic given a generator.
 
 Why: on FERPlus the warp (rotation, shift, zoom) was the one augmentation that moved the
-close-set plateau (docs/RESULTS.md, "Time to accuracy"), and the models still end near .85
+close-set plateau (docs/journal/time_to_accuracy.md), and the models still end near .85
 validation. CutMix is the regulariser the CIFAR and ImageNet from-scratch recipes add next: a
 rectangle of each face is replaced by the same rectangle of another face in the batch, and the
 target becomes the two labels weighted by the areas, so the network cannot rest on one region
 (the mouth alone, say) and is trained on non-one-hot targets. Measured on FERPlus (40 epochs,
-48 px, ``cutmix_p`` .5): no gain on validation (docs/RESULTS.md, "CutMix and a 60-epoch
+48 px, ``cutmix_p`` .5): no gain on validation (docs/journal/time_to_accuracy.md, "CutMix and a 60-epoch
 schedule"), so no recipe turns it on. It differs from RUL's mixup (:mod:`ferlib.losses.rul`), which
 mixes *features* inside an objective with learned weights; this one mixes *pixels and targets*
 before any objective, so it works for every objective whose loss is cross-entropy on soft

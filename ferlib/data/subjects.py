@@ -41,10 +41,12 @@ from typing import Any
 
 import numpy as np
 
+from ferlib.emotions import Emotion
+
 from .base import FERDataset, check_root, check_split
 from .classmap import ClassTarget
 from .errors import DataError, MissingSplitError
-from .folders import folder_emotions, scan_class_folders
+from .folders import drop_untrained, folder_emotions, scan_folders, warn_empty_folders
 from .splits import carve_groups
 
 #: Subject patterns for the common posed sets (regular expressions searched in the file
@@ -152,7 +154,11 @@ def load_subjects(
       paper's protocol, which lets a detector tell seen from unseen people; see the module
       docstring). It changes no loaded split.
 
-    The result's ``groups`` holds each image's subject.
+    The result's ``groups`` holds each image's subject; its ``classes``, in both splits,
+    are the classes with an image of a training subject. An empty class folder, or a class
+    whose images all show test subjects, is left out with an
+    :class:`~ferlib.data.folders.EmptyClassWarning` naming the folder (and the test split
+    leaves out that class's images): the model would have an output it never trained.
     """
     root_path = check_root(root)
     if split == "valid":
@@ -169,8 +175,9 @@ def load_subjects(
     if not isinstance(open_from_test_subjects, (bool, np.bool_)):
         raise DataError(root_path, f"open_from_test_subjects must be True or False, got {open_from_test_subjects!r}")
 
-    folder_emotion, mapped = folder_emotions(class_map, root_path)
-    paths, labels, used = scan_class_folders(root_path, folder_emotion)
+    folder_emotion, _ = folder_emotions(class_map, root_path)
+    scan = scan_folders(root_path, folder_emotion)
+    paths, labels = scan.paths, np.asarray(scan.labels, dtype=np.int64)
     if not paths:
         raise DataError(root_path, "no images found in its class folders")
     groups = np.asarray(subjects_of([p.name for p in paths], subject_pattern, root_path))
@@ -187,14 +194,25 @@ def load_subjects(
     else:
         is_test = np.zeros(len(groups), dtype=bool)
         is_test[carve_groups(groups, test_fraction, split_seed)[1]] = True
+    # the training subjects decide the classes of both splits (same draw, same classes)
+    classes = {Emotion(int(c)) for c in np.unique(labels[~is_test]).tolist()}
+    warn_empty_folders(scan, classes, f"{name}/{split}")
     rows = np.flatnonzero(is_test if split == "test" else ~is_test)
+    if split == "test":
+        keep = drop_untrained(
+            [paths[i] for i in rows.tolist()],
+            labels[rows],
+            classes,
+            lambda emotion: f"every {emotion.label} image is of a test subject, so the class has no training image",
+        )
+        rows = rows[keep]
     return FERDataset(
         name=name,
         split=split,
         root=root_path,
         paths=[paths[i] for i in rows.tolist()],
-        labels=np.asarray(labels, dtype=np.int64)[rows],
-        classes=tuple(sorted(used | mapped)),
+        labels=labels[rows],
+        classes=tuple(sorted(classes)),
         groups=groups[rows],
     )
 

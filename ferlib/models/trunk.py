@@ -171,7 +171,7 @@ class SmallFaceDeepTrunk(SmallFaceTrunk):
 
     Why depth there: Microsoft's FERPlus VGG-13 (about .85 test from scratch) stacks three
     convs at its two coarsest resolutions; widening ``smallface`` did not raise validation
-    accuracy on FERPlus (docs/RESULTS.md, "Time to accuracy on the H200"), and extra layers
+    accuracy on FERPlus (docs/journal/time_to_accuracy.md, "Time to accuracy on the H200"), and extra layers
     at 12x12 and 6x6 cost little because the maps are small. Same widths and the same 6x6
     map at 48 px, so CAMs and the consistency loss work as for ``smallface``.
     """

@@ -4,7 +4,7 @@ Why. The binary heads of SAL and WOODS are networks; the kit's first head
 (:func:`ferlib.openset.binary_head.logistic_head`) is linear, for speed. On FERPlus's pooled
 features of the 32 px close-set model the open class is not linearly separated from the close
 ones: trained on the *true* open rows (``tools/head_ceiling.py``), the MLP reaches a higher
-AUROC than the linear head (docs/RESULTS.md "The binary head's ceiling"), so it raises the
+AUROC than the linear head (docs/journal/openset_ferplus_tuning.md, "The binary head's ceiling"), so it raises the
 ceiling that pseudo-outlier training can approach. One hidden layer, a few epochs and weight decay keep it
 from memorising the (noisy) candidates; it trains in seconds on a CPU.
 
@@ -43,7 +43,7 @@ class MLPBinaryHead:
     change the FERPlus numbers); ``members``: MLPs averaged (1: one, the kit's earlier head,
     whose scores it keeps to the last digit). Common choices, except
     ``epochs``: 5, chosen among 5 / 10 / 20 on FERPlus's tuning set (never the reported set)
-    with ``tools/sensitivity.py`` (docs/RESULTS.md "The binary head's ceiling")."""
+    with ``tools/sensitivity.py`` (docs/journal/openset_ferplus_tuning.md, "The binary head's ceiling")."""
 
     hidden: int = 256
     epochs: int = 5

@@ -73,7 +73,7 @@ class PseudoOutlierConfig:
     rounds 3, tknn k 200 and the ``mlp`` head (seed-0 runs), then ``features='pyramid'`` (a rule
     declared before seeds 3-5 existed, applied to their 21 tuning sets) and ``share_multiplier``
     1.0 (a second rule, declared before seeds 6-8 existed, on their tuning rows subsampled to the
-    reported open share; docs/RESULTS.md, "the second declared rule's result") and three
+    reported open share; docs/journal/openset_ferplus_rules.md, "the second declared rule's result") and three
     averaged MLP heads, ``head_params={'members': 3}`` (a third rule, declared before seeds 9-11
     were scored, on their matched tuning rows; "the third declared rule's result"); they are the ``ferplus``
     detector preset (:mod:`ferlib.openset.presets`, ``detector_preset="ferplus"``), the
