@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Issue 10's next GPU check, prepared so that a lent GPU's 15 minutes go to training, not typing.
+# The next GPU check of the close-set time-to-accuracy target, prepared so that a lent GPU's 15 minutes go to training, not typing.
 #
 # The GPU target (FERPlus 7-class test accuracy .85 within 3 minutes) is not met: smallface :
 # fast_affine at 48 px reaches .836 +- .003 test (.850 validation) and plateaus there
-# (docs/RESULTS.md, "Time to accuracy on the H200"). Four candidates that attack the plateau from
+# (docs/journal/time_to_accuracy.md, "Time to accuracy on the H200"). Four candidates that attack the plateau from
 # different sides run side by side on the one GPU (their minutes are inflated by sharing it; only
 # their accuracies compare), and the script names the one with the best VALIDATION accuracy, the
 # only number a choice may read. Time the chosen one alone afterwards (3 seeds) for the target.

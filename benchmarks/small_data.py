@@ -9,7 +9,7 @@ thousands of faces; a trunk pretrained for face recognition brings what it learn
 Engines (``--engines``; each one recipe, fixed in advance, never chosen on these rows):
 
 - ``scratch``: ``smallface`` with ``fast_affine`` at 48 px (the kit's best from-scratch
-  recipe on FERPlus validation; docs/RESULTS.md, "Time to accuracy on 2 CPU cores");
+  recipe on FERPlus validation; docs/journal/time_to_accuracy.md, "Time to accuracy on 2 CPU cores");
 - ``face``: ``dlibface`` from dlib's face weights with the ``face`` recipe at 112 px (the whole
   network fine-tuned: trunk at a tenth of the head's learning rate);
 - ``face_frozen``: the same trunk frozen (``face_frozen``: only the new linear head learns).

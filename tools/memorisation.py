@@ -1,6 +1,6 @@
 """Open-set detection against the close-set model's training length, under both protocols.
 
-Issue 12: the released code scored each open training image with the outputs of another
+Why: the released code scored each open training image with the outputs of another
 training image (the reference protocol, :func:`ferlib.openset.data.apply_protocol`), and a
 close-set model memorises its training images. This trains one close-set model (the kit's
 loop, objective ``ce``, recipe ``reference``: Adam, lr 1e-3 * 0.9 ** epoch; no validation

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Issue 12's declared replication, end to end: docs/RESULTS.md, section "Declared before seeds
-# 3-5 exist". The rule was fixed (commit ec10b1a) before any output of these runs existed; this
-# script only runs it, so that one command reproduces every number it reports.
+# The declared replications of open-set FERPlus (7 open classes x 3 seeds), end to end: the first
+# declared rule (seeds 3-5; docs/journal/openset_ferplus_rules.md, "Declared before seeds 3-5
+# exist"), and with SEEDS etc. set, the second (6-8) and third (9-11). The rule was fixed (commit
+# ec10b1a) before any output of these runs existed; this script only runs it, so that one command
+# reproduces every number it reports. Results: docs/RESULTS.md, "Open-set detection on FERPlus".
 #
 #   1. each of seeds 3, 4, 5 x the 7 open classes: stages 01-03 with the CPU sweep's settings
 #      (smallface, `fast`, 32 px, 6 epochs, 20 detectors, pseudo_oe with its FERPlus settings),
@@ -17,6 +19,9 @@
 #      unless beaten by more than .01; then the tables with pseudo_oe's chosen combination beside
 #      the other 19 detectors (mean and std over the seeds, both protocols, FPR@95).
 #
+# The recorded runs used FERPlus's whole splits; open-set FERPlus runs now drop duplicate evaluation
+# rows by default (docs/RESULTS.md, "Duplicate images in FERPlus"), so a run started today
+# evaluates fewer rows than the committed records.
 # A finished run (its record exists) is skipped, a started one resumes (stage 01 is keyed and
 # checkpointed per epoch), so the script can be run again in each session until step 2 runs.
 # Settings (environment variables):
@@ -25,7 +30,7 @@
 #               all of them)
 #   DATA_ROOT   FERPlus (default ../shared/data/ferplus)
 #   OUTPUTS     run folders (default outputs/sweep_fast32)
-#   RECORDS     the runs' records (default docs/results/issue12_seeds345)
+#   RECORDS     the runs' records (default docs/results/ferplus_openset_seeds3-5)
 #   TABLES      where the tables go (default outputs/tables_fast32_seeds345)
 #   PY          the kit's python (default .venv/bin/python)
 #   SEEDS       the seeds (default "3 4 5"; "6 7 8" for the second declared rule, with the next two)
@@ -45,19 +50,19 @@
 # Cost: on 2 CPU cores about 24 minutes per run and record, two at a time (about 4.5 hours for
 # the 21); on one H200 a few minutes for the runs, and about 3 CPU-minutes per record.
 #
-#   tools/replicate_seeds345.sh                 # all: runs not yet recorded, then the report
-#   tools/replicate_seeds345.sh one 3 surprise  # one run and its record
+#   tools/replicate_ferplus_openset.sh                 # all: runs not yet recorded, then the report
+#   tools/replicate_ferplus_openset.sh one 3 surprise  # one run and its record
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEVICE="${DEVICE:-cpu}"
 DATA_ROOT="${DATA_ROOT:-../shared/data/ferplus}"
 OUTPUTS="${OUTPUTS:-outputs/sweep_fast32}"
-RECORDS="${RECORDS:-docs/results/issue12_seeds345}"
+RECORDS="${RECORDS:-docs/results/ferplus_openset_seeds3-5}"
 TABLES="${TABLES:-outputs/tables_fast32_seeds345}"
 PY="${PY:-.venv/bin/python}"
 if [ -n "${SMOKE_CLASSES:-}${SMOKE_SEEDS:-}${SMOKE_EPOCHS:-}" ] && { [ "$OUTPUTS" = "outputs/sweep_fast32" ] ||
-    [ "$RECORDS" = "docs/results/issue12_seeds345" ]; }; then
+    [ "$RECORDS" = "docs/results/ferplus_openset_seeds3-5" ]; }; then
     echo "error: a smoke run (SMOKE_*) must write elsewhere than the rule's outputs: set OUTPUTS, RECORDS and TABLES" >&2
     exit 2
 fi

@@ -1,7 +1,7 @@
-"""Issue 12's declared replication as per-run records that outlive the machine that made them.
+"""Open-set FERPlus's declared replications as per-run records that outlive their machine.
 
-Why. The rule (docs/RESULTS.md, "Declared before seeds 3-5 exist") needs 21 close-set runs,
-about 7.5 hours on 2 CPU cores, and a session's machine keeps nothing of ``outputs/``: the
+Why. The rule (docs/journal/openset_ferplus_rules.md, "Declared before seeds 3-5 exist")
+needs 21 close-set runs, about 7.5 hours on 2 CPU cores, and a session's machine keeps nothing of ``outputs/``: the
 first attempt lost 14 finished runs that way. Yet the rule reads little of a run. Its two
 choices need, per run, ``pseudo_oe``'s AUROC on the tuning rows under the four combinations of
 the two candidate settings (``share_multiplier`` 0 or 1, ``features`` penultimate or pyramid);
@@ -43,8 +43,8 @@ that the two scoring paths agree, ``report`` prints the largest difference betwe
 ``pseudo_oe`` AUROC and the record's incumbent combination (the same settings).
 
     .venv/bin/python tools/replication_records.py record outputs/sweep_fast32/ferplus_open-*_seed[345] \\
-        --out docs/results/issue12_seeds345
-    .venv/bin/python tools/replication_records.py report docs/results/issue12_seeds345 \\
+        --out docs/results/ferplus_openset_seeds3-5
+    .venv/bin/python tools/replication_records.py report docs/results/ferplus_openset_seeds3-5 \\
         --out outputs/tables_fast32_seeds345
 """
 
