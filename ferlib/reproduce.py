@@ -180,7 +180,10 @@ def reproduce(
         raise ValueError(f"reproduce: unknown table {table!r}; choose openset or noisy")
     params = dict(extra or {})
     chosen, reason = resolve_engine(engine, dataset, data_root, params.get("data_options"))
-    out = Path(outputs) if outputs else runner_module.REPO_ROOT / "outputs" / f"reproduce_{table}_{dataset}"
+    # one folder per engine: another engine's runs would re-run (their keys differ) over these
+    out = (
+        Path(outputs) if outputs else runner_module.REPO_ROOT / "outputs" / f"reproduce_{table}_{dataset}_{chosen.name}"
+    )
     n_train = _count(dataset, data_root, params.get("data_options"))
     stage_names = ["01", "02", "03"] if table == "openset" else ["05"]
     accepted = {

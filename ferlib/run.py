@@ -1294,7 +1294,7 @@ def build_parser(stage_table: Sequence[Stage] = STAGES) -> argparse.ArgumentPars
     reproduce.add_argument("--device", default="cpu", help="torch device (default cpu)")
     reproduce.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="N")
     reproduce.add_argument(
-        "--outputs", default=None, help="folder of its runs (default outputs/reproduce_<table>_<dataset>)"
+        "--outputs", default=None, help="folder of its runs (default outputs/reproduce_<table>_<dataset>_<engine>)"
     )
     reproduce.add_argument("--executor", choices=EXECUTORS, default="python", help="default python (no Jupyter needed)")
     reproduce.add_argument("--budget-minutes", type=float, default=None, help="refuse a plan estimated to take longer")

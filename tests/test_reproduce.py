@@ -77,3 +77,11 @@ def test_command_line(tmp_path, capsys):
     assert runner.main([*base, "--budget-minutes", "0.5"]) == 2
     assert "over --budget-minutes" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_each_engine_has_its_own_default_folder(monkeypatch):
+    """A face-engine plan must not re-run (and overwrite) a scratch plan's finished runs."""
+    monkeypatch.setattr("ferlib.engines.face_weights_installed", lambda: True)
+    quick = rep.reproduce("openset", "synthetic", engine="quick", dry_run=True, say=lambda m: None)
+    scratch = rep.reproduce("openset", "synthetic", engine="scratch", dry_run=True, say=lambda m: None)
+    assert quick.outputs != scratch.outputs and quick.outputs.name.endswith("_quick")
