@@ -183,3 +183,20 @@ def test_face_engine_cannot_reach_a_stage_without_weights(tmp_path, monkeypatch,
     monkeypatch.setattr(engines, "face_weights_installed", lambda: False)
     assert _cli(tmp_path, "--engine", "face", "--run", "g") == 2
     assert ".[face]" in capsys.readouterr().err
+
+
+def test_face_engine_detectors_start_from_face_weights():
+    """Under the face engine the paper's method trains from the face weights, with a spatial
+    attention map to be consistent about (dlibface_l1: 3x3 at 112 px)."""
+    import torch
+
+    from ferlib.models import ModelConfig, build_model
+
+    params = apply_engine(ENGINES["face"], {})["detector_params"]
+    assert params["cycle"] == {"arch": "dlibface_l1", "pretrained": "dlibface"}
+    pytest.importorskip("face_recognition_models")
+    cfg = params["cycle"]
+    model = build_model(ModelConfig(cfg["arch"], 2, 112, pretrained=cfg["pretrained"]), verbose=False).eval()
+    with torch.no_grad():
+        out = model.forward_all(torch.zeros(2, 3, 112, 112))
+    assert out.logits.shape == (2, 2) and out.feature_map.shape[-2:] == (3, 3)
