@@ -32,15 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ferlib.stages import POSTHOC_DETECTORS
+
 #: the detectors ``reproduce openset`` runs: the kit's reported FERPlus list, then the paper's
 #: method, its released variant and the trained baselines
 OPENSET_DETECTORS: tuple[str, ...] = (
-    "msp",
-    "max_logit",
-    "energy",
-    "entropy",
-    "mahalanobis",
-    "knn",
+    *POSTHOC_DETECTORS,
     "tknn",
     "vim",
     "react",

@@ -482,6 +482,21 @@ def rerun_reason(
     return "an earlier stage re-ran"
 
 
+def stage_decision(
+    stage: Stage,
+    record: Mapping[str, Any] | None,
+    params: Mapping[str, Any],
+    upstream: Mapping[str, Any] | None,
+    force: bool,
+) -> tuple[dict[str, Any], str, str | None]:
+    """What one stage would apply, its key, and why it runs (None: finished with that key, so
+    skipped): the one decision :func:`run_pipeline` and :func:`stages_to_run` both make. A
+    standalone stage's key ignores ``upstream`` (it reads no other stage's files)."""
+    applied = stage.applied(params)
+    key = stage_key(stage, applied, None if stage.standalone else upstream)
+    return applied, key, rerun_reason(stage, record, applied, key, force)
+
+
 def stages_to_run(
     stage_table: Sequence[Stage], selected: Sequence[Stage], run_dir: Path, params: Mapping[str, Any], force: bool
 ) -> list[Stage]:
@@ -499,9 +514,8 @@ def stages_to_run(
             if not stage.standalone:
                 upstream = record
             continue
-        applied = stage.applied(params)
-        key = stage_key(stage, applied, None if stage.standalone else upstream)
-        if rerun_reason(stage, record, applied, key, force) is None:
+        _, key, reason = stage_decision(stage, record, params, upstream, force)
+        if reason is None:
             if not stage.standalone:
                 upstream = record
             continue
@@ -863,10 +877,8 @@ def run_pipeline(
             if not stage.standalone:
                 upstream = record
             continue
-        applied = stage.applied(params)
+        applied, key, reason = stage_decision(stage, record, params, upstream, force)
         stage_upstream = None if stage.standalone else upstream  # a standalone stage reads no other's files
-        key = stage_key(stage, applied, stage_upstream)
-        reason = rerun_reason(stage, record, applied, key, force)
         if reason is None:
             say(f"skip {stage.name} (finished)")
             result.skipped.append(stage.name)

@@ -50,18 +50,9 @@ from ferlib.recipes import recipe_settings
 from ferlib.train import TensorData, TrainConfig, check_smoothing, fit, load_history, predict
 
 #: every registered detector (ferlib.openset.registry): what stage 03 runs by default
-DEFAULT_DETECTORS = (
-    "msp",
-    "max_logit",
-    "energy",
-    "entropy",
-    "mahalanobis",
-    "knn",
-    "tknn",
-    "pseudo_oe",
-    "cycle",
-    "contrast",
-)
+#: the kit's own post-hoc baselines on the close-set model (ferlib/openset/posthoc.py)
+POSTHOC_DETECTORS = ("msp", "max_logit", "energy", "entropy", "mahalanobis", "knn")
+DEFAULT_DETECTORS = (*POSTHOC_DETECTORS, "tknn", "pseudo_oe", "cycle", "contrast")
 #: the detector whose learnt features notebook 04 embeds beside the close-set model's
 #: (written as ``03_detect/detector_features_<protocol>.npy``)
 EMBEDDED_DETECTOR = "cycle"
