@@ -198,7 +198,7 @@ def reproduce(
         params.setdefault("detectors", list(OPENSET_DETECTORS))
         if dataset in PRESETS:
             params.setdefault("detector_preset", PRESETS[dataset])
-        done = sum(1 for _ in out.glob("*/03_detect/metrics.csv")) if out.exists() else 0
+        done = len(_finished_minutes(out, table))  # runs whose manifest says stage 03 finished
     else:
         from ferlib.noisy import METHODS, default_noise
 

@@ -85,3 +85,18 @@ def test_each_engine_has_its_own_default_folder(monkeypatch):
     quick = rep.reproduce("openset", "synthetic", engine="quick", dry_run=True, say=lambda m: None)
     scratch = rep.reproduce("openset", "synthetic", engine="scratch", dry_run=True, say=lambda m: None)
     assert quick.outputs != scratch.outputs and quick.outputs.name.endswith("_quick")
+
+
+def test_finished_runs_are_counted_from_their_manifests(tmp_path):
+    """A run counts as done when its manifest says stage 03 finished; a killed one does not."""
+    import json
+
+    for name, status in (("synthetic_open-fear_seed0", "finished"), ("synthetic_open-anger_seed0", "running")):
+        (tmp_path / name).mkdir()
+        stages = {"01_train_close_set": {"status": "finished", "wall_s": 60}, "03_detect_open_set": {"status": status}}
+        (tmp_path / name / "manifest.json").write_text(json.dumps({"stages": stages}))
+    said: list[str] = []
+    plan = rep.reproduce(
+        "openset", "synthetic", seeds=[0], engine="quick", outputs=tmp_path, dry_run=True, say=said.append
+    )
+    assert "1 already finished" in said[-1] and plan.minutes == pytest.approx(6 * 1.0)

@@ -27,7 +27,7 @@ if [ "$DEVICE" = "cpu" ]; then JOBS="${JOBS:-$(nproc)}"; else JOBS="${JOBS:-1}";
 THREADS=$(($(nproc) / JOBS))
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$((THREADS > 0 ? THREADS : 1))}"
 
-# the earlier seeds' settings (docs/RESULTS.md, "the third declared rule's result"), nothing new
+# the earlier seeds' settings (docs/journal/openset_ferplus_rules.md, "the third declared rule's result"), nothing new
 DETECTORS="['msp','max_logit','energy','entropy','mahalanobis','knn','tknn','vim','react','ash','scale','gen','fdbd','nnguide','rmd','openmax','pood_knn','sal_filter','sal','pseudo_oe']"
 MAIN=(--stages 01 02 03 -p arch=smallface -p recipe=fast -p epochs=6 -p input_size=32
     -p detector_preset=ferplus -p "detectors=$DETECTORS")
@@ -49,7 +49,10 @@ PAIRS=()
 for s in "${SEEDS[@]}"; do for c in "${CLASSES[@]}"; do PAIRS+=("$s" "$c"); done; done
 printf '%s %s\n' "${PAIRS[@]}" | xargs -P "$JOBS" -L 1 "$0" one
 [ -n "${DRY_RUN:-}" ] && exit 0
-n=$(find "$OUTPUTS" -path '*03_detect/metrics.csv' | wc -l)
+# a finished run: its manifest says stage 03 finished (a killed stage 03 may leave a partial metrics.csv)
+n=$("$PY" -c 'import glob, json, sys
+print(sum(json.load(open(m)).get("stages", {}).get("03_detect_open_set", {}).get("status") == "finished"
+          for m in glob.glob(sys.argv[1] + "/*/manifest.json")))' "$OUTPUTS")
 if [ "$n" -lt $((${#CLASSES[@]} * ${#SEEDS[@]})) ]; then
     echo "== $n of $((${#CLASSES[@]} * ${#SEEDS[@]})) runs finished: run again to finish the rest" >&2
     exit 1
