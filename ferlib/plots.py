@@ -134,6 +134,10 @@ def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **kwarg
 # saving
 
 
+#: resolution of the copy a notebook shows inline (the saved PNG keeps ``DPI``)
+SHOW_DPI = 110
+
+
 def in_notebook() -> bool:
     """Whether this code runs in a Jupyter kernel (JupyterLab, or papermill executing a notebook)."""
     try:
@@ -172,9 +176,16 @@ def save_figure(
         # no creation date: the same figure gives the same bytes
         atomic_write(pdf, lambda p: fig.savefig(p, format="pdf", metadata={"CreationDate": None}))
     if show if show is not None else in_notebook():
-        from IPython.display import display
+        # PNG bytes rather than the figure object: the figure formatter exists only under
+        # matplotlib's inline backend, and a kernel started with MPLBACKEND=Agg (CI) has none
+        import io
 
-        display(fig)
+        from IPython.display import Image, display
+
+        buffer = io.BytesIO()
+        with style():
+            fig.savefig(buffer, format="png", dpi=SHOW_DPI)
+        display(Image(data=buffer.getvalue()))
     if close:
         plt.close(fig)
     return [png, pdf]
