@@ -26,6 +26,11 @@ gives explicitly (``-p`` always wins; ``detector_params`` are merged per detecto
 training split holds at most :data:`FACE_MAX_TRAIN` photographs (where it was measured to
 help), else ``scratch``; the synthetic set is drawn, not photographed, so it takes
 ``scratch``. The choice and its reason are printed and written to the run's manifest.
+
+A caveat on that threshold: the small-data curve scored FERPlus's test split (a fixed schedule,
+no validation rows), so the rule rests on reported rows. No reported number depends on it
+(every run in docs/RESULTS.md names its network explicitly); re-measuring the curve on
+validation rows, or on a second data set, is the way to firm it up.
 """
 
 from __future__ import annotations
