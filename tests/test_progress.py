@@ -96,7 +96,7 @@ def test_terminal_keeps_tqdm_bars(to_log, monkeypatch):
 def test_interactive_notebook_keeps_widget_bars_papermill_gets_lines(to_log, monkeypatch):
     monkeypatch.setattr(progress, "_in_notebook", lambda: True)
     assert isinstance(progress.progress_bar(range(3), file=io.StringIO()), progress.LineProgress)  # no front end
-    monkeypatch.setenv("JPY_SESSION_NAME", "/work/notebooks/01_train_close_set.ipynb")  # JupyterLab, VS Code
+    monkeypatch.setenv("JPY_SESSION_NAME", "notebooks/01_train_close_set.ipynb")  # JupyterLab, VS Code
     assert isinstance(progress.progress_bar(range(3), file=io.StringIO()), tqdm)
 
 
