@@ -16,7 +16,11 @@ training labels were flipped:
       summary.csv            mean and std over seeds per (method, noise)
       detection.csv          AUROC of each noisy-label detector per (method, noise, seed)
       detection_summary.csv  its mean and std over seeds
-      figures/               accuracy_vs_noise, flip_<detector>_<method>, attention_<method>_<noise-tag>
+      memorisation.csv       per (method, noise, seed, epoch): the shares of sampled flipped training
+                             rows predicted as their given label (flipped_given) and as their true
+                             one (flipped_true), and of clean rows fit (clean_fit)
+      figures/               accuracy_vs_noise, memorisation, flip_<detector>_<method>,
+                             attention_<method>_<noise-tag>
 
 Methods are one registry (:data:`METHODS`): a name is a stage 01 head and objective with
 their parameters. Noise settings are stage 01 ``label_noise`` dicts (:mod:`ferlib.data.noise`);
@@ -34,9 +38,18 @@ combination from scratch, delete its folder.
 Noisy-label detection: the trained model predicts its own *training* rows (the rows of
 ``label_noise.npz``, with stage 01's flip test-time augmentation when its recipe has it) and
 every selected detector of the open-set registry scores them, higher = more likely a flipped
-label: ``msp`` (low confidence) for every method, ``uncertainty`` (RUL's learnt ``u``) where the
-head gives it and ``disagreement`` (the branches' mean KL from their mean) where it gives branch
-logits. The AUROC is :func:`ferlib.metrics.openset_metrics` with the flipped rows in the role
+label: ``small_loss`` (the cross-entropy at the row's given label: the small-loss criterion, the
+field's baseline) for every method, ``uncertainty`` (RUL's learnt ``u``) where the head gives it
+and ``disagreement`` (the branches' mean KL from their mean) where it gives branch logits. Max
+softmax (``msp``, which can be asked for) ignores the given label, so it is no baseline here.
+
+Memorisation: under label noise stage 01 measures at every epoch's end how many of (up to 1000)
+flipped training rows the network predicts as their given, wrong label
+(:func:`ferlib.stages._memorisation_probe`); ``results.csv`` keeps that share at the kept epoch
+(``memorised_best``) and the last (``memorised_last``), ``memorisation.csv`` and the
+``memorisation`` figure the whole curve. A method robust to noise keeps it low while
+cross-entropy's climbs; a schedule too short for cross-entropy to start memorising cannot show
+the difference. The AUROC is :func:`ferlib.metrics.openset_metrics` with the flipped rows in the role
 of the open class.
 
 Label smoothing: the ``fast`` recipe smooths labels, which ``rul`` and ``ensemble`` refuse (their
@@ -114,7 +127,7 @@ DEFAULT_NOISE: tuple[dict | None, ...] = (
 #: added to :data:`DEFAULT_NOISE` for data sets with annotator votes (``VOTED_DATASETS``: ferplus)
 VOTE_NOISE: tuple[dict, ...] = ({"kind": "annotator"},)
 #: the detectors scored as noisy-label detectors by default (each where the head gives what it reads)
-DEFAULT_DETECTORS = ("msp", "uncertainty", "disagreement")
+DEFAULT_DETECTORS = ("small_loss", "uncertainty", "disagreement")
 #: the stage's parameters handed to stage 01 unchanged
 PASSED_TO_STAGE_01 = (
     "dataset",
@@ -143,6 +156,8 @@ RESULT_COLUMNS = (
     "test_acc",
     "best_epoch",
     "train_seconds",
+    "memorised_best",
+    "memorised_last",
     "head",
     "objective",
     "folder",
@@ -257,7 +272,7 @@ def _check_detector(name: str) -> None:
     if cls.needs_images or cls.needs_train_images or cls.trains_networks or cls.fit is not Detector.fit:
         raise ValueError(
             f"detectors: {name!r} fits on data or trains networks; the benchmark scores every training row "
-            "with the trained model's outputs alone (e.g. msp, max_logit, energy, entropy, uncertainty, disagreement)"
+            "with the trained model's outputs alone (e.g. small_loss, msp, energy, entropy, uncertainty, disagreement)"
         )
 
 
@@ -488,6 +503,42 @@ class _Splits:
         return self._splits
 
 
+def _memorised(close: Path, best_epoch: int) -> dict[str, float | None]:
+    """The share of (sampled) flipped training rows the model predicts as their given label
+    at the kept (best) epoch and at the last one, from stage 01's history (its
+    ``flipped_given`` column, :func:`ferlib.stages._memorisation_probe`); None without it."""
+    path = close / "history.csv"
+    history = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    if "flipped_given" not in history or history["flipped_given"].isna().all():
+        return {"memorised_best": None, "memorised_last": None}
+    at_best = history.loc[history["epoch"] == best_epoch, "flipped_given"]
+    return {
+        "memorised_best": float(at_best.iloc[0]) if len(at_best) else None,
+        "memorised_last": float(history["flipped_given"].iloc[-1]),
+    }
+
+
+def memorisation_table(run_dir: str | Path, results: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, noise, seed, epoch) of the combinations whose stage 01 history
+    holds the memorisation probe's columns (``flipped_given``, ``flipped_true``,
+    ``clean_fit``); empty when none does."""
+    frames = []
+    for _, row in results.iterrows():
+        path = Path(run_dir) / row["folder"] / "01_close_set" / "history.csv"
+        if not path.is_file():
+            continue
+        history = pd.read_csv(path)
+        if "flipped_given" not in history:
+            continue
+        part = history[["epoch", "flipped_given", "flipped_true", "clean_fit"]].copy()
+        part.insert(0, "seed", row["seed"])
+        part.insert(0, "noise", row["noise"])
+        part.insert(0, "method", row["method"])
+        frames.append(part)
+    columns = ["method", "noise", "seed", "epoch", "flipped_given", "flipped_true", "clean_fit"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
 def _analyse(
     combo: Combination,
     splits: _Splits,
@@ -519,6 +570,7 @@ def _analyse(
         "head": results["head"],
         "objective": results["objective"],
         "label_smoothing": (results.get("recipe_settings") or {}).get("label_smoothing"),
+        **_memorised(close, results["best_epoch"]),
         "detection": {},
         "attention": False,
     }
@@ -632,7 +684,7 @@ def summarise(table: pd.DataFrame, by: Sequence[str], values: Sequence[str]) -> 
 
 
 SUMMARY_BY = ("method", "noise", "kind", "rate")
-SUMMARY_VALUES = ("test_acc", "measured_rate", "best_epoch", "train_seconds")
+SUMMARY_VALUES = ("test_acc", "measured_rate", "best_epoch", "train_seconds", "memorised_best", "memorised_last")
 
 
 # ----------------------------------------------------------------------------- figures
@@ -659,6 +711,12 @@ def draw_figures(run_dir: str | Path) -> dict[str, list[Path]]:
         seeds = int(summary["n_seeds"].max())
         title = f"mean and std over {seeds} seeds" if seeds > 1 else "one seed"
         save(plots.accuracy_vs_noise(summary, title=title), "accuracy_vs_noise")
+    curves = memorisation_table(run_dir, results)
+    if len(curves):
+        write_csv(out / "memorisation.csv", curves)
+        seeds = int(curves["seed"].nunique())
+        title = f"mean and std over {seeds} seeds" if seeds > 1 else "one seed"
+        save(plots.memorisation_curves(curves, title=title), "memorisation")
     seed = int(results["seed"].min()) if len(results) else 0
     first = results[results["seed"] == seed]
     for method in dict.fromkeys(first["method"]):
@@ -669,7 +727,7 @@ def draw_figures(run_dir: str | Path) -> dict[str, list[Path]]:
             if path.is_file():
                 z = np.load(path)
                 for key in z.files:
-                    if key.startswith("score_") and key != "score_msp":  # msp: in detection.csv
+                    if key.startswith("score_") and key != "score_msp":  # msp: in detection.csv only
                         panels.setdefault(key[len("score_") :], {})[row["noise"]] = (z[key], z["flipped"])
             path = Path(run_dir) / row["folder"] / ATTENTION
             if path.is_file():
@@ -763,10 +821,11 @@ def noisy_label_benchmark(
         and standard deviation.
     detectors : list[str]
         Detectors of the open-set registry scored as noisy-label detectors on the training rows (higher =
-        flipped): msp for every method, uncertainty and disagreement where the head gives them.
+        flipped): small_loss (the loss at the given label) for every method, uncertainty and disagreement
+        where the head gives them.
 
-        Only detectors that score the model's outputs without fitting qualify (msp, max_logit, energy,
-        entropy, uncertainty, disagreement); the AUROC takes the flipped rows as the positive class.
+        Only detectors that score the model's outputs without fitting qualify (small_loss, msp, max_logit,
+        energy, entropy, uncertainty, disagreement); the AUROC takes the flipped rows as the positive class.
     detector_params : dict[str, dict] or None
         Parameters per detector, as in stage 03, e.g. {'disagreement': {'measure': 'vote'}}.
     attention_images : int

@@ -897,6 +897,47 @@ def accuracy_vs_noise(
 
 
 @_styled
+def memorisation_curves(curves, *, title: str | None = None) -> Figure:
+    """How fast each method fits the flipped training labels: the share of flipped rows the
+    model predicts as their *given* (wrong) label against the epoch, one line per method (mean
+    over seeds, std as error bars), one panel per noise setting. A method robust to the noise
+    keeps its line low while cross-entropy's climbs once it starts to memorise. Beside each
+    panel's lines, in grey, the clean rows' share (the same for every method would mean the
+    methods differ in memorisation only).
+
+    ``curves``: one row per (method, noise, seed, epoch) with ``flipped_given`` and
+    ``clean_fit`` (stage 01's history under label noise, :class:`ferlib.train.AgreementProbe`).
+    ``title`` heads the legend on top."""
+    _columns(curves, ["method", "noise", "seed", "epoch", "flipped_given", "clean_fit"])
+    noises = list(dict.fromkeys(curves["noise"].astype(str)))
+    methods = list(dict.fromkeys(curves["method"].astype(str)))
+    ncols = min(len(noises), 3)
+    nrows = math.ceil(len(noises) / ncols)
+    fig, axes = _figure(SINGLE_COLUMN if ncols == 1 else DOUBLE_COLUMN, 0.6 + 1.9 * nrows, nrows, ncols, sharey=True)
+    grouped = curves.groupby(["noise", "method", "epoch"], sort=False)[["flipped_given", "clean_fit"]]
+    mean, std = grouped.mean(), grouped.std(ddof=1)
+    for ax, noise in zip(axes.flat, noises):
+        for j, method in enumerate(methods):
+            if (noise, method) not in mean.index.droplevel("epoch"):
+                continue
+            m, d = mean.loc[(noise, method)], std.loc[(noise, method)]
+            ax.plot(m.index, m["clean_fit"], color="0.75", linewidth=0.8, linestyle=LINESTYLES[j % len(LINESTYLES)])
+            _series(ax, j, m.index, m["flipped_given"], d["flipped_given"], method)
+        ax.set_title(noise)
+        ax.set_xlabel("epoch")
+        ax.set_ylim(0, 1)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("flipped rows fit to their given label")
+    for ax in axes.flat[len(noises) :]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    handles.append(plt.Line2D([], [], color="0.75", linewidth=0.8))
+    labels.append("clean rows fit (grey)")
+    fig.legend(handles, labels, loc="outside upper center", ncols=min(len(methods) + 1, 6), title=title)
+    return fig
+
+
+@_styled
 def flip_histograms(
     panels: Mapping[str, tuple[np.ndarray, np.ndarray]],
     *,

@@ -47,11 +47,11 @@ from ferlib.openset.registry import detector_class, make_detector, validate_dete
 from ferlib.openset.scoring import DetectorResult, run_detectors
 from ferlib.params import checked, inherit_parameter_docs
 from ferlib.recipes import recipe_settings
-from ferlib.train import TensorData, TrainConfig, check_smoothing, fit, load_history, predict
+from ferlib.train import AgreementProbe, TensorData, TrainConfig, check_smoothing, fit, load_history, predict
 
-#: every registered detector (ferlib.openset.registry): what stage 03 runs by default
 #: the kit's own post-hoc baselines on the close-set model (ferlib/openset/posthoc.py)
 POSTHOC_DETECTORS = ("msp", "max_logit", "energy", "entropy", "mahalanobis", "knn")
+#: what stage 03 runs by default (the registry, ferlib.openset.registry, holds every detector)
 DEFAULT_DETECTORS = (*POSTHOC_DETECTORS, "tknn", "pseudo_oe", "cycle", "contrast")
 #: the detector whose learnt features notebook 04 embeds beside the close-set model's
 #: (written as ``03_detect/detector_features_<protocol>.npy``)
@@ -101,6 +101,45 @@ def _write_label_noise(out: Path, labels: TrainingLabels) -> None:
             "val_clean": labels.val_clean,
             "val_flipped": labels.val_flipped,
         },
+    )
+
+
+#: training rows of each kind (flipped, clean) whose fit stage 01 measures at every epoch's end
+#: under label noise (:func:`_memorisation_probe`): enough for a share within about 1.5 points
+MEMORISATION_ROWS = 1000
+
+
+def _memorisation_probe(s: Splits, labels: TrainingLabels, cfg: TrainConfig) -> AgreementProbe | None:
+    """Under label noise, the memorisation curve's probe: up to :data:`MEMORISATION_ROWS`
+    flipped and as many clean training rows (drawn with the noise's seed, so every method and
+    run seed is measured on the same rows) and, per epoch, the shares ``flipped_given``
+    (flipped rows predicted as their given, wrong label: memorised), ``flipped_true`` (predicted
+    as their true label) and ``clean_fit`` (clean rows predicted as their label). None without
+    noise or without a flipped row."""
+    if labels.noise is None or not labels.train_flipped.any() or labels.train_flipped.all():
+        return None
+    rng = np.random.default_rng(labels.noise.seed)
+    chosen = []
+    for rows in (np.flatnonzero(labels.train_flipped), np.flatnonzero(~labels.train_flipped)):
+        chosen.append(np.sort(rng.choice(rows, min(MEMORISATION_ROWS, len(rows)), replace=False)))
+    index = np.concatenate(chosen)
+    flipped = np.arange(len(index)) < len(chosen[0])
+    given = torch.as_tensor(labels.train_targets[index], dtype=torch.long)
+    true = torch.as_tensor(labels.train_clean[index], dtype=torch.long)
+    none = torch.full_like(given, -1)
+    mask = torch.as_tensor(flipped)
+    return AgreementProbe(
+        s.train.rows(labels.train_rows[index]),
+        {
+            "flipped_given": torch.where(mask, given, none),
+            "flipped_true": torch.where(mask, true, none),
+            "clean_fit": torch.where(mask, none, given),
+        },
+        device=cfg.device,
+        batch_size=cfg.eval_batch_size,
+        amp=cfg.amp,
+        input_size=cfg.input_size,
+        channels_last=cfg.channels_last,
     )
 
 
@@ -229,7 +268,9 @@ def train_close_set(
 
         The flipped mask goes to 01_close_set/label_noise.npz and the measured noise rates to results.json
         (ferlib.data.noise documents each kind). The noise has its own seed, so runs differing only in seed
-        train on the same noisy labels.
+        train on the same noisy labels. At every epoch's end the share of (up to 1000) flipped training rows
+        predicted as their given label goes to history.csv (flipped_given; flipped_true, clean_fit beside):
+        the memorisation curve.
     amp : bool
         bfloat16 autocast on CUDA and on the CPU (about 1.9x faster on a CPU with AVX-512 BF16 or
         AMX; slower than fp32 where bf16 is emulated: ferlib.train.cpu_has_native_bf16).
@@ -277,7 +318,8 @@ def train_close_set(
         amp=amp,
         progress=progress,
     )
-    result = fit(model, train, val, cfg, loss, out_dir=out, desc="close-set")
+    probe = _memorisation_probe(s, labels, cfg)
+    result = fit(model, train, val, cfg, loss, out_dir=out, desc="close-set", probes=[probe] if probe else [])
     _write_label_noise(out, labels)
     rows, targets = _close_rows(s.test, s.label_map)
     pred = predict(model, s.test.rows(rows), device=device, progress=progress, amp=amp, tta=cfg.flip_tta)

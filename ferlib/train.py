@@ -29,7 +29,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -46,6 +46,7 @@ from ferlib.losses import CrossEntropy, Objective, objective_config
 from ferlib.progress import progress_bar
 
 __all__ = [
+    "AgreementProbe",
     "EpochInfo",
     "FitResult",
     "Objective",
@@ -287,6 +288,11 @@ class EpochInfo:
     epoch: int
     model: nn.Module
     row: dict
+
+
+#: a measurement of the model at each epoch's end: name -> value, added to the epoch's history
+#: row (so it is checkpointed and resumed with the history); called on every rank under torchrun
+Probe = Callable[[nn.Module], Mapping[str, float]]
 
 
 @dataclass
@@ -613,6 +619,7 @@ def fit(
     out_dir: str | Path | None = None,
     callbacks: Sequence[Callable[[EpochInfo], None]] = (),
     desc: str = "train",
+    probes: Sequence[Probe] = (),
 ) -> FitResult:
     """Train ``model`` in place and leave it holding the best-on-validation weights.
 
@@ -622,6 +629,11 @@ def fit(
     :func:`training_key`, whose ingredients are written to ``key.json`` beside the
     checkpoint) start over, so stale checkpoints never leak into a changed run.
     Without ``val`` the last epoch is kept.
+
+    ``probes`` measure the model (the one validated) at each epoch's end, e.g. how many
+    flipped training labels it already fits (:class:`AgreementProbe`); their values become
+    columns of the history (``history.csv``), outside the epoch's ``seconds``. They change no
+    weight, so they are not part of the key: a run resumed with other probes has gaps (NaN).
 
     **Under torchrun** (``WORLD_SIZE`` > 1; nothing to pass: :mod:`ferlib.distributed`
     initialises the process group, gloo on CPU, NCCL for CUDA tensors, and a CUDA device
@@ -814,6 +826,8 @@ def fit(
         row["seconds"] = time.perf_counter() - t0
         if parallel:
             row["seconds"] = distributed.broadcast_object(row["seconds"])  # rank 0's, as saved
+        for probe in probes:
+            row.update({str(k): float(v) for k, v in probe(evaluated).items()})
         history.append(row)
         if improved:
             best_acc, best_epoch = row.get("val_acc", 0.0), epoch + 1
@@ -953,6 +967,47 @@ def predict(
     # happened to equal a batch's) would be misaligned with the rows: only those of every batch
     kept = {k: torch.cat(v) for k, v in extras.items() if len(v) == len(logits)}
     return Prediction(torch.cat(logits), torch.cat(feats), kept)
+
+
+@dataclass
+class AgreementProbe:
+    """At each epoch's end, the share of ``images``'s rows the model predicts as each named
+    target vector (a :data:`Probe` for :func:`fit`). A target of -1 leaves the row out of that
+    share. Under label noise (stage 01 with ``label_noise``) it tracks memorisation: on the
+    flipped rows, the share predicted as their *given* label rises when the network memorises
+    the noise, the share predicted as their true label falls; the clean rows' share is beside.
+    No augmentation, no test-time flip: the network's fit of the rows as they are."""
+
+    images: torch.Tensor
+    targets: Mapping[str, torch.Tensor]
+    device: str = "cpu"
+    batch_size: int = 512
+    amp: bool = False
+    input_size: int | None = None
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        for name, t in self.targets.items():
+            if t.shape != (len(self.images),):
+                n = len(self.images)
+                raise ValueError(f"AgreementProbe: targets {name!r} have shape {tuple(t.shape)}, not ({n},)")
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        pred = predict(
+            model,
+            self.images,
+            self.batch_size,
+            self.device,
+            progress=False,
+            channels_last=self.channels_last,
+            amp=self.amp,
+            input_size=self.input_size,
+        ).logits.argmax(1)
+        out = {}
+        for name, t in self.targets.items():
+            counted = t >= 0
+            out[name] = float((pred[counted] == t[counted]).float().mean()) if counted.any() else float("nan")
+        return out
 
 
 def _forward_eval(

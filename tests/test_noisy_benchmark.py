@@ -103,7 +103,12 @@ def test_noisy_label_detection_and_figures(bench):
     out = base / "run" / noisy.FOLDER
     detection = pd.read_csv(out / "detection.csv")
     found = set(zip(detection["method"], detection["detector"]))
-    assert found == {("rul", "msp"), ("rul", "uncertainty"), ("esr_div", "msp"), ("esr_div", "disagreement")}
+    assert found == {
+        ("rul", "small_loss"),
+        ("rul", "uncertainty"),
+        ("esr_div", "small_loss"),
+        ("esr_div", "disagreement"),
+    }
     assert (detection["noise"] == "symmetric-0.3").all()  # a clean run has no flipped label to find
     assert detection["auroc"].between(0, 1).all() and (detection["n_flipped"] == 21).all()
 
@@ -124,6 +129,9 @@ def test_noisy_label_detection_and_figures(bench):
 
     names = {
         "accuracy_vs_noise",
+        "memorisation",
+        "flip_small_loss_rul",
+        "flip_small_loss_esr_div",
         "flip_uncertainty_rul",
         "flip_disagreement_esr_div",
         "attention_esr_div_clean",
@@ -340,3 +348,19 @@ def test_flip_histograms_and_attention_maps():
     plt.close(fig)
     with pytest.raises(ValueError, match="3 head names for 4 heads"):
         plots.attention_maps(images, rng.random((2, 4, 2, 2)), ["x"] * 3)
+
+
+def test_the_memorisation_curve_is_measured_under_noise_only(bench):
+    base, _, _ = bench
+    out = base / "run" / noisy.FOLDER
+    history = pd.read_csv(_folder(base, "rul", "symmetric-0.3") / "01_close_set" / "history.csv")
+    shares = history[["flipped_given", "flipped_true", "clean_fit"]]
+    assert shares.notna().all().all() and ((shares >= 0) & (shares <= 1)).all().all()
+    # a flipped row predicted as its given label is not predicted as its true one
+    assert (history["flipped_given"] + history["flipped_true"] <= 1).all()
+    assert "flipped_given" not in pd.read_csv(_folder(base, "rul", "clean") / "01_close_set" / "history.csv")
+    curves = pd.read_csv(out / "memorisation.csv")
+    assert set(zip(curves["method"], curves["noise"])) == {("rul", "symmetric-0.3"), ("esr_div", "symmetric-0.3")}
+    results = pd.read_csv(out / "results.csv").set_index(["method", "noise"])
+    assert results.loc[("rul", "symmetric-0.3"), "memorised_last"] == pytest.approx(history["flipped_given"].iloc[-1])
+    assert np.isnan(results.loc[("rul", "clean"), "memorised_last"])

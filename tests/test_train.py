@@ -10,7 +10,7 @@ from ferlib.digest import tensor_digest
 from ferlib.io import read_json
 from ferlib.losses import CamFlipConsistency, CrossEntropy
 from ferlib.models import ModelConfig, build_model
-from ferlib.train import TensorData, TrainConfig, fit, load_history, predict, training_key
+from ferlib.train import AgreementProbe, TensorData, TrainConfig, fit, load_history, predict, training_key
 
 
 def _toy(n=96, seed=0):
@@ -540,3 +540,25 @@ def test_amp_on_a_cpu_without_native_bf16_says_it_is_slower(tmp_path, capsys, mo
     cfg = TrainConfig(epochs=1, amp=True, **{**CFG, "progress": True})
     fit(_model(), _toy(16), _toy(8, seed=1), cfg, out_dir=tmp_path)
     assert "emulates it, slower than fp32" in capsys.readouterr().out
+
+
+def test_probes_write_their_shares_into_the_history_and_resume_with_it(tmp_path):
+    """An agreement probe on the training rows with half their labels flipped: the share of
+    flipped rows fit to the given label and of clean rows fit are history columns, each the
+    share of the rows its targets count (-1 = not counted), kept across a resume."""
+    train = _toy()
+    flipped = torch.arange(len(train)) % 2 == 0
+    given = torch.where(flipped, 1 - train.targets, train.targets)
+    none = torch.full_like(given, -1)
+    targets = {"flipped_given": torch.where(flipped, given, none), "clean_fit": torch.where(flipped, none, given)}
+    probe = AgreementProbe(train.images, targets)
+    model = _model()
+    fit(model, train, None, TrainConfig(epochs=2, **CFG), out_dir=tmp_path, probes=[probe])
+    fit(model, train, None, TrainConfig(epochs=3, **CFG), out_dir=tmp_path, probes=[probe])
+    hist = load_history(tmp_path)
+    assert list(hist["epoch"]) == [1, 2, 3] and hist[["flipped_given", "clean_fit"]].notna().all().all()
+    pred = predict(model, train.images, progress=False).logits.argmax(1)
+    assert hist["flipped_given"].iloc[-1] == pytest.approx((pred[flipped] == given[flipped]).float().mean().item())
+    assert hist["clean_fit"].iloc[-1] == pytest.approx((pred[~flipped] == given[~flipped]).float().mean().item())
+    with pytest.raises(ValueError, match="targets 'x' have shape"):
+        AgreementProbe(train.images, {"x": given[:3]})

@@ -35,6 +35,7 @@ DETECTORS: dict[str, str] = {
     "released": "ferlib.openset.released:ReleasedDetector",
     "contrast": "ferlib.openset.contrast:ContrastDetector",
     "uncertainty": "ferlib.openset.uncertainty:UncertaintyScore",
+    "small_loss": "ferlib.openset.small_loss:SmallLoss",
     "disagreement": "ferlib.openset.disagreement:BranchDisagreement",
     "proser": "ferlib.openset.proser:ProserDetector",
     "sal_filter": "ferlib.openset.sal:SALFilter",

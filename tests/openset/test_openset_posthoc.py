@@ -23,6 +23,7 @@ def test_cheap_detectors_are_every_untrained_one():
         "knn",
         "tknn",
         "uncertainty",
+        "small_loss",
         "disagreement",
         "sal_filter",
         "sal",
@@ -89,3 +90,33 @@ def test_tknn_needs_training_features(make_features_data):
 def test_out_of_range_parameters(name, params, match):
     with pytest.raises(ValueError, match=match):
         make_detector(name, **params)
+
+
+def test_small_loss_finds_flipped_labels_where_max_softmax_cannot():
+    """Every row confidently predicted as its true class; a third of the given labels flipped.
+    The loss at the given label separates the flipped rows, max softmax (blind to the given
+    label) does not; and the score is the cross-entropy, checked against torch's."""
+    import pandas as pd
+    import torch
+
+    from ferlib.openset.data import OpenSetData
+
+    rng = np.random.default_rng(0)
+    n, k = 300, 5
+    true = rng.integers(0, k, n)
+    logits = rng.normal(0, 1, (n, k))
+    logits[np.arange(n), true] += rng.uniform(3, 6, n)
+    flipped = rng.random(n) < 1 / 3
+    given = np.where(flipped, (true + rng.integers(1, k, n)) % k, true)
+    data = OpenSetData(
+        table=pd.DataFrame({"index": np.arange(n), "pseudo": given}),
+        logits=logits.astype(np.float32),
+        features=np.zeros((n, 2), np.float32),
+        train_features=np.empty((0, 2), np.float32),
+        train_targets=np.empty(0, np.int64),
+    )
+    score = make_detector("small_loss").score(data)
+    torch_ce = torch.nn.functional.cross_entropy(torch.as_tensor(logits), torch.as_tensor(given), reduction="none")
+    np.testing.assert_allclose(score, torch_ce.numpy(), rtol=1e-5)
+    assert openset_metrics(score, flipped)["auroc"] > 0.99
+    assert abs(openset_metrics(make_detector("msp").score(data), flipped)["auroc"] - 0.5) < 0.1

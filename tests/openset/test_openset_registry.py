@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_registry_covers_every_detector_including_the_trained_ones():
     assert set(available_detectors()) == {
         "msp",
+        "small_loss",
         "max_logit",
         "energy",
         "entropy",
