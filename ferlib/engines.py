@@ -95,13 +95,16 @@ def face_weights_installed() -> bool:
 
 
 def count_training_images(dataset: str, data_root: str | None, data_options: Mapping[str, Any] | None = None) -> int:
-    """The training split's size from the data set's listing (paths only; nothing decoded)."""
+    """The training split's size from the data set's listing (paths only; nothing decoded),
+    capped by the ``max_train`` data option: the number of images the model would train on."""
     from ferlib.data.base import load_dataset
-    from ferlib.data.prepare import DEFAULT_ROOTS
+    from ferlib.data.prepare import DEFAULT_ROOTS, SPLIT_OPTIONS
 
     root = data_root or DEFAULT_ROOTS.get(dataset)
-    options = {k: v for k, v in (data_options or {}).items() if k != "dedupe"}
-    return len(load_dataset(dataset, root, "train", **options))
+    options = {k: v for k, v in (data_options or {}).items() if k not in SPLIT_OPTIONS}
+    n = len(load_dataset(dataset, root, "train", **options))
+    cap = (data_options or {}).get("max_train")
+    return min(n, cap) if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else n
 
 
 def choose_engine(

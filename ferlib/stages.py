@@ -196,6 +196,10 @@ def train_close_set(
     data_options : dict or None
         Further options of the data set's loader, e.g. {'folds': 10, 'fold': 0} for subjects; an unknown
         key fails at once, naming the options the loader takes.
+
+        Two options every data set takes: 'dedupe' (drop duplicate evaluation rows; on by default for
+        open-set FERPlus runs) and 'max_train' (train on at most that many training images, each class
+        keeping its share, the same rows for every seed: the small-data regime).
     device : str
         Torch device ("cpu", "cuda", "cuda:1"); it changes no result, so it is in no result key.
     run_dir : str

@@ -221,3 +221,37 @@ def test_stage_01_records_where_validation_came_from(make_affectnet, tmp_path):
     assert "carved" in results["validation"] and results["n_val"] == 2
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert "carved" in manifest["data"]["validation"]
+
+
+def test_stratified_subset_keeps_each_class_share_and_every_class():
+    from ferlib.data.prepare import stratified_subset
+
+    rows = np.arange(100, 1100)
+    labels = np.r_[np.zeros(700, int), np.ones(290, int), np.full(10, 2)]
+    kept = stratified_subset(rows, labels, 100)
+    assert len(kept) == 100 and len(set(kept)) == 100 and set(kept) <= set(rows)
+    counts = np.bincount(labels[np.searchsorted(rows, kept)], minlength=3)
+    assert counts.tolist() == [70, 29, 1]
+    assert np.array_equal(kept, stratified_subset(rows, labels, 100))  # a fixed seed
+    assert np.array_equal(stratified_subset(rows, labels, 5000), rows)
+
+
+def test_max_train_trains_on_a_fixed_subset_and_keeps_every_other_row(tmp_path, capsys):
+    root = write_synthetic(tmp_path / "syn", SyntheticConfig(n_train=140, n_valid=28, n_test=28, seed=0))
+    full = load_splits("synthetic", str(root), None, SIZE, cache_dir=None)
+    small = [
+        load_splits("synthetic", str(root), None, SIZE, cache_dir=None, seed=s, data_options={"max_train": 70})
+        for s in (0, 1)
+    ]
+    assert "training on 70 of 140 images (max_train=70)" in capsys.readouterr().out
+    assert len(small[0].train_rows) == 70 and set(small[0].train_rows) <= set(full.train_rows)
+    assert np.array_equal(small[0].train_rows, small[1].train_rows)  # the run seed draws nothing
+    assert np.array_equal(small[0].valid.fingerprint, full.valid.fingerprint) and len(small[0].test) == len(full.test)
+    _, targets = small[0].training()
+    _, all_targets = full.training()
+    half = np.bincount(all_targets, minlength=7) / 2  # each class keeps its share, to the rounding
+    assert np.abs(np.bincount(targets, minlength=7) - half).max() <= 1
+    assert small[0].fingerprint != full.fingerprint
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(DataError, match="max_train"):
+            load_splits("synthetic", str(root), None, SIZE, cache_dir=None, data_options={"max_train": bad})

@@ -77,6 +77,7 @@ def test_auto_counts_the_training_split(tmp_path, monkeypatch):
             for i in range(n):
                 Image.new("L", (8, 8), color=i * 20).save(folder / f"{i}.png")
     assert engines.count_training_images("folders", str(tmp_path)) == 6
+    assert engines.count_training_images("folders", str(tmp_path), {"max_train": 4}) == 4  # what is trained on
     monkeypatch.setattr(engines, "face_weights_installed", lambda: True)
     engine, reason = resolve_engine("auto", "folders", str(tmp_path))
     assert engine.name == "face" and "6 training images" in reason

@@ -161,7 +161,38 @@ def close_rows(cache: ImageCache, label_map: LabelMap) -> tuple[np.ndarray, np.n
 #: runs drop duplicate evaluation rows unless ``data_options={'dedupe': False}``.
 DEDUPED_DATASETS: tuple[str, ...] = ("ferplus",)
 #: Data options :func:`load_splits` applies itself, across splits (never passed to a loader).
-SPLIT_OPTIONS: tuple[str, ...] = ("dedupe",)
+SPLIT_OPTIONS: tuple[str, ...] = ("dedupe", "max_train")
+#: seed of the ``max_train`` draw: fixed, so every run seed and method trains on the same rows
+MAX_TRAIN_SEED = 0
+
+
+def max_train_option(data_options: Mapping[str, Any] | None, where: str | os.PathLike) -> int | None:
+    """The ``max_train`` data option: a positive number of training rows, or None (every row).
+    A bad value raises :class:`DataError` naming ``where``."""
+    value = (data_options or {}).get("max_train")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DataError(where, f"data_options['max_train'] must be a positive number of training images, got {value!r}")
+    return value
+
+
+def stratified_subset(rows: np.ndarray, labels: np.ndarray, n: int, seed: int = MAX_TRAIN_SEED) -> np.ndarray:
+    """At most ``n`` of ``rows`` (sorted), each class keeping its share (largest remainders get
+    the rounding, every class present keeps at least one row), drawn with ``seed``. ``labels``:
+    one per row of ``rows``. All of ``rows`` when ``n`` >= their number."""
+    rows, labels = np.asarray(rows), np.asarray(labels)
+    if n >= len(rows):
+        return np.sort(rows)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * n / len(rows)
+    take = np.maximum(np.floor(exact).astype(int), 1)
+    order = np.argsort(-(exact - np.floor(exact)), kind="stable")
+    for k in order[: max(0, n - int(take.sum()))]:
+        take[k] += 1
+    rng = np.random.default_rng(seed)
+    kept = [rng.choice(rows[labels == c], min(t, cnt), replace=False) for c, t, cnt in zip(classes, take, counts)]
+    return np.sort(np.concatenate(kept)).astype(np.int64)
 
 
 def dedupe_mode(
@@ -236,6 +267,7 @@ def dataset_options(
     name = loader_name(dataset)
     options = {k: v for k, v in (data_options or {}).items() if k not in SPLIT_OPTIONS}
     dedupe_mode(dataset, None, data_options, root)  # the value checked; the default needs the open class
+    max_train_option(data_options, root)
     accepted = loader_options(name)
     if class_map is not None:
         if "class_map" in options:
@@ -287,7 +319,10 @@ def load_splits(
       on by default for open-set runs on FERPlus) drops duplicate test and validation rows
       right after decoding (:func:`_drop_duplicates`) and duplicate open-class training rows
       from the evaluation set (:func:`_drop_open_duplicates`), so every stage and detector
-      sees the same rows; the counts are printed and kept in ``Splits.dedupe``.
+      sees the same rows; the counts are printed and kept in ``Splits.dedupe``. And
+      ``max_train``: train on at most that many of the training rows, each class keeping its
+      share, drawn with a fixed seed (:func:`stratified_subset`), so every run seed and method
+      trains on the same rows: the small-data regime. Validation and evaluation rows are kept.
     - ``val_fraction``, ``seed``: the validation carve for data sets without a validation
       split (see the module docstring); ignored when the data set has one.
     - ``memmap``: keep each split's uint8 cache in a memory-mapped file under ``cache_dir``
@@ -370,6 +405,11 @@ def load_splits(
             f"{len(valid)} close-class images): the data set has no validation split"
         )
     print(f"{dataset}: validation = {source}", flush=True)
+    max_train = max_train_option(data_options, root)
+    if max_train is not None and max_train < len(train_rows):
+        before = len(train_rows)
+        train_rows = stratified_subset(train_rows, train.labels.numpy()[train_rows], max_train)
+        print(f"{dataset}: training on {len(train_rows)} of {before} images (max_train={max_train})", flush=True)
 
     fingerprint = hash_strings(
         [
@@ -381,6 +421,7 @@ def load_splits(
             # only when on, so the fingerprints of sets that never drop a row stay as they were
             *([] if dropped_duplicates is None else [_dedupe_key(dropped_duplicates)]),
             *([f"open_rows={split.open_rows}"] if split.open_rows != "test+train" else []),
+            *([f"max_train={max_train}"] if max_train is not None else []),
         ]
     )
     return Splits(
