@@ -790,8 +790,11 @@ def _with_engine(
         if engine != "auto":
             raise RunnerError(f"engine {engine!r} starts from weights that stage(s) {', '.join(lacking)} cannot load")
         chosen, reason = ENGINES["scratch"], f"stage(s) {', '.join(lacking)} cannot load the face weights"
-    keys = set(chosen.params) | ({"detector_params"} if chosen.detector_params else set())
-    accepted = {k for k in keys if any(s.accepts(k) for s in selected)}
+    accepted = {k for k in chosen.params if any(s.accepts(k) for s in selected)}
+    # the engine's detector settings are for the open-set detectors that train networks, which
+    # only stage 03 runs: not for stage 05's (standalone) noisy-label scores, which refuse them
+    if chosen.detector_params and any(s.accepts("detector_params") and not s.standalone for s in selected):
+        accepted.add("detector_params")
     record = {"name": chosen.name, "asked": engine, "reason": f"{reason}; {chosen.why}"}
     return apply_engine(chosen, extra, accepted), record
 

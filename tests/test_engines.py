@@ -133,8 +133,10 @@ def _detect(run_dir: str = "outputs/run", detector_params: dict | None = None) -
     SEEN["detect"] = {"detector_params": detector_params}
 
 
-def _noisy(run_dir: str = "outputs/run", arch: str = "smallface", epochs: int = 10) -> None:
-    SEEN["noisy"] = {"arch": arch, "epochs": epochs}
+def _noisy(
+    run_dir: str = "outputs/run", arch: str = "smallface", epochs: int = 10, detector_params: dict | None = None
+) -> None:
+    SEEN["noisy"] = {"arch": arch, "epochs": epochs, "detector_params": detector_params}
 
 
 def _table():
@@ -162,6 +164,14 @@ def test_quick_reaches_every_stage_and_the_manifest(tmp_path):
     assert SEEN["detect"]["detector_params"]["cycle"]["cycles"] == 1
     manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
     assert manifest["engine"]["name"] == "quick" and manifest["params"]["input_size"] == 32
+
+
+def test_the_engines_detector_settings_stay_out_of_the_noisy_label_stage(tmp_path):
+    """They configure stage 03's network detectors; stage 05's scores refuse those detectors."""
+    assert _cli(tmp_path, "--quick", "--run", "n", "--stages", "05") == 0
+    assert SEEN["noisy"]["epochs"] == ENGINES["quick"].params["epochs"] and SEEN["noisy"]["detector_params"] is None
+    assert _cli(tmp_path, "--quick", "--run", "n2", "--stages", "03", "05") != 2
+    assert SEEN["detect"]["detector_params"]["cycle"]["cycles"] == 1
 
 
 def test_auto_is_scratch_on_synthetic_and_steps_aside_for_an_explicit_network(tmp_path):
