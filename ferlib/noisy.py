@@ -74,11 +74,12 @@ import torch
 from ferlib.data.noise import LabelNoise
 from ferlib.data.prepare import VOTED_DATASETS, check_labels, close_rows, load_splits, loader_name
 from ferlib.digest import json_digest
-from ferlib.io import read_json, write_csv, write_json, write_npz
+from ferlib.io import read_json, write_csv, write_json, write_npz, write_text
 from ferlib.manifest import modify_manifest
 from ferlib.metrics import openset_metrics
 from ferlib.params import UNHASHED_PARAMS, applied_arguments, checked, inherit_parameter_docs, validate_arguments
 from ferlib.stages import _close_model, _recipe, train_close_set
+from ferlib.tables import plain_markdown
 
 #: the benchmark's folder under ``run_dir`` (the runner's stage name)
 FOLDER = "05_noisy_labels"
@@ -687,6 +688,101 @@ SUMMARY_BY = ("method", "noise", "kind", "rate")
 SUMMARY_VALUES = ("test_acc", "measured_rate", "best_epoch", "train_seconds", "memorised_best", "memorised_last")
 
 
+# ----------------------------------------------------------------------------- paper tables
+#: what the papers published for each method (clean labels; the noisy-label numbers of RUL's
+#: paper were not retrieved): METHODS.md parts 2 and 3
+PUBLISHED_CLEAN: dict[str, str] = {
+    "rul": "88.98% RAF-DB (ResNet-18 from face weights, 224 px, 60 epochs)",
+    "esr_div": "89.34% FERPlus, 89.99% RAF-DB (which of ESR / MA-Net gave which: not retrieved)",
+    "manet_div": "89.34% FERPlus, 89.99% RAF-DB (which of ESR / MA-Net gave which: not retrieved)",
+}
+
+
+def is_benchmark(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a stage 05 benchmark's tables."""
+    return (Path(run_dir) / FOLDER / "summary.csv").is_file()
+
+
+def benchmark_label(run_dir: str | Path) -> str:
+    """A column heading for a benchmark: its folder's name and its network, input, epochs and
+    training-set cap, from its manifest."""
+    run_dir = Path(run_dir)
+    manifest = read_json(run_dir / "manifest.json") if (run_dir / "manifest.json").is_file() else {}
+    settings = (manifest.get("noisy_labels") or {}).get("settings") or {}
+    parts = [str(settings.get("arch", "?"))]
+    if settings.get("pretrained"):
+        parts[0] += f" from {settings['pretrained']} weights"
+    parts += [f"{settings.get('input_size', '?')} px", f"{settings.get('epochs', '?')} epochs"]
+    if settings.get("n_train"):
+        parts.append(f"{settings['n_train']:,} training images")
+    return f"{run_dir.name} ({', '.join(parts)})"
+
+
+def _cell(mean: float, std: float, n: int, digits: int = 3) -> str:
+    if not np.isfinite(mean):
+        return ""
+    spread = f" ± {std:.{digits}f}" if n > 1 and np.isfinite(std) else ""
+    return f"{mean:.{digits}f}{spread} ({n})"
+
+
+def paper_tables(benchmarks: Sequence[str | Path]) -> dict[str, pd.DataFrame]:
+    """The noisy-label tables in the papers' layout, benchmarks side by side (e.g. from scratch
+    and from face weights): ``accuracy`` (rows: methods; columns: benchmark x noise setting;
+    clean test accuracy, mean ± std over seeds (seeds); the published clean-label accuracy
+    last), ``detection`` (rows: method x detector; the flipped-label AUROC likewise) and
+    ``memorisation`` (rows: methods; the share of sampled flipped training rows predicted as
+    their given label at the kept epoch, where measured)."""
+    acc, det, mem = {}, {}, {}
+    for run_dir in benchmarks:
+        label = benchmark_label(run_dir)
+        folder = Path(run_dir) / FOLDER
+        summary = pd.read_csv(folder / "summary.csv")
+        for _, r in summary.iterrows():
+            column = f"{label}: {r['noise']}"
+            acc.setdefault(column, {})[r["method"]] = _cell(r["test_acc_mean"], r["test_acc_std"], int(r["n_seeds"]))
+            if "memorised_best_mean" in summary and np.isfinite(r["memorised_best_mean"]):
+                mem.setdefault(column, {})[r["method"]] = _cell(
+                    r["memorised_best_mean"], r["memorised_best_std"], int(r["n_seeds"]), 2
+                )
+        path = folder / "detection_summary.csv"
+        if path.is_file():
+            for _, r in pd.read_csv(path).iterrows():
+                column = f"{label}: {r['noise']}"
+                det.setdefault(column, {})[(r["method"], r["detector"])] = _cell(
+                    r["auroc_mean"], r["auroc_std"], int(r["n_seeds"])
+                )
+    accuracy = pd.DataFrame(acc)
+    accuracy["published (clean labels)"] = [PUBLISHED_CLEAN.get(m, "") for m in accuracy.index]
+    detection = pd.DataFrame(det)
+    if len(detection):
+        detection.index = pd.MultiIndex.from_tuples(detection.index, names=["method", "detector"])
+    return {
+        "accuracy": accuracy.rename_axis("method").fillna(""),
+        "detection": detection.fillna(""),
+        "memorisation": pd.DataFrame(mem).rename_axis("method").fillna(""),
+    }
+
+
+def write_paper_tables(benchmarks: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
+    """:func:`paper_tables` as ``noisy_<table>.csv`` and one Markdown file ``noisy_tables.md``
+    in ``out_dir``; returns the files written."""
+    out_dir = Path(out_dir)
+    tables = paper_tables(benchmarks)
+    titles = {
+        "accuracy": "Test accuracy on clean labels, mean ± std over seeds (seeds)",
+        "detection": "Flipped-label detection on the training rows, AUROC (flipped rows positive)",
+        "memorisation": "Flipped training rows fit to their given label at the kept epoch (memorisation)",
+    }
+    written, text = [], []
+    for name, frame in tables.items():
+        if frame.empty:
+            continue
+        written.append(write_csv(out_dir / f"noisy_{name}.csv", frame.reset_index()))
+        text += [f"## {titles[name]}", "", plain_markdown(frame.reset_index()), ""]
+    written.append(write_text(out_dir / "noisy_tables.md", "\n".join(text)))
+    return written
+
+
 # ----------------------------------------------------------------------------- figures
 def draw_figures(run_dir: str | Path) -> dict[str, list[Path]]:
     """Every figure of a finished benchmark from its files alone (no model, no data set), into
@@ -880,7 +976,18 @@ def noisy_label_benchmark(
     detection_summary = summarise(detection, (*SUMMARY_BY, "detector"), ("auroc",))
     write_csv(out / "detection_summary.csv", detection_summary)
     figures = draw_figures(run_dir)
+    write_paper_tables([run_dir], out)
+    first = plan.combinations[0].folder / "01_close_set" / "results.json" if plan.combinations else None
     section = {
+        "settings": {
+            "arch": arch,
+            "pretrained": pretrained,
+            "input_size": input_size,
+            "epochs": epochs,
+            "recipe": recipe,
+            "data_options": data_options,
+            "n_train": read_json(first).get("n_train") if first is not None and first.is_file() else None,
+        },
         "methods": plan.methods,
         "noise": {tag: entry for tag, entry in plan.noise},
         "seeds": plan.seeds,
@@ -895,5 +1002,6 @@ def noisy_label_benchmark(
         "wall_seconds": time.perf_counter() - t0,
     }
     modify_manifest(run_dir, lambda m: {**m, "noisy_labels": section})  # replaced whole: no stale keys
+    write_paper_tables([run_dir], out)  # its headings read the section just written
     print(f"{len(ran)} runs trained, {len(skipped)} finished ones skipped; tables and figures in {out}")
     return summary

@@ -1289,7 +1289,8 @@ def build_parser(stage_table: Sequence[Stage] = STAGES) -> argparse.ArgumentPars
         "tables",
         help="gather finished runs into the reproduction tables",
         description="Tables (CSV, Markdown, LaTeX) and bar charts per data "
-        "set, protocol and metric from every run with metrics.csv.",
+        "set, protocol and metric from every run with metrics.csv; stage 05 benchmarks (noisy labels) "
+        "given side by side get the noisy-label tables (noisy_tables.md).",
     )
     tables.add_argument("runs", nargs="+", help="run folders, sweep folders or globs")
     tables.add_argument("--out", default=None, help="where the tables go (default: outputs/tables in the repository)")
@@ -1363,6 +1364,15 @@ def run_summary(result: PipelineResult) -> list[str]:
     return lines
 
 
+def _expand(item: str) -> list[Path]:
+    """A ``tables`` argument: the folders a glob matches, else the path itself."""
+    import glob
+
+    if any(ch in item for ch in "*?["):
+        return [Path(p) for p in sorted(glob.glob(item, recursive=True))]
+    return [Path(item)]
+
+
 def _error(message: str) -> None:
     print(f"ferlib.run: error: {message}", file=sys.stderr, flush=True)
 
@@ -1405,12 +1415,26 @@ def main(
     configure_logging()
 
     if args.command == "tables":
+        from ferlib.noisy import is_benchmark, write_paper_tables
         from ferlib.report import collect_results
 
         out = args.out if args.out is not None else Path(repo_root) / "outputs" / "tables"
         try:
             check_writable(out, "--out")
-            collect_results(args.runs, out_dir=out, detectors=args.detectors)
+            benchmarks: list[Path] = []  # stage 05's: the noisy-label tables
+            others: list[str] = []  # open-set runs, as collect_results reads them
+            for item in args.runs:
+                found = [p for p in _expand(item) if is_benchmark(p)]
+                benchmarks += found
+                if not found:
+                    others.append(item)
+                else:  # a glob that matched benchmarks too: its plain runs beside them
+                    others += [str(p) for p in _expand(item) if not is_benchmark(p) and (p / "metrics.csv").is_file()]
+            if benchmarks:
+                written = write_paper_tables(benchmarks, out)
+                print(f"noisy-label tables of {len(benchmarks)} benchmark(s): {written[-1]}")
+            if others or not benchmarks:
+                collect_results(others or args.runs, out_dir=out, detectors=args.detectors)
         except (RunnerError, ValueError) as exc:
             _error(str(exc))
             return 2

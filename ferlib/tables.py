@@ -347,6 +347,20 @@ def _paper_cell(v: float, digits: int) -> str:
     return "–" if not np.isfinite(v) else f"{v:.{digits}f}"
 
 
+def plain_markdown(frame: pd.DataFrame) -> str:
+    """``frame`` (its columns as they are, cells as text) as a Markdown table: the first column
+    left-aligned, the others right-aligned; ``|`` in a cell is escaped."""
+
+    def esc(value: object) -> str:
+        return str(value).replace("|", "\\|")
+
+    header = [esc(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|:--|" + "--:|" * (len(header) - 1)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(esc(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
 def to_markdown(summary: pd.DataFrame, *, bold: str | None = "ours", higher_is_better: bool | None = None) -> str:
     """A pipe table of the formatted detector cells and the paper's numbers, best in bold."""
     detectors, paper = _parts(summary)

@@ -364,3 +364,27 @@ def test_the_memorisation_curve_is_measured_under_noise_only(bench):
     results = pd.read_csv(out / "results.csv").set_index(["method", "noise"])
     assert results.loc[("rul", "symmetric-0.3"), "memorised_last"] == pytest.approx(history["flipped_given"].iloc[-1])
     assert np.isnan(results.loc[("rul", "clean"), "memorised_last"])
+
+
+def test_paper_tables_put_benchmarks_side_by_side_with_the_published_numbers(bench, tmp_path, capsys):
+    import shutil
+
+    from ferlib.run import main
+
+    base, _, _ = bench
+    text = (base / "run" / noisy.FOLDER / "noisy_tables.md").read_text()  # stage 05 writes its own
+    assert "| rul |" in text and "88.98% RAF-DB" in text and "| esr_div | small_loss |" in text
+    other = tmp_path / "other"
+    shutil.copytree(base / "run", other)
+    assert main(["tables", str(base / "run"), str(other), "--out", str(tmp_path / "tables")]) == 0
+    assert "noisy-label tables of 2 benchmark(s)" in capsys.readouterr().out
+    accuracy = pd.read_csv(tmp_path / "tables" / "noisy_accuracy.csv").set_index("method")
+    label = noisy.benchmark_label(other)
+    assert label == "other (smallface, 32 px, 1 epochs, 70 training images)"
+    summary = pd.read_csv(base / "run" / noisy.FOLDER / "summary.csv").set_index(["method", "noise"])
+    expected = f"{summary.loc[('rul', 'symmetric-0.3'), 'test_acc_mean']:.3f} (1)"
+    assert accuracy.loc["rul", f"{label}: symmetric-0.3"] == expected
+    assert accuracy.loc["rul", f"{noisy.benchmark_label(base / 'run')}: symmetric-0.3"] == expected
+    assert accuracy.loc["esr_div", "published (clean labels)"].startswith("89.34% FERPlus")
+    detection = pd.read_csv(tmp_path / "tables" / "noisy_detection.csv")
+    assert {("rul", "small_loss"), ("rul", "uncertainty")} <= set(zip(detection["method"], detection["detector"]))

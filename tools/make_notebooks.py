@@ -362,15 +362,19 @@ else:
 Trains every method (cross-entropy, RUL, ESR and MA-Net with and without attention
 diversity) under every label-noise setting (clean, symmetric, pair, and annotator votes where
 the data set has them) and seed, each as a stage 01 run over every class of the data set.
-Then it asks each trained model which of its training labels were flipped (RUL's uncertainty,
-the branches' disagreement, max softmax) and draws what the branches attend to. Standalone:
+Then it asks each trained model which of its training labels were flipped (the loss at the
+given label, the field's small-loss baseline; RUL's uncertainty; the branches' disagreement),
+follows how fast each method fits the flipped labels (memorisation) and draws what the
+branches attend to. Standalone:
 it reads no other stage's files, and `python -m ferlib.run pipeline` runs it only when named
 (`stage 05` or `--stages 05`). A finished combination is skipped, a killed one resumes.
 
 **Reads** the data set under `data_root`. **Writes** `run_dir/05_noisy_labels/`:
 `<method>/<noise>/seed<k>/` (a stage 01 run each, with `flip_scores.npz` and `attention.npz`),
 `results.csv` (one row per run), `summary.csv` (mean and std over seeds), `detection.csv`,
-`detection_summary.csv` and `figures/`.
+`detection_summary.csv`, `memorisation.csv`, the tables in the papers' layout with the published
+numbers beside (`noisy_tables.md`; `python -m ferlib.run tables RUN_A RUN_B` puts two
+benchmarks side by side, e.g. from scratch and from face weights) and `figures/`.
 
 The parameters cell below is generated from `ferlib.noisy.noisy_label_benchmark`; a
 method's head and objective settings go in `method_params`, e.g.
@@ -392,6 +396,19 @@ flipped) on the training rows, flipped labels as the positive class.""",
                 "code",
                 """detection = pd.read_csv(out / "detection_summary.csv")
 display(detection.round(3))""",
+            ),
+            (
+                "md",
+                """## The papers' layout
+
+Test accuracy per method and noise setting (mean ± std over seeds, seeds in brackets) with the
+published clean-label accuracy beside, the flipped-label AUROCs, and the memorisation share.""",
+            ),
+            (
+                "code",
+                """from IPython.display import Markdown
+
+Markdown((out / "noisy_tables.md").read_text())""",
             ),
         ),
     ),
