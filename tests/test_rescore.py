@@ -11,18 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from test_data_duplicates import VOTES, _write_ferplus
 
 from ferlib import rescore
 from ferlib.emotions import Emotion
 from ferlib.run import main
 
-VOTES = {
-    Emotion.NEUTRAL: [10, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-    Emotion.HAPPINESS: [0, 10, 0, 0, 0, 0, 0, 0, 0, 0],
-    Emotion.SURPRISE: [0, 0, 10, 0, 0, 0, 0, 0, 0, 0],
-}
-DIRS = {"train": "FER2013Train", "valid": "FER2013Valid", "test": "FER2013Test"}
 CLASSES = list(VOTES)
 
 
@@ -32,18 +26,6 @@ def _face(emotion: Emotion, rng: np.random.Generator) -> np.ndarray:
     row = 8 + 14 * CLASSES.index(emotion)
     image[row : row + 8] += 150
     return image
-
-
-def _write(root: Path, rows: dict[str, list[tuple[np.ndarray, Emotion]]]) -> None:
-    for split, entries in rows.items():
-        folder = root / DIRS[split]
-        folder.mkdir(parents=True, exist_ok=True)
-        lines = []
-        for k, (pixels, emotion) in enumerate(entries):
-            name = f"{split}{k:04d}.png"
-            Image.fromarray(pixels).save(folder / name)
-            lines.append(f'{name},"(0, 0, 48, 48)",' + ",".join(map(str, VOTES[emotion])))
-        (folder / "label.csv").write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +41,7 @@ def finished(module_tmp) -> dict:
     for k in range(3):
         valid[k * 8] = train[k * 30 + 1]
     root = module_tmp / "ferplus"
-    _write(root, {"train": train, "valid": valid, "test": test})
+    _write_ferplus(root, {"train": train, "valid": valid, "test": test})
     outputs = module_tmp / "runs"
     code = main(
         [
