@@ -338,10 +338,17 @@ def collect_results(
     20-detector sweep); a name no run scored is refused.
     Returns the summary frames by file stem.
     """
-    from ferlib.io import write_text
+    from ferlib.io import write_csv, write_text
     from ferlib.plots import per_class_summary, save_figure
     from ferlib.published import canonical_dataset
-    from ferlib.tables import collect_runs, overview_markdown, run_warnings, summary_table, write_tables
+    from ferlib.tables import (
+        collect_runs,
+        overview_markdown,
+        plain_markdown,
+        run_warnings,
+        summary_table,
+        write_tables,
+    )
 
     if isinstance(metrics, str):
         metrics = [metrics]
@@ -378,6 +385,61 @@ def collect_results(
                 tables.get(f"{dataset}_auroc_reference{suffix}"),
             )
             write_text(Path(out_dir) / f"{dataset}_overview{suffix}.md", text)
+    for dataset, spread in spread_summary(runs).items():  # how the open rows' pseudo labels spread
+        write_csv(Path(out_dir) / f"{dataset}_pseudo_label_spread.csv", spread)
+        write_text(Path(out_dir) / f"{dataset}_pseudo_label_spread.md", plain_markdown(spread) + "\n")
     n_classes = frame["open_class"].nunique()
     print(f"{len(runs)} runs ({n_classes} open classes) -> {len(tables)} tables in {out_dir}")
     return tables
+
+
+def spread_summary(runs: Sequence[Path]) -> dict[str, pd.DataFrame]:
+    """Per data set and open class, how the open rows' pseudo labels spread over the close
+    classes (stage 02's ``spread.csv``, honest protocol): the total-variation distance from a
+    uniform spread (0: symmetric noise, as the open-set paper assumes; 1 - 1/K: every open row
+    on one class), mean ± std over seeds, and the close class most open rows go to with its
+    mean share. Runs without ``spread.csv`` are left out; a data set with none has no table."""
+    from ferlib.manifest import read_manifest
+    from ferlib.published import canonical_dataset
+    from ferlib.tables import open_short
+
+    rows = []
+    for run in runs:
+        path = Path(run) / "02_pseudo_labels" / "spread.csv"
+        if not path.is_file():
+            continue
+        params = read_manifest(run).get("params") or {}
+        spread = pd.read_csv(path)
+        top = spread.loc[spread["fraction"].idxmax()]
+        rows.append(
+            {
+                "dataset": canonical_dataset(params["dataset"]),
+                "open_class": open_short(params["open_class"]),
+                "seed": params.get("seed"),
+                "tv_from_uniform": float(spread["tv_from_uniform"].iloc[0]),
+                "top_class": str(top["class"]),
+                "top_share": float(top["fraction"]),
+                "close_classes": len(spread),
+            }
+        )
+    out: dict[str, pd.DataFrame] = {}
+    if not rows:
+        return out
+    frame = pd.DataFrame(rows)
+    for dataset, group in frame.groupby("dataset", sort=True):
+        table = []
+        for open_class, g in group.groupby("open_class", sort=False):
+            tv, n = g["tv_from_uniform"], len(g)
+            top = g["top_class"].mode().iloc[0]
+            table.append(
+                {
+                    "open class": open_class,
+                    "seeds": n,
+                    "TV from uniform": f"{tv.mean():.3f}" + (f" ± {tv.std(ddof=1):.3f}" if n > 1 else ""),
+                    "most open rows go to": top,
+                    "its share": f"{g.loc[g['top_class'] == top, 'top_share'].mean():.2f}",
+                    "uniform share": f"{1 / g['close_classes'].iloc[0]:.2f}",
+                }
+            )
+        out[dataset] = pd.DataFrame(table)
+    return out

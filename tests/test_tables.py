@@ -306,3 +306,30 @@ def test_collect_results_writes_the_overview(runs_dir, tmp_path):
     collect_results(str(runs_dir / "*"), out_dir=str(tmp_path / "tables"))
     text = (tmp_path / "tables" / "rafdb_overview.md").read_text()
     assert text.count("\n| cycle_loss |") == 1 and "reference AUROC mean ± std" in text
+
+
+def test_collect_results_summarises_how_the_open_rows_pseudo_labels_spread(runs_dir, tmp_path):
+    """From each run's stage 02 spread.csv (written by metrics.pseudo_label_spread_table): the
+    distance from a uniform spread over seeds, and the class most open rows go to."""
+    from ferlib.metrics import pseudo_label_spread_table
+    from ferlib.report import collect_results
+
+    names = ["neutral", "happiness", "sadness"]
+    for run in sorted(runs_dir.iterdir()):
+        seed = int(run.name[-1])
+        # surprise: 70% (seed 0) or 80% (seed 1) of the open rows on neutral; fear: uniform
+        if "surprise" in run.name:
+            pseudo = [0] * (7 + seed) + [1] * (2 - seed) + [2] * 1
+        else:
+            pseudo = [0, 1, 2] * 3
+        table = pd.DataFrame({"pseudo": pseudo, "is_open": True})
+        spread = pseudo_label_spread_table(table, names)
+        frame = spread.assign(n_open=spread.attrs["n_open"], tv_from_uniform=spread.attrs["tv_from_uniform"])
+        write_csv(run / "02_pseudo_labels" / "spread.csv", frame)
+    collect_results(str(runs_dir / "*"), out_dir=str(tmp_path / "tables"))
+    got = pd.read_csv(tmp_path / "tables" / "rafdb_pseudo_label_spread.csv").set_index("open class")
+    tv = [0.7 - 1 / 3, 0.8 - 1 / 3]
+    assert got.loc["Sur", "TV from uniform"] == f"{np.mean(tv):.3f} ± {np.std(tv, ddof=1):.3f}"
+    assert got.loc["Sur", "most open rows go to"] == "neutral" and got.loc["Sur", "its share"] == pytest.approx(0.75)
+    assert got.loc["Fea", "TV from uniform"] == "0.000 ± 0.000" and got.loc["Fea", "uniform share"] == pytest.approx(0.33)
+    assert "| Sur |" in (tmp_path / "tables" / "rafdb_pseudo_label_spread.md").read_text()
