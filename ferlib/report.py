@@ -393,6 +393,35 @@ def collect_results(
     return tables
 
 
+def compare_results(groups: dict[str, object], out_dir: str = "outputs/tables") -> dict[str, str]:
+    """Sweeps side by side (e.g. the same table from scratch and from face weights): each
+    group's tables as :func:`collect_results` writes them, into ``out_dir/<label>/``, and per
+    data set every group holds ``<dataset>_comparison.md`` in ``out_dir`` (one row per detector,
+    :func:`ferlib.tables.comparison_markdown`). ``groups``: label -> runs (as
+    :func:`collect_results` takes them). Returns the comparison texts by data set."""
+    from ferlib.io import write_text
+    from ferlib.tables import comparison_markdown
+
+    tables = {label: collect_results(runs, out_dir=str(Path(out_dir) / label)) for label, runs in groups.items()}
+    datasets = set.intersection(
+        *({k.split("_auroc_honest")[0] for k in t if k.endswith("_auroc_honest")} for t in tables.values())
+    )
+    texts = {}
+    for dataset in sorted(datasets):
+        parts = {
+            label: {
+                "auroc": t[f"{dataset}_auroc_honest"],
+                "fpr95": t.get(f"{dataset}_fpr95_honest"),
+                "reference": t.get(f"{dataset}_auroc_reference"),
+            }
+            for label, t in tables.items()
+        }
+        texts[dataset] = comparison_markdown(parts)
+        write_text(Path(out_dir) / f"{dataset}_comparison.md", texts[dataset])
+        print(f"{dataset}: {len(parts)} sweeps side by side -> {Path(out_dir) / f'{dataset}_comparison.md'}")
+    return texts
+
+
 def spread_summary(runs: Sequence[Path]) -> dict[str, pd.DataFrame]:
     """Per data set and open class, how the open rows' pseudo labels spread over the close
     classes (stage 02's ``spread.csv``, honest protocol): the total-variation distance from a

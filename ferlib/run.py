@@ -1297,6 +1297,12 @@ def build_parser(stage_table: Sequence[Stage] = STAGES) -> argparse.ArgumentPars
     tables.add_argument(
         "--detectors", nargs="+", default=None, metavar="NAME", help="only these detectors (default: every one scored)"
     )
+    tables.add_argument(
+        "--compare",
+        action="store_true",
+        help="each RUNS argument is one sweep (e.g. from scratch, from face weights): its tables in --out/<name>/ "
+        "and <dataset>_comparison.md side by side",
+    )
 
     reproduce = sub.add_parser(
         "reproduce",
@@ -1362,6 +1368,14 @@ def run_summary(result: PipelineResult) -> list[str]:
         if folder.is_dir():
             lines.append(f"  {what}: {folder}")
     return lines
+
+
+def _sweep_label(item: str) -> str:
+    """A sweep's name in a comparison: its folder's name, or for a glob the folder it searches."""
+    first = min((i for i in (item.find(ch) for ch in "*?[") if i >= 0), default=-1)
+    if first < 0:
+        return Path(item).name
+    return Path(item[:first]).name if item[:first].endswith("/") else Path(item[:first]).parent.name
 
 
 def _expand(item: str) -> list[Path]:
@@ -1433,7 +1447,11 @@ def main(
             if benchmarks:
                 written = write_paper_tables(benchmarks, out)
                 print(f"noisy-label tables of {len(benchmarks)} benchmark(s): {written[-1]}")
-            if others or not benchmarks:
+            if args.compare and len(others) > 1:
+                from ferlib.report import compare_results
+
+                compare_results({_sweep_label(item): item for item in others}, out_dir=str(out))
+            elif others or not benchmarks:
                 collect_results(others or args.runs, out_dir=out, detectors=args.detectors)
         except (RunnerError, ValueError) as exc:
             _error(str(exc))

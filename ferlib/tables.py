@@ -13,7 +13,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -512,3 +512,51 @@ def overview_markdown(
         cells = [num(float(auroc.at[c, p])) for c in [*classes, "mean"]]
         lines.append("| " + " | ".join([p.replace("paper:", "paper: "), *cells, "", ""]) + " |")
     return "\n".join(lines) + "\n" + warnings_markdown(auroc)
+
+
+def comparison_markdown(groups: Mapping[str, Mapping[str, pd.DataFrame | None]]) -> str:
+    """Several sweeps of one data set side by side (e.g. from scratch and from face weights),
+    one row per detector: per sweep the honest AUROC, honest FPR@95 and reference AUROC, each the
+    mean over open classes ± its std over seeds; detectors in the first sweep's order (best
+    honest AUROC first), a detector a sweep did not score left blank; the published means last.
+
+    ``groups``: label -> ``{"auroc": ..., "fpr95": ..., "reference": ...}``, each a
+    :func:`summary_table` frame (``auroc`` required)."""
+    labels = list(groups)
+    if not labels:
+        raise ValueError("no sweeps to compare")
+
+    def pm(summary: pd.DataFrame | None, det: str) -> str:
+        if summary is None or f"{det}:mean" not in summary.columns:
+            return ""
+        m, sd = float(summary.at["mean", f"{det}:mean"]), float(summary.at["mean", f"{det}:std"])
+        text = f"{m:.3f}".replace("0.", ".", 1)
+        return text + (f" ± {sd:.3f}".replace("0.", ".", 1) if np.isfinite(sd) else "")
+
+    order: list[str] = []
+    for label in labels:
+        auroc = groups[label]["auroc"]
+        detectors, _ = _parts(auroc)
+        ranked = sorted(detectors, key=lambda d: -float(np.nan_to_num(auroc.at["mean", f"{d}:mean"], nan=-1.0)))
+        order += [d for d in ranked if d not in order]
+    header = ["detector"]
+    for label in labels:
+        header += [f"{label}: honest AUROC", f"{label}: FPR@95", f"{label}: reference AUROC"]
+    lines = ["| " + " | ".join(header) + " |", "|:--|" + "--:|" * (len(header) - 1)]
+    for det in order:
+        cells = [det]
+        for label in labels:
+            g = groups[label]
+            cells += [pm(g.get("auroc"), det), pm(g.get("fpr95"), det), pm(g.get("reference"), det)]
+        lines.append("| " + " | ".join(cells) + " |")
+    _, paper = _parts(groups[labels[0]]["auroc"])
+    reference = groups[labels[0]].get("reference")
+    for p in paper:
+        cells = [p.replace("paper:", "paper: ")]
+        for _ in labels:
+            ref = reference.at["mean", p] if reference is not None and p in reference.columns else np.nan
+            cells += ["", "", f"{float(ref):.3f}".replace("0.", ".", 1) if np.isfinite(ref) else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    classes = {label: [r for r in groups[label]["auroc"].index if r != "mean"] for label in labels}
+    notes = "; ".join(f"{label}: {len(c)} open classes" for label, c in classes.items())
+    return "\n".join(lines) + f"\n\nMean over open classes ± std over seeds ({notes}).\n"

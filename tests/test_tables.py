@@ -334,3 +334,35 @@ def test_collect_results_summarises_how_the_open_rows_pseudo_labels_spread(runs_
     assert got.loc["Fea", "TV from uniform"] == "0.000 ± 0.000"
     assert got.loc["Fea", "uniform share"] == pytest.approx(0.33)
     assert "| Sur |" in (tmp_path / "tables" / "rafdb_pseudo_label_spread.md").read_text()
+
+
+def test_tables_compare_puts_sweeps_side_by_side(runs_dir, tmp_path, capsys):
+    """Two sweeps (the second with one detector fewer): each gets its own tables, and the
+    comparison's cells are each sweep's mean over classes ± std over seeds."""
+    import shutil
+
+    from ferlib.run import main
+
+    other = tmp_path / "face"
+    shutil.copytree(runs_dir, other)
+    for metrics in other.rglob("metrics.csv"):
+        frame = pd.read_csv(metrics)
+        frame = frame[frame["detector"] != DETECTORS[-1]]
+        frame["auroc"] = frame["auroc"] * 0.5
+        frame.to_csv(metrics, index=False)
+    out = tmp_path / "tables"
+    assert main(["tables", str(runs_dir), str(other / "*"), "--compare", "--out", str(out)]) == 0
+    assert (out / "sweep" / "rafdb_auroc_honest.md").is_file() and (out / "face" / "rafdb_auroc_honest.md").is_file()
+    text = (out / "rafdb_comparison.md").read_text()
+    assert "| detector | sweep: honest AUROC | sweep: FPR@95 | sweep: reference AUROC | face: honest AUROC |" in text
+    a = tables.summary_table(tables.collect_runs(runs_dir), "auroc", "honest")
+    b = tables.summary_table(tables.collect_runs(other), "auroc", "honest")
+    det = DETECTORS[0]
+    fmt = lambda t: f"{t.at['mean', f'{det}:mean']:.3f} ± {t.at['mean', f'{det}:std']:.3f}".replace("0.", ".")  # noqa: E731
+
+    def cells(name: str) -> list[str]:
+        line = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    assert cells(det)[1] == fmt(a) and cells(det)[4] == fmt(b)
+    assert cells(DETECTORS[-1])[1] != "" and cells(DETECTORS[-1])[4:7] == ["", "", ""]  # not in the second sweep
