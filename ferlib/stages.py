@@ -135,11 +135,7 @@ def _memorisation_probe(s: Splits, labels: TrainingLabels, cfg: TrainConfig) -> 
             "flipped_true": torch.where(mask, true, none),
             "clean_fit": torch.where(mask, none, given),
         },
-        device=cfg.device,
-        batch_size=cfg.eval_batch_size,
-        amp=cfg.amp,
-        input_size=cfg.input_size,
-        channels_last=cfg.channels_last,
+        cfg=cfg,
     )
 
 

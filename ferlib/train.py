@@ -807,17 +807,7 @@ def fit(
             "lr": cfg.lr_at(epoch + (n_batches - 1) / n_batches),
         }
         if val is not None and len(val):
-            pred = predict(
-                evaluated,
-                val.images,
-                cfg.eval_batch_size,
-                cfg.device,
-                progress=False,
-                channels_last=cfg.channels_last,
-                amp=cfg.amp,
-                tta=cfg.flip_tta,
-                input_size=cfg.input_size,
-            )
+            pred = _predict_under(evaluated, val.images, cfg, tta=cfg.flip_tta)
             row["val_loss"] = F.cross_entropy(pred.logits, val.targets).item()
             row["val_acc"] = (pred.logits.argmax(1) == val.targets).float().mean().item()
             improved = row["val_acc"] > best_acc
@@ -969,6 +959,21 @@ def predict(
     return Prediction(torch.cat(logits), torch.cat(feats), kept)
 
 
+def _predict_under(model: nn.Module, images: torch.Tensor, cfg: TrainConfig, tta: bool) -> Prediction:
+    """:func:`predict` with a run's settings, quietly: what the loop measures at an epoch's end."""
+    return predict(
+        model,
+        images,
+        cfg.eval_batch_size,
+        cfg.device,
+        progress=False,
+        channels_last=cfg.channels_last,
+        amp=cfg.amp,
+        tta=tta,
+        input_size=cfg.input_size,
+    )
+
+
 @dataclass
 class AgreementProbe:
     """At each epoch's end, the share of ``images``'s rows the model predicts as each named
@@ -980,11 +985,8 @@ class AgreementProbe:
 
     images: torch.Tensor
     targets: Mapping[str, torch.Tensor]
-    device: str = "cpu"
-    batch_size: int = 512
-    amp: bool = False
-    input_size: int | None = None
-    channels_last: bool = True
+    #: the run's settings: device, evaluation batch size, bf16, input size, memory format
+    cfg: TrainConfig = field(default_factory=lambda: TrainConfig(progress=False))
 
     def __post_init__(self) -> None:
         for name, t in self.targets.items():
@@ -993,16 +995,7 @@ class AgreementProbe:
                 raise ValueError(f"AgreementProbe: targets {name!r} have shape {tuple(t.shape)}, not ({n},)")
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
-        pred = predict(
-            model,
-            self.images,
-            self.batch_size,
-            self.device,
-            progress=False,
-            channels_last=self.channels_last,
-            amp=self.amp,
-            input_size=self.input_size,
-        ).logits.argmax(1)
+        pred = _predict_under(model, self.images, self.cfg, tta=False).logits.argmax(1)
         out = {}
         for name, t in self.targets.items():
             counted = t >= 0
