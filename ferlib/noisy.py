@@ -79,7 +79,7 @@ from ferlib.manifest import modify_manifest
 from ferlib.metrics import openset_metrics
 from ferlib.params import UNHASHED_PARAMS, applied_arguments, checked, inherit_parameter_docs, validate_arguments
 from ferlib.stages import _close_model, _recipe, train_close_set
-from ferlib.tables import plain_markdown
+from ferlib.tables import plain_markdown, settings_label
 
 #: the benchmark's folder under ``run_dir`` (the runner's stage name)
 FOLDER = "05_noisy_labels"
@@ -314,6 +314,23 @@ def _benchmark_recipe(
     return {**(recipe_params or {}), "label_smoothing": 0.0}, note
 
 
+def _check_compared(compare_with: Sequence[str] | None, run_dir: str) -> None:
+    """Refuse, before any training, a ``compare_with`` entry that is not a finished benchmark."""
+    if compare_with is None:
+        return
+    if isinstance(compare_with, (str, Path)) or not isinstance(compare_with, Sequence):
+        raise ValueError(f"compare_with must be a list of benchmark folders, got {compare_with!r}")
+    for other in compare_with:
+        summary = Path(other) / FOLDER / "summary.csv"
+        if Path(other).resolve() == Path(run_dir).resolve():
+            raise ValueError(f"compare_with names this benchmark's own run_dir {str(other)!r}")
+        if not summary.is_file():
+            raise ValueError(
+                f"compare_with: {other} is not a finished noisy-label benchmark ({summary} is missing); "
+                "run stage 05 there first"
+            )
+
+
 def plan_benchmark(arguments: Mapping[str, Any]) -> Plan:
     """Check every name and value of a benchmark call and list its combinations (cheap:
     builds no network, reads no image). ``arguments``: the values
@@ -364,6 +381,7 @@ def plan_benchmark(arguments: Mapping[str, Any]) -> Plan:
     if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 0:
         raise ValueError(f"attention_images must be an integer >= 0, got {n_images!r}")
 
+    _check_compared(arguments.get("compare_with"), arguments["run_dir"])
     recipe_params, note = _benchmark_recipe(arguments["recipe"], arguments.get("recipe_params"), methods)
     plan = Plan(methods, noise, seeds, recipe_params, note)
     analysis = {
@@ -705,17 +723,10 @@ def is_benchmark(run_dir: str | Path) -> bool:
 
 def benchmark_label(run_dir: str | Path) -> str:
     """A column heading for a benchmark: its folder's name and its network, input, epochs and
-    training-set cap, from its manifest."""
+    training-set cap, from its manifest (:func:`ferlib.tables.settings_label`)."""
     run_dir = Path(run_dir)
     manifest = read_json(run_dir / "manifest.json") if (run_dir / "manifest.json").is_file() else {}
-    settings = (manifest.get("noisy_labels") or {}).get("settings") or {}
-    parts = [str(settings.get("arch", "?"))]
-    if settings.get("pretrained"):
-        parts[0] += f" from {settings['pretrained']} weights"
-    parts += [f"{settings.get('input_size', '?')} px", f"{settings.get('epochs', '?')} epochs"]
-    if settings.get("n_train"):
-        parts.append(f"{settings['n_train']:,} training images")
-    return f"{run_dir.name} ({', '.join(parts)})"
+    return settings_label(run_dir.name, (manifest.get("noisy_labels") or {}).get("settings") or {})
 
 
 def _cell(mean: float, std: float, n: int, digits: int = 3) -> str:
@@ -780,7 +791,41 @@ def write_paper_tables(benchmarks: Sequence[str | Path], out_dir: str | Path) ->
         written.append(write_csv(out_dir / f"noisy_{name}.csv", frame.reset_index()))
         text += [f"## {titles[name]}", "", plain_markdown(frame.reset_index()), ""]
     written.append(write_text(out_dir / "noisy_tables.md", "\n".join(text)))
+    if len(benchmarks) > 1:  # the accuracy table as bars: which benchmark is higher, per method
+        from ferlib import plots
+
+        fig = plots.grouped_bars(
+            accuracy_long(benchmarks),
+            x="setting",
+            series="benchmark",
+            ylabel="test accuracy (clean labels)",
+            title="mean ± std over seeds",
+        )
+        written += plots.save_figure(fig, out_dir / "noisy_accuracy_compared")
     return written
+
+
+def accuracy_long(benchmarks: Sequence[str | Path]) -> pd.DataFrame:
+    """Test accuracy of several benchmarks in long form for :func:`ferlib.plots.grouped_bars`:
+    columns ``setting`` ("method, noise"; the method alone when every benchmark has one noise
+    setting), ``benchmark`` (:func:`benchmark_label`), ``mean``, ``std`` (over seeds)."""
+    rows = []
+    for run_dir in benchmarks:
+        summary = pd.read_csv(Path(run_dir) / FOLDER / "summary.csv")
+        for _, r in summary.iterrows():
+            rows.append(
+                {
+                    "method": r["method"],
+                    "noise": r["noise"],
+                    "benchmark": benchmark_label(run_dir),
+                    "mean": r["test_acc_mean"],
+                    "std": r["test_acc_std"],
+                }
+            )
+    frame = pd.DataFrame(rows, columns=["method", "noise", "benchmark", "mean", "std"])
+    one_noise = frame["noise"].nunique() <= 1
+    frame.insert(0, "setting", frame["method"] if one_noise else frame["method"] + ", " + frame["noise"])
+    return frame.drop(columns=["method", "noise"])
 
 
 # ----------------------------------------------------------------------------- figures
@@ -876,6 +921,7 @@ def noisy_label_benchmark(
     attention_images: int = 4,
     amp: bool = False,
     progress: bool = True,
+    compare_with: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Train every method under every label-noise setting and seed; tabulate and plot.
 
@@ -926,6 +972,9 @@ def noisy_label_benchmark(
         Parameters per detector, as in stage 03, e.g. {'disagreement': {'measure': 'vote'}}.
     attention_images : int
         Test images whose per-branch spatial attention is saved and drawn for esr and manet (0: none).
+    compare_with : list[str] or None
+        Finished benchmarks (their run_dir) set beside this one in the papers' tables and the
+        noisy_accuracy_compared figure, e.g. the same grid from scratch beside one from face weights; read only.
     """
     t0 = time.perf_counter()
     arguments = dict(locals())
@@ -976,7 +1025,6 @@ def noisy_label_benchmark(
     detection_summary = summarise(detection, (*SUMMARY_BY, "detector"), ("auroc",))
     write_csv(out / "detection_summary.csv", detection_summary)
     figures = draw_figures(run_dir)
-    write_paper_tables([run_dir], out)
     first = plan.combinations[0].folder / "01_close_set" / "results.json" if plan.combinations else None
     section = {
         "settings": {
@@ -1002,6 +1050,7 @@ def noisy_label_benchmark(
         "wall_seconds": time.perf_counter() - t0,
     }
     modify_manifest(run_dir, lambda m: {**m, "noisy_labels": section})  # replaced whole: no stale keys
-    write_paper_tables([run_dir], out)  # its headings read the section just written
+    # its headings read the section just written; the compared benchmarks beside it
+    write_paper_tables([run_dir, *(compare_with or [])], out)
     print(f"{len(ran)} runs trained, {len(skipped)} finished ones skipped; tables and figures in {out}")
     return summary

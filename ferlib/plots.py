@@ -843,6 +843,61 @@ def per_class_summary(
     return fig
 
 
+@_styled
+def grouped_bars(
+    table,
+    *,
+    x: str,
+    series: str,
+    mean: str = "mean",
+    std: str = "std",
+    ylabel: str,
+    title: str | None = None,
+    chance: float | None = None,
+) -> Figure:
+    """Runs set side by side (e.g. the same table from scratch and from face weights): one
+    group of bars per value of column ``x`` (in order of first appearance), one bar per value
+    of ``series`` (the compared runs, same colour in every group), height ``mean``, the std
+    over seeds as an error bar where finite. ``chance`` draws a dotted line (AUROC: .5). A
+    value of ``x`` that a series lacks leaves its slot empty, so gaps stay visible. Why bars:
+    the question is "which run is higher for each method or detector", read at a glance."""
+    _columns(table, [x, series, mean, std])
+    groups = list(dict.fromkeys(table[x].astype(str)))
+    names = list(dict.fromkeys(table[series].astype(str)))
+    if not groups or not names:
+        raise ValueError("no rows to draw")
+    width = 0.8 / len(names)
+    positions = np.arange(len(groups), dtype=float)
+    height = 2.4 if len(groups) <= 12 else 3.0
+    fig, axes = _figure(DOUBLE_COLUMN if len(groups) * len(names) > 8 else SINGLE_COLUMN, height)
+    ax = axes[0, 0]
+    for k, name in enumerate(names):
+        rows = table[table[series].astype(str) == name].drop_duplicates(subset=[x], keep="last")
+        rows = rows.set_index(rows[x].astype(str)).reindex(groups)
+        values = rows[mean].to_numpy(dtype=float)
+        err = rows[std].to_numpy(dtype=float)
+        ax.bar(
+            positions - 0.4 + width * (k + 0.5),
+            values,
+            width,
+            yerr=np.nan_to_num(err) if np.isfinite(err).any() else None,
+            label=name,
+            color=PALETTE[k % len(PALETTE)],
+            edgecolor="white",
+            linewidth=0.3,
+            hatch=_HATCHES[(k // len(PALETTE)) % len(_HATCHES)],
+            error_kw={"elinewidth": 0.6, "capsize": 1.5},
+        )
+    if chance is not None:
+        ax.axhline(chance, color="#999999", linestyle=":", linewidth=0.8)
+    rotate = max(len(g) for g in groups) > 6
+    ax.set_xticks(positions, groups, rotation=45 if rotate else 0, ha="right" if rotate else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside upper center", ncols=1, title=title)
+    return fig
+
+
 #: bar hatches, one per round of the palette (a third of 21 detectors share colours with each other)
 _HATCHES = (None, "////", "....", "xxxx")
 #: legend entries per column beside a 2.6-inch-high axes

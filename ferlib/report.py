@@ -9,7 +9,7 @@ redrawn on a laptop. :func:`find_runs` is the one place that decides what a fini
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +87,7 @@ def visualise(
     embed_max_points: int | None = 3000,
     seed: int = 0,
     results_glob: str | None = None,
+    compare: Sequence[str] | None = None,
 ) -> dict[str, list[Path]]:
     """Redraw every figure of a finished run from its files alone (no model, no data set).
 
@@ -113,6 +114,12 @@ def visualise(
     ``table_<stem>: [png, pdf, csv, md, tex]``. It is a parameter here, not a notebook-only
     variable, so notebook 04 and ``--executor python`` do the same.
 
+    With ``compare`` (two or more sweeps, each a glob or folder of runs), the sweeps are set side
+    by side (:func:`compare_results`) in ``<run_dir>/../tables/``: one row per detector with each
+    sweep's honest AUROC, FPR@95 and reference AUROC, headed by its network and input
+    (``<dataset>_comparison.md``), and the honest AUROCs as bars (``<dataset>_comparison.png``,
+    ``.pdf``); they come back as ``comparison_<dataset>: [png, pdf, md]``.
+
     Parameters
     ----------
     run_dir : str
@@ -127,10 +134,15 @@ def visualise(
         Seed of the embedding and of its subsample.
     results_glob : str or None
         Runs to gather into the paper's table, e.g. "outputs/ferplus_open-*_seed*"; None: no table.
+    compare : list[str] or None
+        Sweeps to set side by side, each a glob or folder of runs, e.g. a from-scratch sweep and one from
+        face weights; None: no comparison.
     """
     from ferlib import plots
 
     run = Path(run_dir)
+    if compare is not None and (isinstance(compare, str) or len(compare) < 2):
+        raise ValueError(f"compare takes a list of two or more sweeps (globs or folders of runs), got {compare!r}")
     method = str(embed_method).lower()
     if method not in EMBED_METHODS:
         raise ValueError(f"embed_method must be 'umap' or 'tsne', got {embed_method!r}")
@@ -271,7 +283,30 @@ def visualise(
         tables_dir = run.parent / "tables"  # beside the runs: outputs/tables by default
         for stem in collect_results(results_glob, out_dir=str(tables_dir)):
             written[f"table_{stem}"] = [tables_dir / f"{stem}.{ext}" for ext in ("png", "pdf", "csv", "md", "tex")]
+    if compare:
+        tables_dir = run.parent / "tables"
+        for dataset in compare_results(dict(zip(sweep_labels(compare), compare)), out_dir=str(tables_dir)):
+            written[f"comparison_{dataset}"] = [
+                tables_dir / f"{dataset}_comparison.{ext}" for ext in ("png", "pdf", "md")
+            ]
     return written
+
+
+def sweep_labels(items: Sequence) -> list[str]:
+    """Headings of sweeps set side by side (:func:`sweep_label` of each, named by the folder
+    its glob searches); numbered when two would read the same, so none hides another."""
+    labels = [sweep_label(item, _folder_name(item)) for item in items]
+    if len(set(labels)) < len(labels):
+        labels = [f"{k + 1}. {label}" for k, label in enumerate(labels)]
+    return labels
+
+
+def _folder_name(item) -> str:
+    """The folder a sweep's glob searches (``outputs/face/*`` -> ``face``), or the folder's name."""
+    text = str(item)
+    cut = min((i for i in (text.find(ch) for ch in "*?[") if i >= 0), default=len(text))
+    head = Path(text[:cut]) if cut == len(text) or text[:cut].endswith("/") else Path(text[:cut]).parent
+    return head.name or text
 
 
 def find_runs(runs_glob) -> list[Path]:
@@ -400,6 +435,7 @@ def compare_results(groups: dict[str, object], out_dir: str = "outputs/tables") 
     :func:`ferlib.tables.comparison_markdown`). ``groups``: label -> runs (as
     :func:`collect_results` takes them). Returns the comparison texts by data set."""
     from ferlib.io import write_text
+    from ferlib.plots import grouped_bars, save_figure
     from ferlib.tables import comparison_markdown
 
     tables = {label: collect_results(runs, out_dir=str(Path(out_dir) / label)) for label, runs in groups.items()}
@@ -418,8 +454,61 @@ def compare_results(groups: dict[str, object], out_dir: str = "outputs/tables") 
         }
         texts[dataset] = comparison_markdown(parts)
         write_text(Path(out_dir) / f"{dataset}_comparison.md", texts[dataset])
+        fig = grouped_bars(
+            comparison_long({label: p["auroc"] for label, p in parts.items()}),
+            x="detector",
+            series="sweep",
+            ylabel="AUROC, honest protocol",
+            title="mean over open classes ± std over seeds",
+            chance=0.5,
+        )
+        save_figure(fig, Path(out_dir) / f"{dataset}_comparison")
         print(f"{dataset}: {len(parts)} sweeps side by side -> {Path(out_dir) / f'{dataset}_comparison.md'}")
     return texts
+
+
+def comparison_long(summaries: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Several sweeps' summary tables (:func:`ferlib.tables.summary_table`, one metric and
+    protocol) in long form for :func:`ferlib.plots.grouped_bars`: one row per sweep and detector
+    with the mean over open classes and its std over seeds (columns ``detector``, ``sweep``,
+    ``mean``, ``std``); detectors ranked by the first sweep's mean, then those only later sweeps
+    scored."""
+    from ferlib.tables import _parts
+
+    rows = []
+    for label, summary in summaries.items():
+        detectors, _ = _parts(summary)
+        for det in detectors:
+            rows.append(
+                {
+                    "detector": det,
+                    "sweep": label,
+                    "mean": float(summary.at["mean", f"{det}:mean"]),
+                    "std": float(summary.at["mean", f"{det}:std"]),
+                }
+            )
+    frame = pd.DataFrame(rows, columns=["detector", "sweep", "mean", "std"])
+    if frame.empty:
+        return frame
+    first = frame[frame["sweep"] == next(iter(summaries))].sort_values("mean", ascending=False)["detector"]
+    order = list(dict.fromkeys([*first, *frame["detector"]]))
+    frame["rank"] = frame["detector"].map({d: i for i, d in enumerate(order)})
+    return frame.sort_values(["rank"], kind="stable").drop(columns="rank").reset_index(drop=True)
+
+
+def sweep_label(runs_glob, name: str) -> str:
+    """A sweep's heading in a comparison: ``name`` (its folder, say) and the settings of its
+    close-set model (network, starting weights, input size, epochs, training-set cap) read from
+    the first run's stage 01 record (:func:`ferlib.tables.settings_label`); ``name`` alone when
+    no run has one."""
+    from ferlib.manifest import read_manifest
+    from ferlib.tables import settings_label
+
+    for run in find_runs(runs_glob):
+        settings = ((read_manifest(run).get("stages") or {}).get("01_train_close_set") or {}).get("params")
+        if settings:
+            return settings_label(name, settings)
+    return name
 
 
 def spread_summary(runs: Sequence[Path]) -> dict[str, pd.DataFrame]:

@@ -1370,14 +1370,6 @@ def run_summary(result: PipelineResult) -> list[str]:
     return lines
 
 
-def _sweep_label(item: str) -> str:
-    """A sweep's name in a comparison: its folder's name, or for a glob the folder it searches."""
-    first = min((i for i in (item.find(ch) for ch in "*?[") if i >= 0), default=-1)
-    if first < 0:
-        return Path(item).name
-    return Path(item[:first]).name if item[:first].endswith("/") else Path(item[:first]).parent.name
-
-
 def _expand(item: str) -> list[Path]:
     """A ``tables`` argument: the folders a glob matches, else the path itself."""
     import glob
@@ -1448,9 +1440,9 @@ def main(
                 written = write_paper_tables(benchmarks, out)
                 print(f"noisy-label tables of {len(benchmarks)} benchmark(s): {written[-1]}")
             if args.compare and len(others) > 1:
-                from ferlib.report import compare_results
+                from ferlib.report import compare_results, sweep_labels
 
-                compare_results({_sweep_label(item): item for item in others}, out_dir=str(out))
+                compare_results(dict(zip(sweep_labels(others), others)), out_dir=str(out))
             elif others or not benchmarks:
                 collect_results(others or args.runs, out_dir=out, detectors=args.detectors)
         except (RunnerError, ValueError) as exc:

@@ -62,6 +62,22 @@ def open_short(value) -> str:
     return parse_emotion(value).short
 
 
+def settings_label(name: str, settings: Mapping) -> str:
+    """A heading for a group of runs set beside another (a sweep, a noisy-label benchmark):
+    its folder ``name`` and the settings that tell such groups apart (network and its starting
+    weights, input size, epochs, training-set cap), so that "from scratch" and "from face
+    weights" read as such in a comparison and not only as two folder names."""
+    arch = str(settings.get("arch") or "?")
+    if settings.get("pretrained"):
+        arch += f" from {settings['pretrained']} weights"
+    parts = [arch, f"{settings.get('input_size', '?')} px", f"{settings.get('epochs', '?')} epochs"]
+    if settings.get("n_train"):
+        parts.append(f"{int(settings['n_train']):,} training images")
+    elif isinstance(settings.get("data_options"), Mapping) and settings["data_options"].get("max_train"):
+        parts.append(f"{int(settings['data_options']['max_train']):,} training images")
+    return f"{name} ({', '.join(parts)})"
+
+
 def _run_dirs(paths_or_glob) -> list[Path]:
     if isinstance(paths_or_glob, (str, os.PathLike)):
         items = [paths_or_glob]

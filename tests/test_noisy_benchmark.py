@@ -388,3 +388,35 @@ def test_paper_tables_put_benchmarks_side_by_side_with_the_published_numbers(ben
     assert accuracy.loc["esr_div", "published (clean labels)"].startswith("89.34% FERPlus")
     detection = pd.read_csv(tmp_path / "tables" / "noisy_detection.csv")
     assert {("rul", "small_loss"), ("rul", "uncertainty")} <= set(zip(detection["method"], detection["detector"]))
+
+
+def test_compare_with_sets_finished_benchmarks_beside_this_one(bench, tmp_path, monkeypatch):
+    """compare_with: a folder that is not a finished benchmark is refused before any training;
+    a finished one stands beside this benchmark in its tables and in the comparison figure,
+    whose bars are the summaries' accuracies; nothing is retrained."""
+    import shutil
+
+    base, root, _ = bench
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    shutil.copytree(base / "run", mine)
+    shutil.copytree(base / "run", other)
+    _refuse_training(monkeypatch)
+    with pytest.raises(ValueError, match=r"compare_with: .*nothing is not a finished noisy-label benchmark"):
+        noisy.noisy_label_benchmark(**_params(base, root, run_dir=str(mine), compare_with=[str(tmp_path / "nothing")]))
+    with pytest.raises(ValueError, match="own run_dir"):
+        noisy.noisy_label_benchmark(**_params(base, root, run_dir=str(mine), compare_with=[str(mine)]))
+    with pytest.raises(ValueError, match="a list of benchmark folders"):
+        noisy.noisy_label_benchmark(**_params(base, root, run_dir=str(mine), compare_with=str(other)))
+
+    noisy.noisy_label_benchmark(**_params(base, root, run_dir=str(mine), compare_with=[str(other)]))
+    out = mine / noisy.FOLDER
+    text = (out / "noisy_tables.md").read_text()
+    assert noisy.benchmark_label(mine) in text and noisy.benchmark_label(other) in text
+    assert (out / "noisy_accuracy_compared.png").stat().st_size > 0 and (out / "noisy_accuracy_compared.pdf").is_file()
+    long = noisy.accuracy_long([mine, other])
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(long) == 2 * len(summary)
+    assert set(long["benchmark"]) == {noisy.benchmark_label(mine), noisy.benchmark_label(other)}
+    got = long[long["benchmark"] == noisy.benchmark_label(other)]["mean"].to_numpy()
+    assert got == pytest.approx(summary["test_acc_mean"].to_numpy())
+    assert set(long["setting"]) == {f"{m}, {n}" for m, n in zip(summary["method"], summary["noise"])}

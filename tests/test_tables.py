@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -366,3 +367,79 @@ def test_tables_compare_puts_sweeps_side_by_side(runs_dir, tmp_path, capsys):
 
     assert cells(det)[1] == fmt(a) and cells(det)[4] == fmt(b)
     assert cells(DETECTORS[-1])[1] != "" and cells(DETECTORS[-1])[4:7] == ["", "", ""]  # not in the second sweep
+
+
+def _with_stage01(sweep: Path, **settings) -> None:
+    """Give every run of a sweep a stage 01 record, as the runner writes it."""
+    from ferlib.io import read_json
+
+    for manifest in sweep.rglob("manifest.json"):
+        m = read_json(manifest)
+        m["stages"] = {"01_train_close_set": {"status": "finished", "params": settings}}
+        write_json(manifest, m)
+
+
+def test_compare_heads_each_sweep_by_its_network_and_draws_the_bars(runs_dir, tmp_path, capsys):
+    """A comparison says which sweep is from face weights (its stage 01 record), two sweeps
+    that would read the same are numbered rather than one hiding the other, and the honest
+    AUROCs are drawn as bars."""
+    import shutil
+
+    from ferlib.report import comparison_long, sweep_labels
+    from ferlib.run import main
+
+    face = tmp_path / "face"
+    shutil.copytree(runs_dir, face)
+    _with_stage01(runs_dir, arch="smallface", input_size=32, epochs=6, pretrained=None)
+    _with_stage01(
+        face, arch="dlibface", input_size=112, epochs=20, pretrained="dlib", data_options={"max_train": 10000}
+    )
+    labels = sweep_labels([str(runs_dir), str(face / "*")])
+    assert labels == [
+        "sweep (smallface, 32 px, 6 epochs)",
+        "face (dlibface from dlib weights, 112 px, 20 epochs, 10,000 training images)",
+    ]
+    assert sweep_labels([str(runs_dir), str(runs_dir / "*")]) == [f"1. {labels[0]}", f"2. {labels[0]}"]
+
+    out = tmp_path / "tables"
+    assert main(["tables", str(runs_dir), str(face / "*"), "--compare", "--out", str(out)]) == 0
+    text = (out / "rafdb_comparison.md").read_text()
+    assert f"| detector | {labels[0]}: honest AUROC |" in text and f"| {labels[1]}: honest AUROC |" in text
+    assert (out / "rafdb_comparison.png").stat().st_size > 0 and (out / "rafdb_comparison.pdf").is_file()
+
+    a = tables.summary_table(tables.collect_runs(runs_dir), "auroc", "honest")
+    long = comparison_long({"a": a, "b": a})
+    assert list(long.columns) == ["detector", "sweep", "mean", "std"] and len(long) == 2 * len(DETECTORS)
+    first = long[long["sweep"] == "a"]
+    assert first["mean"].is_monotonic_decreasing  # ranked by the first sweep
+    det = DETECTORS[0]
+    row = long[(long["sweep"] == "b") & (long["detector"] == det)].iloc[0]
+    assert row["mean"] == pytest.approx(a.at["mean", f"{det}:mean"]) and row["std"] == pytest.approx(
+        a.at["mean", f"{det}:std"]
+    )
+
+
+def test_grouped_bars_draws_one_bar_per_group_and_series_and_keeps_gaps():
+    import matplotlib.pyplot as plt
+
+    from ferlib import plots
+
+    table = pd.DataFrame(
+        {
+            "x": ["ce", "rul", "esr", "ce", "rul"],
+            "series": ["scratch"] * 3 + ["face"] * 2,
+            "mean": [0.7, 0.68, 0.72, 0.8, 0.79],
+            "std": [0.01, 0.02, np.nan, 0.0, 0.01],
+        }
+    )
+    fig = plots.grouped_bars(table, x="x", series="series", ylabel="accuracy", chance=0.5)
+    ax = fig.axes[0]
+    bars = [p for p in ax.patches]
+    assert len(bars) == 6  # 3 groups x 2 series; face's esr slot is there, empty
+    heights = [b.get_height() for b in bars]
+    assert heights[:3] == pytest.approx([0.7, 0.68, 0.72]) and heights[3:5] == pytest.approx([0.8, 0.79])
+    assert np.isnan(heights[5])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["ce", "rul", "esr"]
+    plt.close(fig)
+    with pytest.raises(ValueError, match="column"):
+        plots.grouped_bars(table.drop(columns="std"), x="x", series="series", ylabel="accuracy")

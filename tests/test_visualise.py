@@ -291,6 +291,8 @@ def test_notebook_04_through_papermill_redraws_and_tabulates(tmp_path):
     out = tmp_path / "outputs"
     make_run(out / "ferplus_open-surprise_seed0")
     make_run(out / "ferplus_open-fear_seed0", open_class="fear")
+    face = tmp_path / "face"
+    make_run(face / "ferplus_open-surprise_seed0")
     code = main(
         [
             "stage",
@@ -309,6 +311,8 @@ def test_notebook_04_through_papermill_redraws_and_tabulates(tmp_path):
             "embed_max_points=100",
             "-p",
             f"results_glob='{out / 'ferplus_open-*'}'",
+            "-p",
+            f"compare=['{out / 'ferplus_open-*'}', '{face}']",
         ]
     )
     assert code == 0
@@ -320,3 +324,22 @@ def test_notebook_04_through_papermill_redraws_and_tabulates(tmp_path):
         assert (out / "tables" / f"ferplus_auroc_honest.{suffix}").is_file()
     table = pd.read_csv(out / "tables" / "ferplus_auroc_honest.csv")
     assert list(table["open"]) == ["Sur", "Fea", "mean"]
+    assert "outputs: honest AUROC" in executed and "face: honest AUROC" in executed  # the comparison, shown
+    assert (out / "tables" / "ferplus_comparison.png").is_file()
+
+
+def test_visualise_compare_sets_sweeps_side_by_side(tmp_path):
+    """``compare``: two sweeps give the comparison table and bars beside the runs; one sweep,
+    or a bare string, is refused before any figure is drawn."""
+    out = tmp_path / "outputs"
+    run = make_run(out / "ferplus_open-surprise_seed0")
+    make_run(tmp_path / "face" / "ferplus_open-surprise_seed0")
+    with pytest.raises(ValueError, match="two or more sweeps"):
+        report.visualise(run_dir=str(run), embed_max_points=0, compare=[str(out)])
+    with pytest.raises(ValueError, match="two or more sweeps"):
+        report.visualise(run_dir=str(run), embed_max_points=0, compare=str(out))
+    assert not (run / "figures").exists()
+    written = report.visualise(run_dir=str(run), embed_max_points=0, compare=[str(out), str(tmp_path / "face")])
+    png, pdf, md = written["comparison_ferplus"]
+    assert png.parent == out / "tables" and png.is_file() and pdf.is_file()
+    assert "| detector | outputs: honest AUROC |" in md.read_text() and "face: honest AUROC" in md.read_text()

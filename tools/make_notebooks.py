@@ -317,12 +317,14 @@ detector (AUROC under each panel), the paper's per-sample loss histogram (`cycle
 curves, the pseudo-label spread, and an embedding (UMAP, or t-SNE as in the paper) of the
 close-set model's features beside the cycle detector's, coloured by true class with the open
 samples as red crosses. With `results_glob`, it also gathers the runs of a sweep into the
-paper's table.
+paper's table; with `compare`, it sets sweeps side by side (from scratch and from face
+weights, say).
 
 **Reads** `run_dir/01_close_set/`, `run_dir/02_pseudo_labels/`, `run_dir/03_detect/`
 (`scores_<protocol>.csv`, `detector_features_<protocol>.npy`) and `run_dir/metrics.csv`.
 **Writes** `run_dir/figures/` (PNG at 300 dpi + PDF; embedding coordinates as `.npz`) and,
-with `results_glob`, the tables beside the runs (`outputs/tables/`: CSV, Markdown, LaTeX).
+with `results_glob`, the tables beside the runs (`outputs/tables/`: CSV, Markdown, LaTeX);
+with `compare`, `<dataset>_comparison.{md,png,pdf}` there too.
 
 The parameters cell below is generated from `ferlib.report.visualise`.""",
         result="figures",
@@ -353,6 +355,25 @@ the same: `python -m ferlib.run tables "outputs/ferplus_*"`.""",
 else:
     print("results_glob is None: set it (e.g. 'outputs/ferplus_open-*_seed*') to build the table")""",
             ),
+            (
+                "md",
+                """## Sweeps side by side
+
+With `compare` set to two or more sweeps (e.g.
+`['outputs/ferplus_open-*', 'outputs/reproduce_openset_ferplus_face/*']`), one row per
+detector with each sweep's honest AUROC, FPR@95 and reference AUROC (mean over open classes ±
+std over seeds), each sweep headed by its network, input size and epochs; the bars above are
+the same honest AUROCs. The command line does the same: `python -m ferlib.run tables --compare
+SWEEP_A SWEEP_B`.""",
+            ),
+            (
+                "code",
+                """for name, paths in figures.items():  # comparison_<dataset> -> [png, pdf, md]
+    if name.startswith("comparison_"):
+        display(Markdown(paths[2].read_text()))
+if not compare:
+    print("compare is None: set it to two or more sweeps to set them side by side")""",
+            ),
         ),
     ),
     Page(
@@ -373,8 +394,10 @@ it reads no other stage's files, and `python -m ferlib.run pipeline` runs it onl
 `<method>/<noise>/seed<k>/` (a stage 01 run each, with `flip_scores.npz` and `attention.npz`),
 `results.csv` (one row per run), `summary.csv` (mean and std over seeds), `detection.csv`,
 `detection_summary.csv`, `memorisation.csv`, the tables in the papers' layout with the published
-numbers beside (`noisy_tables.md`; `python -m ferlib.run tables RUN_A RUN_B` puts two
-benchmarks side by side, e.g. from scratch and from face weights) and `figures/`.
+numbers beside (`noisy_tables.md`) and `figures/`. With `compare_with`, other finished
+benchmarks (e.g. the same grid from scratch beside one from face weights) stand beside this one
+in those tables and in `noisy_accuracy_compared.{png,pdf}`; `python -m ferlib.run tables RUN_A
+RUN_B` does the same from the command line.
 
 The parameters cell below is generated from `ferlib.noisy.noisy_label_benchmark`; a
 method's head and objective settings go in `method_params`, e.g.
@@ -402,7 +425,8 @@ display(detection.round(3))""",
                 """## The papers' layout
 
 Test accuracy per method and noise setting (mean ± std over seeds, seeds in brackets) with the
-published clean-label accuracy beside, the flipped-label AUROCs, and the memorisation share.""",
+published clean-label accuracy beside, the flipped-label AUROCs, and the memorisation share;
+the benchmarks in `compare_with` beside this one.""",
             ),
             (
                 "code",
