@@ -430,7 +430,8 @@ def collect_results(
 
 def compare_results(groups: dict[str, object], out_dir: str = "outputs/tables") -> dict[str, str]:
     """Sweeps side by side (e.g. the same table from scratch and from face weights): each
-    group's tables as :func:`collect_results` writes them, into ``out_dir/<label>/``, and per
+    group's tables as :func:`collect_results` writes them, into ``out_dir/<name>/`` (the label's
+    name part, :func:`_folder_slug`; numbered where two would share a folder), and per
     data set every group holds ``<dataset>_comparison.md`` in ``out_dir`` (one row per detector,
     :func:`ferlib.tables.comparison_markdown`). ``groups``: label -> runs (as
     :func:`collect_results` takes them). Returns the comparison texts by data set."""
@@ -438,7 +439,13 @@ def compare_results(groups: dict[str, object], out_dir: str = "outputs/tables") 
     from ferlib.plots import grouped_bars, save_figure
     from ferlib.tables import comparison_markdown
 
-    tables = {label: collect_results(runs, out_dir=str(Path(out_dir) / label)) for label, runs in groups.items()}
+    folders = [_folder_slug(label) for label in groups]
+    if len(set(folders)) < len(folders):  # two sweeps' folders of one name: number them
+        folders = [f"{k + 1}_{folder}" for k, folder in enumerate(folders)]
+    tables = {
+        label: collect_results(runs, out_dir=str(Path(out_dir) / folder))
+        for (label, runs), folder in zip(groups.items(), folders)
+    }
     datasets = set.intersection(
         *({k.split("_auroc_honest")[0] for k in t if k.endswith("_auroc_honest")} for t in tables.values())
     )
@@ -465,6 +472,15 @@ def compare_results(groups: dict[str, object], out_dir: str = "outputs/tables") 
         save_figure(fig, Path(out_dir) / f"{dataset}_comparison")
         print(f"{dataset}: {len(parts)} sweeps side by side -> {Path(out_dir) / f'{dataset}_comparison.md'}")
     return texts
+
+
+def _folder_slug(label: str) -> str:
+    """A comparison's sub-folder for one sweep: its label's name part (before the settings in
+    brackets, :func:`sweep_label`) with anything but letters, digits, ``.``, ``-`` and ``_``
+    made ``_``: ``1. face (dlibface, 112 px, ...)`` -> ``1._face``."""
+    import re
+
+    return re.sub(r"[^\w.-]+", "_", label.split(" (")[0]).strip("_") or "sweep"
 
 
 def comparison_long(summaries: Mapping[str, pd.DataFrame]) -> pd.DataFrame:

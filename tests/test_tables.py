@@ -406,6 +406,11 @@ def test_compare_heads_each_sweep_by_its_network_and_draws_the_bars(runs_dir, tm
     text = (out / "rafdb_comparison.md").read_text()
     assert f"| detector | {labels[0]}: honest AUROC |" in text and f"| {labels[1]}: honest AUROC |" in text
     assert (out / "rafdb_comparison.png").stat().st_size > 0 and (out / "rafdb_comparison.pdf").is_file()
+    assert (out / "sweep" / "rafdb_auroc_honest.md").is_file() and (out / "face" / "rafdb_auroc_honest.md").is_file()
+    from ferlib.report import compare_results
+
+    compare_results({"x (a)": str(runs_dir), "x (b)": str(face)}, out_dir=str(tmp_path / "same"))
+    assert (tmp_path / "same" / "1_x").is_dir() and (tmp_path / "same" / "2_x").is_dir()  # neither overwrites
 
     a = tables.summary_table(tables.collect_runs(runs_dir), "auroc", "honest")
     long = comparison_long({"a": a, "b": a})

@@ -12,7 +12,8 @@
 # A finished run is skipped and a killed one resumes (stages are keyed, stage 01 checkpoints every
 # epoch), so the script can be re-run in each session until the tables appear.
 # Settings (environment variables): DEVICE (cpu), DATA_ROOT (../shared/data/ferplus),
-# OUTPUTS (outputs/confirm_ferplus), TABLES (outputs/tables_confirm_ferplus), JOBS (runs at a time).
+# OUTPUTS (outputs/confirm_ferplus), TABLES (outputs/tables_confirm_ferplus), JOBS (runs at a time),
+# RECORDS (docs/results/ferplus_confirm_seeds12-14: each run's metrics.csv and manifest.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,7 @@ DEVICE="${DEVICE:-cpu}"
 DATA_ROOT="${DATA_ROOT:-../shared/data/ferplus}"
 OUTPUTS="${OUTPUTS:-outputs/confirm_ferplus}"
 TABLES="${TABLES:-outputs/tables_confirm_ferplus}"
+RECORDS="${RECORDS:-docs/results/ferplus_confirm_seeds12-14}"
 PY="${PY:-.venv/bin/python}"
 CLASSES=(surprise fear disgust happiness sadness anger neutral)
 SEEDS=(12 13 14)
@@ -58,4 +60,9 @@ if [ "$n" -lt $((${#CLASSES[@]} * ${#SEEDS[@]})) ]; then
     exit 1
 fi
 "$PY" -m ferlib.run tables "$OUTPUTS/ferplus_open-*" --out "$TABLES"
-echo "== the headline: $TABLES/ferplus_auroc_honest.md (pseudo_oe's row), with FPR@95 beside it"
+# the small records that re-report the tables without the runs (docs/results/README.md)
+for run in "$OUTPUTS"/ferplus_open-*; do
+    mkdir -p "$RECORDS/$(basename "$run")"
+    cp "$run/metrics.csv" "$run/manifest.json" "$RECORDS/$(basename "$run")/"
+done
+echo "== the headline: $TABLES/ferplus_overview.md (pseudo_oe's row: honest AUROC and FPR@95); records: $RECORDS"
