@@ -301,12 +301,17 @@ def sweep_labels(items: Sequence) -> list[str]:
     return labels
 
 
-def _folder_name(item) -> str:
-    """The folder a sweep's glob searches (``outputs/face/*`` -> ``face``), or the folder's name."""
+def sweep_folder(item) -> Path:
+    """The folder a sweep's glob searches (``outputs/face/ferplus_open-*`` -> ``outputs/face``),
+    or the folder itself when ``item`` is no glob."""
     text = str(item)
     cut = min((i for i in (text.find(ch) for ch in "*?[") if i >= 0), default=len(text))
-    head = Path(text[:cut]) if cut == len(text) or text[:cut].endswith("/") else Path(text[:cut]).parent
-    return head.name or text
+    return Path(text[:cut]) if cut == len(text) or text[:cut].endswith("/") else Path(text[:cut]).parent
+
+
+def _folder_name(item) -> str:
+    """The name of the folder a sweep's glob searches (:func:`sweep_folder`)."""
+    return sweep_folder(item).name or str(item)
 
 
 def find_runs(runs_glob) -> list[Path]:

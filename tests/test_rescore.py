@@ -148,3 +148,18 @@ def test_duplicates_effect_tool_writes_both_tables_and_the_difference(finished, 
     # the twins kept their duplicates: nothing to put back
     assert tool.main([str(out / finished["run"].name), "--out", str(tmp_path / "again")]) == 2
     assert "kept their duplicate rows already" in capsys.readouterr().err
+
+
+def test_duplicates_effect_tool_keeps_the_twins_out_of_the_sweeps_folder(finished, tmp_path, capsys):
+    """Given a glob of the runs, the twins go beside the folder it searches, never into it (the
+    sweep's own glob would find them as its runs); an --out inside that folder is refused."""
+    from scripts import load_script
+
+    tool = load_script("tools/duplicates_effect.py")
+    run = finished["run"]
+    pattern = str(run.parent / f"{run.name[:4]}*")
+    assert tool.main([pattern, "--dry-run"]) == 0
+    expected = run.parent.parent / f"{run.parent.name}_with_duplicates"
+    assert f"twins in {expected}," in capsys.readouterr().out
+    assert tool.main([pattern, "--out", str(run.parent / "twins"), "--dry-run"]) == 2
+    assert "lies inside the runs' folder" in capsys.readouterr().err

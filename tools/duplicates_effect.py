@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ferlib import rescore  # noqa: E402
 from ferlib.data.prepare import dedupe_mode  # noqa: E402
 from ferlib.io import write_csv, write_text  # noqa: E402
-from ferlib.report import collect_results  # noqa: E402
+from ferlib.report import collect_results, sweep_folder  # noqa: E402
 
 CHANGE = {"data_options": {"dedupe": False}}
 
@@ -69,8 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"duplicates_effect: error: {exc}", file=sys.stderr)
         return 2
-    first = Path(args.runs[0].split("*")[0].rstrip("/")) if "*" in args.runs[0] else Path(args.runs[0])
+    first = sweep_folder(args.runs[0])  # outputs/confirm_ferplus for it and for outputs/confirm_ferplus/ferplus_open-*
     out = args.out or first.parent / f"{first.name}_with_duplicates"
+    if first.is_dir() and out.resolve().is_relative_to(first.resolve()):
+        # the sweep's own glob (its tables, this tool's next call) would find the twins as its runs
+        print(f"duplicates_effect: error: --out {out} lies inside the runs' folder {first}", file=sys.stderr)
+        return 2
     tables = args.tables or Path("outputs/tables_duplicates_effect")
     cpu = (args.device or "cpu") == "cpu"
     jobs = args.jobs or (min(os.cpu_count() or 1, len(runs)) if cpu else 1)
