@@ -137,7 +137,11 @@ def test_duplicates_effect_tool_writes_both_tables_and_the_difference(finished, 
 
     tool = load_script("tools/duplicates_effect.py")
     out, tables = tmp_path / "twins", tmp_path / "tables"
-    assert tool.main([str(finished["run"]), "--out", str(out), "--tables", str(tables), "--jobs", "1"]) == 0
+    # --no-tables makes the twin only; the next call finds it finished and writes the tables
+    args = [str(finished["run"]), "--out", str(out), "--tables", str(tables), "--jobs", "1"]
+    assert tool.main([*args, "--no-tables"]) == 0
+    assert (out / finished["run"].name / "metrics.csv").is_file() and not tables.exists()
+    assert tool.main(args) == 0
     diff = pd.read_csv(tables / "difference.csv")
     assert set(diff["detector"]) == {"msp", "knn", "tknn"} and (diff["n_twin"] - diff["n_base"] == 6).all()
     assert (tables / "without" / "ferplus_auroc_honest.md").is_file() and (

@@ -15,6 +15,7 @@ evaluation and tuning sets, nothing is retrained. Then it writes under ``--table
     .venv/bin/python tools/duplicates_effect.py outputs/confirm_ferplus   # 2 CPU cores: ~5 min a run, 2 at a time
     .venv/bin/python tools/duplicates_effect.py outputs/confirm_ferplus --device cuda --jobs 1
     .venv/bin/python tools/duplicates_effect.py outputs/confirm_ferplus --dry-run   # the runner calls only
+    tools/duplicates_effect_ferplus.sh   # from nothing: each confirmation run, then its twin, pair by pair
 
 A killed call resumes (finished stages are skipped). Runs that kept their duplicates already
 are refused: their twins would be the runs themselves.
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="torch device of stages 02-03 (default: each run's own)")
     parser.add_argument("--jobs", type=int, default=None, help="twins at a time (default: CPU cores on cpu, else 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the runner calls only")
+    parser.add_argument("--no-tables", action="store_true", help="make the twins only (a later call writes the tables)")
     args = parser.parse_args(argv)
 
     runs = rescore.finished_runs(args.runs)
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = args.jobs or (min(os.cpu_count() or 1, len(runs)) if cpu else 1)
     print(f"{len(runs)} finished run(s); twins in {out}, {jobs} at a time")
     twins = rescore.rescore(runs, out, CHANGE, device=args.device, jobs=jobs, dry_run=args.dry_run)
-    if args.dry_run:
+    if args.dry_run or args.no_tables:
         return 0
     collect_results([str(r) for r in runs], out_dir=tables / "without")
     collect_results([str(t) for t in twins], out_dir=tables / "with")
