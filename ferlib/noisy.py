@@ -35,6 +35,14 @@ combination's settings (``epochs``, say) changes its key; it runs again and ``fi
 what to reuse (more epochs of the exponential schedule extend the run). To retrain a finished
 combination from scratch, delete its folder.
 
+Records that outlive the machine: ``records_dir`` (for example ``docs/results/noisy_face10k``,
+committed) receives each finished combination's small files (:data:`RECORD_FILES`: its record,
+stage 01's ``results.json`` and ``history.csv``, the flip scores and attention maps; no weights),
+and a combination whose record there holds this plan's key is restored from it instead of
+trained. A grid too long for one machine's life is spread over several: each one trains what no
+record has and adds its own. Tables and figures read only these files, so a restored
+combination reports exactly what it reported where it ran.
+
 Noisy-label detection: the trained model predicts its own *training* rows (the rows of
 ``label_noise.npz``, with stage 01's flip test-time augmentation when its recipe has it) and
 every selected detector of the open-set registry scores them, higher = more likely a flipped
@@ -74,7 +82,7 @@ import torch
 from ferlib.data.noise import LabelNoise
 from ferlib.data.prepare import VOTED_DATASETS, check_labels, close_rows, load_splits, loader_name
 from ferlib.digest import json_digest
-from ferlib.io import read_json, write_csv, write_json, write_npz, write_text
+from ferlib.io import atomic_write, read_json, write_csv, write_json, write_npz, write_text
 from ferlib.manifest import modify_manifest
 from ferlib.metrics import openset_metrics
 from ferlib.params import UNHASHED_PARAMS, applied_arguments, checked, inherit_parameter_docs, validate_arguments
@@ -89,6 +97,8 @@ FLIP_SCORES = "flip_scores.npz"
 ATTENTION = "attention.npz"
 #: bump when the analysis (detection, attention) changes, so finished combinations redo it
 ANALYSIS_VERSION = 1
+# a finished combination's files that its tables and figures read (relative to its folder)
+RECORD_FILES = (RECORD, "01_close_set/results.json", "01_close_set/history.csv", FLIP_SCORES, ATTENTION)
 
 #: Weight of the diversity term in ``esr_div`` and ``manet_div``. Each of the ensemble
 #: objective's terms (spatial attention, channel attention, branch features) is ``-det S``,
@@ -451,6 +461,54 @@ def _finished(combo: Combination) -> dict | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and record.get("key") == combo.key else None
+
+
+def _record_folder(combo: Combination, records_dir: str | Path) -> Path:
+    """Where ``combo``'s record files go under ``records_dir``: ``<method>/<noise-tag>/seed<k>``."""
+    return Path(records_dir) / combo.method / combo.tag / f"seed{combo.seed}"
+
+
+def save_record(combo: Combination, records_dir: str | Path) -> list[Path]:
+    """Copy a finished ``combo``'s :data:`RECORD_FILES` that exist to ``records_dir`` (atomic;
+    ``.npz`` files compressed, read back identically by ``np.load``). Returns the written paths."""
+    dest = _record_folder(combo, records_dir)
+    written = []
+    for name in RECORD_FILES:
+        src = combo.folder / name
+        if not src.is_file():
+            continue
+        if src.suffix == ".npz":
+            with np.load(src) as z:
+                arrays = {k: z[k] for k in z.files}
+
+            def writer(tmp: Path, arrays=arrays) -> None:
+                with open(tmp, "wb") as handle:
+                    np.savez_compressed(handle, **arrays)
+
+            written.append(atomic_write(dest / name, writer))
+        else:
+            written.append(atomic_write(dest / name, lambda tmp, src=src: tmp.write_bytes(src.read_bytes())))
+    return written
+
+
+def restore_record(combo: Combination, records_dir: str | Path) -> bool:
+    """Copy ``combo``'s files from ``records_dir`` into its folder when the record there holds
+    ``combo.key`` (the same stage 01 arguments and analysis settings); an unreadable record or
+    one of another key restores nothing. Returns whether it restored."""
+    src = _record_folder(combo, records_dir)
+    try:
+        record = read_json(src / RECORD)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or record.get("key") != combo.key or not (src / RECORD_FILES[1]).is_file():
+        return False
+    for name in RECORD_FILES[1:]:  # the record last: a copy killed half-way does not look finished
+        if (src / name).is_file():
+            atomic_write(combo.folder / name, lambda tmp, f=src / name: tmp.write_bytes(f.read_bytes()))
+        else:  # a file of an older, unfinished attempt must not be read as this record's
+            (combo.folder / name).unlink(missing_ok=True)
+    atomic_write(combo.folder / RECORD, lambda tmp: tmp.write_bytes((src / RECORD).read_bytes()))
+    return True
 
 
 def flip_scores(
@@ -922,6 +980,7 @@ def noisy_label_benchmark(
     amp: bool = False,
     progress: bool = True,
     compare_with: Sequence[str] | None = None,
+    records_dir: str | None = None,
 ) -> pd.DataFrame:
     """Train every method under every label-noise setting and seed; tabulate and plot.
 
@@ -975,6 +1034,10 @@ def noisy_label_benchmark(
     compare_with : list[str] or None
         Finished benchmarks (their run_dir) set beside this one in the papers' tables and the
         noisy_accuracy_compared figure, e.g. the same grid from scratch beside one from face weights; read only.
+    records_dir : str or None
+        Folder of committed combination records (no weights), e.g. 'docs/results/noisy_face10k': a
+        combination whose record there holds its key is restored instead of trained, and every finished
+        one is copied there, so a grid longer than one machine's life goes on elsewhere; None: none.
     """
     t0 = time.perf_counter()
     arguments = dict(locals())
@@ -1001,10 +1064,14 @@ def noisy_label_benchmark(
             seed=plan.seeds[0],
         )
     )
-    records, ran, skipped = [], [], []
+    records, ran, skipped, restored = [], [], [], []
     for i, combo in enumerate(plan.combinations, 1):
         record = _finished(combo)
-        if record is not None:
+        if record is None and records_dir is not None and restore_record(combo, records_dir):
+            record = _finished(combo)
+            print(f"[{i}/{n}] {combo.label}: restored from {_record_folder(combo, records_dir)}")
+            restored.append(combo.label)
+        elif record is not None:
             print(f"[{i}/{n}] {combo.label}: finished, skipped ({combo.folder})")
             skipped.append(combo.label)
         else:
@@ -1014,6 +1081,8 @@ def noisy_label_benchmark(
             record = _analyse(combo, splits, detectors, detector_params, attention_images)
             write_json(combo.folder / RECORD, record)
             ran.append(combo.label)
+        if records_dir is not None:
+            save_record(combo, records_dir)
         records.append(record)
 
     results = results_table(records)
@@ -1045,6 +1114,8 @@ def noisy_label_benchmark(
         "runs": n,
         "ran": len(ran),
         "skipped": len(skipped),
+        "restored": len(restored),
+        "records_dir": records_dir,
         "summary": summary.astype(object).where(summary.notna(), None).to_dict("records"),
         "figures": sorted(figures),
         "wall_seconds": time.perf_counter() - t0,
@@ -1052,5 +1123,8 @@ def noisy_label_benchmark(
     modify_manifest(run_dir, lambda m: {**m, "noisy_labels": section})  # replaced whole: no stale keys
     # its headings read the section just written; the compared benchmarks beside it
     write_paper_tables([run_dir, *(compare_with or [])], out)
-    print(f"{len(ran)} runs trained, {len(skipped)} finished ones skipped; tables and figures in {out}")
+    print(
+        f"{len(ran)} runs trained, {len(skipped)} finished ones skipped, {len(restored)} restored from records; "
+        f"tables and figures in {out}"
+    )
     return summary

@@ -420,3 +420,37 @@ def test_compare_with_sets_finished_benchmarks_beside_this_one(bench, tmp_path, 
     got = long[long["benchmark"] == noisy.benchmark_label(other)]["mean"].to_numpy()
     assert got == pytest.approx(summary["test_acc_mean"].to_numpy())
     assert set(long["setting"]) == {f"{m}, {n}" for m, n in zip(summary["method"], summary["noise"])}
+
+
+def test_records_restore_a_grid_on_a_machine_that_never_trained_it(bench, tmp_path, monkeypatch, capsys):
+    """records_dir: a finished benchmark copies each combination's small files there (no
+    weights; npz compressed but equal); a fresh run_dir restores every combination from them with
+    no training and reports the same tables; a changed setting (another key) restores nothing."""
+    import shutil
+
+    base, root, summary = bench
+    records, first, fresh = tmp_path / "records", tmp_path / "first", tmp_path / "fresh"
+    shutil.copytree(base / "run", first)
+    _refuse_training(monkeypatch)
+    monkeypatch.setattr(noisy, "_analyse", _never)
+    noisy.noisy_label_benchmark(**_params(base, root, run_dir=str(first), records_dir=str(records)))
+    saved = sorted(p.relative_to(records).as_posix() for p in records.rglob("*") if p.is_file())
+    assert len([p for p in saved if p.endswith(noisy.RECORD)]) == 4 and not [p for p in saved if p.endswith(".pt")]
+    flips = _folder(base, "rul", "symmetric-0.3") / noisy.FLIP_SCORES
+    with np.load(flips) as a, np.load(records / "rul" / "symmetric-0.3" / "seed0" / noisy.FLIP_SCORES) as b:
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    capsys.readouterr()
+
+    again = noisy.noisy_label_benchmark(**_params(base, root, run_dir=str(fresh), records_dir=str(records)))
+    assert capsys.readouterr().out.count(": restored from") == 4
+    pd.testing.assert_frame_equal(again, summary)
+    for name in ("results.csv", "detection.csv", "memorisation.csv"):
+        pd.testing.assert_frame_equal(
+            pd.read_csv(fresh / noisy.FOLDER / name), pd.read_csv(base / "run" / noisy.FOLDER / name)
+        )
+    assert read_json(fresh / "manifest.json")["noisy_labels"]["restored"] == 4
+
+    with pytest.raises(AssertionError, match="trained although"):
+        noisy.noisy_label_benchmark(
+            **_params(base, root, run_dir=str(tmp_path / "other"), records_dir=str(records), epochs=2)
+        )
