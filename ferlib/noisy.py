@@ -82,10 +82,11 @@ import torch
 from ferlib.data.noise import LabelNoise
 from ferlib.data.prepare import VOTED_DATASETS, check_labels, close_rows, load_splits, loader_name
 from ferlib.digest import json_digest
-from ferlib.io import atomic_write, read_json, write_csv, write_json, write_npz, write_text
+from ferlib.io import read_json, write_csv, write_json, write_npz, write_text
 from ferlib.manifest import modify_manifest
 from ferlib.metrics import openset_metrics
 from ferlib.params import UNHASHED_PARAMS, applied_arguments, checked, inherit_parameter_docs, validate_arguments
+from ferlib.records import copy_files
 from ferlib.stages import _close_model, _recipe, train_close_set
 from ferlib.tables import plain_markdown, settings_label
 
@@ -471,24 +472,7 @@ def _record_folder(combo: Combination, records_dir: str | Path) -> Path:
 def save_record(combo: Combination, records_dir: str | Path) -> list[Path]:
     """Copy a finished ``combo``'s :data:`RECORD_FILES` that exist to ``records_dir`` (atomic;
     ``.npz`` files compressed, read back identically by ``np.load``). Returns the written paths."""
-    dest = _record_folder(combo, records_dir)
-    written = []
-    for name in RECORD_FILES:
-        src = combo.folder / name
-        if not src.is_file():
-            continue
-        if src.suffix == ".npz":
-            with np.load(src) as z:
-                arrays = {k: z[k] for k in z.files}
-
-            def writer(tmp: Path, arrays=arrays) -> None:
-                with open(tmp, "wb") as handle:
-                    np.savez_compressed(handle, **arrays)
-
-            written.append(atomic_write(dest / name, writer))
-        else:
-            written.append(atomic_write(dest / name, lambda tmp, src=src: tmp.write_bytes(src.read_bytes())))
-    return written
+    return copy_files(combo.folder, _record_folder(combo, records_dir), RECORD_FILES, compress=True)
 
 
 def restore_record(combo: Combination, records_dir: str | Path) -> bool:
@@ -502,12 +486,11 @@ def restore_record(combo: Combination, records_dir: str | Path) -> bool:
         return False
     if not isinstance(record, dict) or record.get("key") != combo.key or not (src / RECORD_FILES[1]).is_file():
         return False
-    for name in RECORD_FILES[1:]:  # the record last: a copy killed half-way does not look finished
-        if (src / name).is_file():
-            atomic_write(combo.folder / name, lambda tmp, f=src / name: tmp.write_bytes(f.read_bytes()))
-        else:  # a file of an older, unfinished attempt must not be read as this record's
+    for name in RECORD_FILES[1:]:  # a file of an older, unfinished attempt must not be read as this record's
+        if not (src / name).is_file():
             (combo.folder / name).unlink(missing_ok=True)
-    atomic_write(combo.folder / RECORD, lambda tmp: tmp.write_bytes((src / RECORD).read_bytes()))
+    copy_files(src, combo.folder, RECORD_FILES[1:])
+    copy_files(src, combo.folder, [RECORD])  # the record last: a copy killed half-way does not look finished
     return True
 
 

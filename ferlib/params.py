@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 #: Parameters that say where or how visibly a stage runs, not what it computes: they are left
 #: out of every result key (train on a GPU box, then render the notebooks on a laptop).
-UNHASHED_PARAMS = frozenset({"run_dir", "device", "progress", "cache_memmap"})
+UNHASHED_PARAMS = frozenset({"run_dir", "device", "progress", "cache_memmap", "records_dir"})
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -162,11 +162,15 @@ def reproduce(
     budget_minutes: float | None = None,
     dry_run: bool = False,
     executor: str = "python",
+    records: str | Path | None = None,
     say: Callable[[str], None] = print,
     **runner: Any,
 ) -> Plan:
     """Plan, estimate, then run the runs of ``table`` (``openset`` or ``noisy``) and write its
-    tables. Raises ``ValueError`` before any work when the estimate exceeds ``budget_minutes``."""
+    tables. Raises ``ValueError`` before any work when the estimate exceeds ``budget_minutes``.
+    ``records``: a folder of committed records that finished runs (open set) or combinations
+    (noisy) are restored from and saved to (:mod:`ferlib.records`), so the table can be made
+    over several machines."""
     import inspect
 
     from ferlib import run as runner_module
@@ -228,6 +232,7 @@ def reproduce(
             stages=["01", "02", "03"],
             executor=executor,
             extra=params,
+            records=records,
             **runner,
         )
         from ferlib.report import collect_results
@@ -235,6 +240,8 @@ def reproduce(
         collect_results([str(out / f"{dataset}_open-*")], out_dir=out / "tables")
         say(f"tables: {out / 'tables'} (<dataset>_<metric>_<protocol>.md / .csv / .tex / .png)")
     else:
+        if records is not None:
+            params["records_dir"] = str(records)
         runner_module.run_pipeline(
             dataset,
             data_root=data_root,

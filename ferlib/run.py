@@ -1000,6 +1000,14 @@ class SweepResult:
         return not self.failed
 
 
+def _keep_record(run_dir: Path, records: str | os.PathLike | None, chain: Sequence[Stage]) -> None:
+    """The run's record into ``records`` once every stage of ``chain`` has finished there."""
+    if records is not None and all(read_stage_record(run_dir, stage) is not None for stage in chain):
+        from ferlib.records import save_run_record
+
+        save_run_record(run_dir, records)
+
+
 def run_sweep(
     dataset: str,
     *,
@@ -1007,6 +1015,7 @@ def run_sweep(
     seeds: Iterable[int] = (0,),
     launcher: str = "inline",
     submitit: Any = None,
+    records: str | os.PathLike | None = None,
     say: Callable[[str], None] = _say,
     **pipeline_kwargs: Any,
 ) -> SweepResult:
@@ -1019,6 +1028,11 @@ def run_sweep(
     a submitit job (:func:`ferlib.launch.launch_sweep`), with ``submitit`` a
     :class:`ferlib.launch.SubmititOptions` (None: a local sweep with the defaults). Either way
     the result, and the report of failed runs, are the same.
+
+    ``records``: a folder of committed run records (:mod:`ferlib.records`; stages 01-03 only):
+    a run with no stage record here whose record there holds the keys of these settings is
+    restored and skipped, and every run that finishes its stages 01-03 leaves its record there,
+    so a sweep longer than one machine's life goes on on the next.
     """
     if launcher not in LAUNCHERS:
         raise RunnerError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
@@ -1063,6 +1077,23 @@ def run_sweep(
         checked = {k: v for k, v in checked.items() if k not in unused}
         pipeline_kwargs = {**pipeline_kwargs, "extra": extra_params}  # each run is told the used keys only
     runs = [(default_run_name(dataset, c, seed), c, seed) for c in classes for seed in seed_list]
+    # the stages a run record stands for: 01-03 (stage 04 draws from per-image files a record lacks)
+    chain = [s for s in stage_table if not s.standalone and s.name[:2] in ("01", "02", "03")]
+    if records is not None:
+        from ferlib.records import restore_run_record
+
+        beyond = [s.name for s in selected if s not in chain]
+        if beyond:
+            raise RunnerError(f"--records keeps runs of stages 01-03 only; this sweep also runs {', '.join(beyond)}")
+        force = pipeline_kwargs.get("force", False)
+        for name, open_class, seed in runs:
+            params = params_of(open_class, seed, outputs_dir / name)
+
+            def would_run(folder: Path, params=params) -> list[Stage]:
+                return stages_to_run(stage_table, chain, folder, params, force)
+
+            if restore_run_record(outputs_dir / name, records, would_run):
+                say(f"restored {name} from its record in {records}")
     # pre-flight of what the runs will run, before the first one starts; a submitit job checks
     # its own GPUs (a Slurm login node has none)
     to_run: list[Stage] = []
@@ -1087,6 +1118,7 @@ def run_sweep(
         for name, outcome in outcomes.items():
             if outcome.error is None:
                 result.runs[name] = outcome.result
+                _keep_record(outputs_dir / name, records, chain)
             else:
                 result.failed[name] = outcome.error
                 say(f"FAILED {name}: {outcome.error}")
@@ -1095,6 +1127,7 @@ def run_sweep(
             say(f"== sweep {index}/{total}: {name}")
             try:
                 result.runs[name] = run_pipeline(dataset, open_class=open_class, seed=seed, say=say, **pipeline_kwargs)
+                _keep_record(outputs_dir / name, records, chain)
             except (StageFailed, RunnerError) as exc:
                 result.failed[name] = str(exc)
                 say(f"FAILED {name}: {exc}")
@@ -1182,6 +1215,12 @@ _SUBMITIT_ARGS = (
     "array_parallelism",
     "max_attempts",
     "slurm",
+)
+
+
+RECORDS_HELP = (
+    "folder of committed run records (e.g. docs/results/<sweep>): a run whose record there holds these "
+    "settings' keys is restored instead of run, and each finished run leaves its record there (no weights)"
 )
 
 
@@ -1283,6 +1322,7 @@ def build_parser(stage_table: Sequence[Stage] = STAGES) -> argparse.ArgumentPars
         "--open", nargs="+", default=["all"], metavar="CLASS", help="open classes: all (the 7 basic emotions) or names"
     )
     sweep.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="N")
+    sweep.add_argument("--records", default=None, metavar="DIR", help=RECORDS_HELP)
     _add_launcher(sweep)
 
     tables = sub.add_parser(
@@ -1319,6 +1359,7 @@ def build_parser(stage_table: Sequence[Stage] = STAGES) -> argparse.ArgumentPars
         "--outputs", default=None, help="folder of its runs (default outputs/reproduce_<table>_<dataset>_<engine>)"
     )
     reproduce.add_argument("--executor", choices=EXECUTORS, default="python", help="default python (no Jupyter needed)")
+    reproduce.add_argument("--records", default=None, metavar="DIR", help=RECORDS_HELP)
     reproduce.add_argument("--budget-minutes", type=float, default=None, help="refuse a plan estimated to take longer")
     reproduce.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time only")
     _add_engine(reproduce)
@@ -1466,6 +1507,7 @@ def main(
                     budget_minutes=args.budget_minutes,
                     dry_run=args.dry_run,
                     executor=args.executor,
+                    records=args.records,
                     say=_say,
                 )
         except KeyboardInterrupt:
@@ -1517,6 +1559,7 @@ def _run_command(args: argparse.Namespace, common: dict[str, Any]) -> tuple[list
             stages=args.stages,
             launcher=args.launcher,
             submitit=_submitit_options(args),
+            records=args.records,
             **common,
         )
         return list(result.runs.values()), 0 if result.ok else 1

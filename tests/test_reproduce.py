@@ -38,8 +38,16 @@ def test_openset_runs_the_sweep_with_engine_and_detectors(tmp_path, monkeypatch)
     monkeypatch.setattr(runner, "run_sweep", lambda dataset, **kw: calls.update(kw, dataset=dataset))
     monkeypatch.setattr("ferlib.report.collect_results", lambda runs, out_dir: calls.update(tables=(runs, out_dir)))
     rep.reproduce(
-        "openset", "synthetic", seeds=[3], engine="quick", outputs=tmp_path, extra={"epochs": 2}, say=lambda m: None
+        "openset",
+        "synthetic",
+        seeds=[3],
+        engine="quick",
+        outputs=tmp_path,
+        extra={"epochs": 2},
+        records="docs/results/x",
+        say=lambda m: None,
     )
+    assert calls["records"] == "docs/results/x"
     extra = calls["extra"]
     assert calls["open_classes"] == ["all"] and calls["seeds"] == [3] and calls["stages"] == ["01", "02", "03"]
     assert extra["epochs"] == 2 and extra["input_size"] == 32  # explicit over engine
@@ -60,8 +68,9 @@ def test_noisy_takes_the_face_engine_with_its_weights(tmp_path, monkeypatch):
     monkeypatch.setattr("ferlib.engines.face_weights_installed", lambda: True)
     calls = {}
     monkeypatch.setattr(runner, "run_pipeline", lambda dataset, **kw: calls.update(kw))
-    rep.reproduce("noisy", "ferplus", engine="face", outputs=tmp_path, say=print)
+    rep.reproduce("noisy", "ferplus", engine="face", outputs=tmp_path, records=tmp_path / "rec", say=print)
     assert calls["stages"] == ["05"] and calls["extra"]["pretrained"] == "dlibface"
+    assert calls["extra"]["records_dir"] == str(tmp_path / "rec")  # stage 05's combination records
     assert calls["extra"]["arch"] == "dlibface" and calls["extra"]["input_size"] == 112
 
 

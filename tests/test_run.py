@@ -492,6 +492,49 @@ def test_sweep_goes_on_after_a_failure_and_reports_it(tmp_path):
     assert called() == ["02_b", "03_c"]  # only the failed run's unfinished stages
 
 
+def test_sweep_records_let_a_machine_that_never_ran_them_skip_finished_runs(tmp_path):
+    """--records: each finished run leaves its record (stage records, metrics, manifest); a new
+    outputs folder restores them and runs nothing, with the same metrics; a record of other
+    settings, or one whose last stage is missing, restores nothing and the run runs."""
+    import shutil
+
+    records = tmp_path / "records"
+    lines: list[str] = []
+    kwargs = dict(
+        open_classes=["surprise", "fear"],
+        seeds=[0],
+        executor="python",
+        stage_table=TABLE,
+        repo_root=tmp_path,
+        records=records,
+        say=lines.append,
+    )
+    assert run_sweep("synthetic", outputs=tmp_path / "first", **kwargs).ok
+    assert called() == ["01_a", "02_b", "03_c"] * 2
+    saved = records / "synthetic_open-fear_seed0"
+    assert {p.name for p in (saved / "stages").iterdir()} == {"01_a.json", "02_b.json", "03_c.json"}
+    assert (saved / "metrics.csv").is_file() and (saved / "manifest.json").is_file()
+    assert not (saved / "01_a").exists()  # no stage's files: only what the tables read
+
+    assert run_sweep("synthetic", outputs=tmp_path / "second", **kwargs).ok
+    assert called() == []
+    assert sum("restored synthetic_open-" in line for line in lines) == 2
+    for run in ("synthetic_open-fear_seed0", "synthetic_open-surprise_seed0"):
+        assert (tmp_path / "second" / run / "metrics.csv").read_bytes() == (
+            tmp_path / "first" / run / "metrics.csv"
+        ).read_bytes()
+
+    other = shutil.copytree(records, tmp_path / "other")
+    assert run_sweep("synthetic", outputs=tmp_path / "third", extra={"epochs": 4}, **{**kwargs, "records": other}).ok
+    assert called() == ["01_a", "02_b", "03_c"] * 2  # another key: nothing restored (then replaced)
+
+    partial = tmp_path / "partial"
+    shutil.copytree(records, partial)
+    (partial / "synthetic_open-fear_seed0" / "stages" / "03_c.json").unlink()
+    assert run_sweep("synthetic", outputs=tmp_path / "fourth", **{**kwargs, "records": partial}).ok
+    assert called() == ["01_a", "02_b", "03_c"]  # surprise restored; fear, without its stage 03, runs
+
+
 def test_cli_pipeline_stage_and_sweep(tmp_path, capsys):
     out = tmp_path / "outputs"
     common = ["--dataset", "synthetic", "--outputs", str(out), "--executor", "python"]

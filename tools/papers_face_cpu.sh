@@ -31,8 +31,9 @@ COMMON=(--dataset ferplus --data-root "$DATA_ROOT" --engine face --device "$DEVI
 # (docs/journal/papers_face_weights.md, "The pilot's outcome"). A decision made once, not re-read.
 EPOCHS=20
 
-# Each finished combination's small files (no weights) go to docs/results/<run>/ as it finishes
-# (stage 05's records_dir): commit them, and a later machine restores them instead of training.
+# Each finished combination's (stage 05's records_dir) or open-set run's (--records) small files,
+# no weights, go to docs/results/<run>/ as it finishes: commit them, and a later machine restores
+# them instead of training.
 records() { echo "-p records_dir=docs/results/$1"; }
 
 noisy() {
@@ -101,7 +102,7 @@ openset() {
     # the post-hoc baselines), the frozen ferplus preset for pseudo_oe, both protocols.
     echo "== $(date -u +%H:%M:%S) open-set table from face weights"
     "$PY" -m ferlib.run reproduce openset "${COMMON[@]}" --seeds 0 1 2 \
-        --outputs "$OUTPUTS/reproduce_openset_ferplus_face10k"
+        --outputs "$OUTPUTS/reproduce_openset_ferplus_face10k" --records docs/results/reproduce_openset_ferplus_face10k
 }
 
 case "${1:-all}" in
