@@ -148,6 +148,16 @@ def test_duplicates_effect_tool_writes_both_tables_and_the_difference(finished, 
         tables / "with" / "ferplus_auroc_honest.md"
     ).is_file()
     assert "| tknn |" in (tables / "difference.md").read_text()
+    # the same tables from the small committed records alone (metrics.csv and manifest.json)
+    records = tmp_path / "records"
+    for side, run in (("runs", finished["run"]), ("twins", out / finished["run"].name)):
+        for name in ("metrics.csv", "manifest.json"):
+            (records / side / run.name).mkdir(parents=True, exist_ok=True)
+            (records / side / run.name / name).write_bytes((run / name).read_bytes())
+    again = tmp_path / "again_tables"
+    assert tool.main(["--records", str(records / "runs"), str(records / "twins"), "--tables", str(again)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(again / "difference.csv"), diff)
+    assert tool.main(["--records", str(records / "runs"), str(tmp_path / "none"), "--tables", str(again)]) == 2
     capsys.readouterr()
     # the twins kept their duplicates: nothing to put back
     assert tool.main([str(out / finished["run"].name), "--out", str(tmp_path / "again")]) == 2
